@@ -1,0 +1,156 @@
+"""Evaluation numbers of SPEC s.5: mIoU from a split-wide confusion matrix, anytime AUC.
+
+Convention everywhere: confusion matrix rows are labels, columns predictions; classes with
+an empty union (never labelled, never predicted in the split) have IoU NaN and are left
+out of the mean.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+
+def _count_dtype():
+    """int64 counts where the backend has them (JAX only with jax_enable_x64)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return "int64" if jax.config.read("jax_enable_x64") else "int32"
+    return "int64"
+
+
+@keras.saving.register_keras_serializable(package="itnet_keras")
+class SegmentationMeanIoU(keras.metrics.Metric):
+    """mIoU of one output over a whole split (SPEC s.5), from an integer confusion matrix.
+
+    `update_state(y_true, y_pred)`: int labels [B, H, W] (or [B, H, W, 1]) and logits
+    [B, H, W, C]; the prediction is the argmax. Pixels labelled `ignore_label`, or with
+    any label outside 0..num_classes-1, are not counted. `sample_weight`, broadcastable
+    to the labels, is a pixel mask: pixels with weight 0 are not counted.
+
+    Counts are int64 (int32 under JAX without x64: exact up to 2**31 per cell); each
+    batch is counted in float32, exact below 2**24 pixels per batch.
+    `result()` is the mean IoU over classes with a non-empty union in the split.
+    """
+
+    def __init__(self, num_classes, ignore_label, name="miou", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = int(num_classes)
+        self.ignore_label = int(ignore_label)
+        self.total_cm = self.add_variable(
+            shape=(self.num_classes, self.num_classes),
+            initializer="zeros",
+            dtype=_count_dtype(),
+            name="total_confusion_matrix",
+        )
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        c = self.num_classes
+        labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+        preds = ops.reshape(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), (-1,))
+        valid = (labels != self.ignore_label) & (labels >= 0) & (labels < c)
+        if sample_weight is not None:
+            weight = ops.convert_to_tensor(sample_weight)
+            while len(weight.shape) < len(y_true.shape):
+                weight = ops.expand_dims(weight, axis=-1)
+            weight = ops.broadcast_to(weight, ops.shape(y_true))
+            valid = valid & (ops.reshape(weight, (-1,)) != 0)
+        cell = ops.where(valid, labels * c + preds, ops.zeros_like(labels))
+        counts = ops.segment_sum(
+            ops.cast(valid, "float32"), cell, num_segments=c * c, sorted=False
+        )
+        counts = ops.reshape(ops.cast(counts, self.total_cm.dtype), (c, c))
+        self.total_cm.assign_add(counts)
+
+    def result(self):
+        cm = ops.cast(self.total_cm, "float32")
+        tp = ops.diagonal(cm)
+        union = ops.sum(cm, axis=0) + ops.sum(cm, axis=1) - tp
+        present = ops.cast(union > 0, "float32")
+        iou = ops.divide_no_nan(tp, union)
+        return ops.divide_no_nan(ops.sum(iou * present), ops.sum(present))
+
+    def reset_state(self):
+        self.total_cm.assign(ops.zeros(self.total_cm.shape, self.total_cm.dtype))
+
+    def confusion_matrix(self):
+        """The accumulated confusion matrix as int64 numpy, rows labels."""
+        return np.asarray(ops.convert_to_numpy(self.total_cm), dtype=np.int64)
+
+    def iou_per_class(self):
+        """Per-class IoU as numpy, NaN for classes with an empty union."""
+        return iou_from_confusion(self.confusion_matrix())
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_classes=self.num_classes, ignore_label=self.ignore_label)
+        return config
+
+
+def confusion_matrix(labels, predictions, num_classes, ignore_label):
+    """int64 [C, C] counts, rows labels, columns predicted class ids (not logits).
+
+    Pixels labelled `ignore_label` are skipped; any other label or prediction outside
+    0..num_classes-1 raises ValueError.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    predictions = np.asarray(predictions).reshape(-1)
+    if labels.shape != predictions.shape:
+        raise ValueError(
+            f"confusion_matrix: labels have {labels.size} pixels, "
+            f"predictions {predictions.size}; expected the same number"
+        )
+    keep = labels != ignore_label
+    labels, predictions = labels[keep].astype(np.int64), predictions[keep].astype(np.int64)
+    for what, ids in (("label", labels), ("prediction", predictions)):
+        bad = ids[(ids < 0) | (ids >= num_classes)]
+        if bad.size:
+            raise ValueError(
+                f"confusion_matrix: {what} {bad[0]} found: expected 0..{num_classes - 1}"
+                f" (or the ignore label {ignore_label} for labels)"
+            )
+    flat = np.bincount(labels * num_classes + predictions, minlength=num_classes**2)
+    return flat.reshape(num_classes, num_classes).astype(np.int64)
+
+
+def iou_from_confusion(cm):
+    """Per-class IoU = TP / (TP + FP + FN); NaN where the union is empty."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    union = cm.sum(axis=0) + cm.sum(axis=1) - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+def mean_iou(cm):
+    """Mean IoU over classes with a non-empty union (0.0 for an empty matrix)."""
+    iou = iou_from_confusion(cm)
+    present = ~np.isnan(iou)
+    return float(iou[present].mean()) if present.any() else 0.0
+
+
+def anytime_auc(macs, mious, chance_miou=0.00828):
+    """Area under mIoU over MACs and its normalized value (SPEC s.5).
+
+    With (x_0, y_0) = (0, chance_miou) prepended to the outputs' (MACs, mIoU):
+    AUC = sum_n (x_{n+1} - x_n) * ((y_{n+1} - y_0) + (y_n - y_0)) / 2, AUC' = AUC / x_N.
+    Returns (auc, normalized_auc) as floats.
+    """
+    x = np.asarray(macs, dtype=np.float64)
+    y = np.asarray(mious, dtype=np.float64)
+    if x.ndim != 1 or y.ndim != 1 or x.size != y.size or x.size == 0:
+        raise ValueError(
+            f"anytime_auc: got {x.size} MACs and {y.size} mIoUs; expected two "
+            "non-empty 1-D sequences of the same length (one entry per output)"
+        )
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("anytime_auc: expected finite MACs and mIoUs")
+    x = np.concatenate([[0.0], x])
+    y = np.concatenate([[chance_miou], y]) - chance_miou
+    if np.any(np.diff(x) <= 0):
+        raise ValueError(
+            f"anytime_auc: MACs {list(x[1:])}: expected positive and strictly "
+            "increasing over the outputs"
+        )
+    auc = float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))
+    return auc, auc / float(x[-1])

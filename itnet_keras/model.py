@@ -1,0 +1,73 @@
+"""The ItNet model: `build_itnet`, and the anytime entry points over a built model.
+
+The functional model has one input `image` [batch, H, W, 3] and N outputs
+`output_1 .. output_N` (logits at the input resolution). `encode`, `step` and
+`anytime` reuse the model's own layers for anytime inference, as export does.
+"""
+
+import keras
+from keras import ops
+
+from itnet_keras.layers import DataBlock, IterativeBlock, OutputResize, resize_like
+from itnet_keras.presets import resolve_model_args
+
+
+def output_names(num_iterations):
+    return [f"output_{n}" for n in range(1, num_iterations + 1)]
+
+
+def build_itnet(preset=None, input_shape=(None, None, 3), name="itnet", **model_args):
+    """Build an ItNet from a preset name and/or model arguments (see `presets.DEFAULTS`).
+
+    Keyword arguments override the preset's values, e.g.
+    `build_itnet("camvid_independent", width=30)`.
+    """
+    args = resolve_model_args(preset, **model_args)
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"input_shape={input_shape}: expected (height, width, 3), an RGB image")
+    images = keras.Input(input_shape, name="image")
+    scales = DataBlock(args["width"], args["num_scales"], l2=args["l2"], name="data_block")(images)
+    logits = IterativeBlock(**args, name="iterative_block")(scales)
+    outputs = [
+        OutputResize(index, name=output_name)(logits, images)
+        for index, output_name in enumerate(output_names(args["num_iterations"]))
+    ]
+    return keras.Model(images, outputs, name=name)
+
+
+def model_args(model):
+    """The model arguments an ItNet was built with (read back from its layers)."""
+    config = iterative_block(model).get_config()
+    return {key: config[key] for key in resolve_model_args()}
+
+
+def data_block(model):
+    return model.get_layer("data_block")
+
+
+def iterative_block(model):
+    return model.get_layer("iterative_block")
+
+
+def encode(model, images):
+    """The data block: images -> the initial state (L scales)."""
+    return data_block(model)(images, training=False)
+
+
+def step(model, state, n, output_size=None):
+    """Iteration n (1-based, clamped to 1..N): state -> (state, logits).
+
+    The logits are resized to `output_size` (default: 8x the finest scale, the
+    input size whenever it is a multiple of 8).
+    """
+    state, logits = iterative_block(model).step(state, n)
+    if output_size is None:
+        output_size = (8 * logits.shape[1], 8 * logits.shape[2])
+    return state, ops.image.resize(logits, output_size, interpolation="bilinear")
+
+
+def anytime(model, images, iterations):
+    """Logits of output n = `iterations` (clamped to 1..N), computing only n iterations."""
+    logits = iterative_block(model).anytime(encode(model, images), iterations)
+    return resize_like(logits, images)

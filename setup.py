@@ -1,0 +1,27 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+requirements = [
+    line.strip()
+    for line in Path(__file__).with_name("requirements.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+
+setup(
+    name="itnet-keras",
+    version="0.1.0",
+    description="ItNet: iterative neural networks for anytime semantic segmentation, in Keras 3",
+    packages=find_packages(include=["itnet_keras", "itnet_keras.*"]),
+    python_requires=">=3.10",
+    install_requires=requirements,
+    extras_require={
+        "dev": [
+            "pytest>=8",
+            "jax[cpu]>=0.4.30",  # the JAX-backend test trains the tiny preset under KERAS_BACKEND=jax
+            "jupytext>=1.16",  # notebooks are kept as paired .py sources
+            "nbclient>=0.10",  # CI executes every notebook in smoke mode
+            "ipykernel>=6",
+        ]
+    },
+)

@@ -1,0 +1,199 @@
+"""The ItNet model: shapes, the loop, gradients, batch norms, anytime use, saving."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from itnet_keras import build_itnet
+from itnet_keras.costs import output_costs
+from itnet_keras.model import anytime, encode, iterative_block, step
+
+SMALL = dict(num_classes=3, width=8, num_scales=2, num_iterations=3, expansion=2)
+VARIANTS = [
+    dict(weight_sharing=True, bn_placement="between"),
+    dict(weight_sharing=False, bn_placement="between"),
+    dict(weight_sharing=True, bn_placement="every_conv"),
+    dict(weight_sharing=False, bn_placement="every_conv"),
+]
+VARIANT_IDS = ["shared-between", "independent-between", "shared-every_conv", "independent-every_conv"]
+
+
+def random_batch(batch=2, height=32, width=40, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.random((batch, height, width, 3), dtype=np.float32)
+    labels = rng.integers(0, classes, (batch, height, width)).astype("int32")
+    return images, labels
+
+
+def compile_for_training(model, learning_rate=1e-2):
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=[loss] * len(model.outputs))
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("size", [(32, 40), (37, 45), (64, 24)])
+def test_outputs_are_named_and_full_resolution(variant, size):
+    model = build_itnet(**SMALL, **variant)
+    images, _ = random_batch(height=size[0], width=size[1])
+    outputs = model(images)
+    assert model.output_names == ["output_1", "output_2", "output_3"]
+    assert [tuple(o.shape) for o in outputs] == [(2, *size, 3)] * 3
+
+
+def test_fixed_input_size_matches_open_size():
+    open_model = build_itnet(**SMALL)
+    fixed = build_itnet(**SMALL, input_shape=(32, 40, 3))
+    fixed.set_weights(open_model.get_weights())
+    images, _ = random_batch()
+    for a, b in zip(open_model(images), fixed(images)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_traced_graph_keeps_one_loop():
+    model = build_itnet(**SMALL)
+    function = tf.function(lambda x: model(x, training=False))
+    graph = function.get_concrete_function(tf.TensorSpec((1, 32, 40, 3))).graph
+    loops = [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
+    assert len(loops) == 1
+
+
+@pytest.mark.parametrize("sharing", [True, False])
+def test_weights_exist_once_or_per_iteration(sharing):
+    model = build_itnet(**SMALL, weight_sharing=sharing, input_shape=(32, 40, 3))
+    kernel = next(w for w in iterative_block(model).weights if w.name == "scale1_block1_expand_kernel")
+    assert tuple(kernel.shape) == ((1, 1, 8, 16) if sharing else (3, 1, 1, 8, 16))
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert output_costs(model)[-1]["params"] == trainable
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_gradients_reach_every_weight_and_iteration(variant):
+    model = build_itnet(**SMALL, **variant)
+    images, labels = random_batch()
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with tf.GradientTape() as tape:
+        loss = sum(loss_fn(labels, o) for o in model(images, training=True))
+    grads = tape.gradient(loss, model.trainable_weights)
+    block = iterative_block(model)
+    rows = {id(v): r for v, r, _ in block.weight_usage()}
+    for weight, grad in zip(model.trainable_weights, grads):
+        assert grad is not None, weight.path
+        grad = np.asarray(grad)
+        if rows.get(id(weight)):  # per-iteration stack: every row gets a gradient ...
+            per_row = np.abs(grad).reshape(grad.shape[0], -1).sum(axis=1)
+            if weight.name.startswith("scale1_") or weight.name.startswith("head_"):
+                assert np.all(per_row > 0), weight.path
+            else:  # ... but the heads read S_1 only: coarser scales of iteration N feed nothing
+                assert np.all(per_row[:-1] > 0) and per_row[-1] == 0, weight.path
+        else:
+            assert np.abs(grad).sum() > 0, weight.path
+
+
+@pytest.mark.parametrize("variant", VARIANTS[:3], ids=VARIANT_IDS[:3])
+def test_training_lowers_loss_and_moves_every_batch_norm(variant):
+    keras.utils.set_random_seed(1)
+    model = build_itnet(**SMALL, **variant, dropout=0.1)
+    compile_for_training(model)
+    images, _ = random_batch(batch=4)
+    labels = (images[..., 0] > 0.5).astype("int32") + (images[..., 1] > 0.5)  # learnable
+    block = iterative_block(model)
+    moving = {v.name: np.array(v) for v, _, _ in block.weight_usage() if "moving" in v.name}
+    history = model.fit(images, [labels] * 3, epochs=10, batch_size=4, verbose=0).history["loss"]
+    assert history[-1] < 0.9 * history[0]
+    for variable, _, _ in block.weight_usage():
+        if "moving" in variable.name:
+            changed = np.abs(np.array(variable) - moving[variable.name]).reshape(variable.shape[0], -1).sum(1)
+            assert np.all(changed > 0), variable.name  # every iteration's statistics moved
+
+
+@pytest.mark.parametrize("sharing", [True, False])
+def test_anytime_and_steps_equal_the_full_model(sharing):
+    model = build_itnet(**SMALL, weight_sharing=sharing)
+    images, _ = random_batch(height=32, width=48)
+    outputs = [np.asarray(o) for o in model(images, training=False)]
+    state = encode(model, images)
+    for n in range(1, 4):
+        np.testing.assert_allclose(anytime(model, images, n), outputs[n - 1], atol=1e-5)
+        np.testing.assert_allclose(anytime(model, images, tf.constant(n)), outputs[n - 1], atol=1e-5)
+        state, logits = step(model, state, n)
+        np.testing.assert_allclose(logits, outputs[n - 1], atol=1e-5)
+    np.testing.assert_allclose(anytime(model, images, 0), outputs[0], atol=1e-5)  # clamped
+    np.testing.assert_allclose(anytime(model, images, tf.constant(99)), outputs[-1], atol=1e-5)
+
+
+def test_unrolled_variant_computes_the_same():
+    loop = build_itnet(**SMALL, weight_sharing=False)
+    unrolled = build_itnet(**SMALL, weight_sharing=False, unroll=True)
+    unrolled.set_weights(loop.get_weights())
+    images, _ = random_batch()
+    for a, b in zip(loop(images), unrolled(images)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_keras_round_trip_in_a_fresh_process(tmp_path):
+    model = build_itnet(**SMALL, weight_sharing=False, bn_placement="every_conv")
+    compile_for_training(model)
+    images, labels = random_batch()
+    model.fit(images, [labels] * 3, epochs=1, verbose=0)  # moving statistics away from init
+    expected = np.stack([np.asarray(o) for o in model(images, training=False)])
+    model.save(tmp_path / "model.keras")
+    np.save(tmp_path / "images.npy", images)
+    script = textwrap.dedent(f"""
+        import numpy as np, keras
+        import itnet_keras  # registers the custom layers
+        model = keras.models.load_model({str(tmp_path / 'model.keras')!r})
+        out = model(np.load({str(tmp_path / 'images.npy')!r}), training=False)
+        np.save({str(tmp_path / 'loaded.npy')!r}, np.stack([np.asarray(o) for o in out]))
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "loaded.npy"), expected)
+
+
+@pytest.mark.parametrize(
+    "kwargs, culprit",
+    [
+        (dict(width=1), "width"),
+        (dict(num_iterations=0), "num_iterations"),
+        (dict(num_classes=1), "num_classes"),
+        (dict(input_shape=(32, 32, 1)), "input_shape"),
+        (dict(bn_placement="after"), "bn_placement"),
+        (dict(preset="nope"), "preset"),
+        (dict(widht=8), "widht"),
+    ],
+)
+def test_bad_arguments_name_the_culprit(kwargs, culprit):
+    with pytest.raises((ValueError, TypeError), match=culprit):
+        build_itnet(**kwargs)
+
+
+def test_presets_override():
+    model = build_itnet("camvid_independent", width=30, input_shape=(360, 480, 3))
+    config = iterative_block(model).get_config()
+    assert (config["width"], config["weight_sharing"], config["num_iterations"]) == (30, False, 16)
+
+
+def test_trains_under_jax_backend():
+    script = textwrap.dedent("""
+        import numpy as np, keras
+        assert keras.backend.backend() == "jax"
+        from itnet_keras import build_itnet
+        model = build_itnet("tiny", dropout=0.1)
+        n = len(model.outputs)
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        model.compile(optimizer="adam", loss=[loss] * n)
+        x = np.random.rand(2, 32, 32, 3).astype("float32")
+        y = np.random.randint(0, 4, (2, 32, 32))
+        history = model.fit(x, [y] * n, epochs=2, verbose=0)
+        assert np.all(np.isfinite(history.history["loss"]))
+        print("ok")
+    """)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
