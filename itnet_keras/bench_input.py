@@ -1,0 +1,79 @@
+"""Input pipeline throughput: training images/s of `make_dataset`, as a markdown table.
+
+    python -m itnet_keras.bench_input [--repeats 5] [--workers 1] [--max-batches 64]
+
+Each run reads one (training) epoch, or its first `--max-batches` batches. The first run
+of a dataset decodes the files ("cold"; CamVid is then cached in memory); the median is
+over the following runs. Compare with the training images/s of the same settings.
+"""
+
+import argparse
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from itnet_keras.augment import input_size, training_crop
+from itnet_keras.datasets import DatasetError
+from itnet_keras.pipeline import make_dataset
+
+# (dataset, make_dataset keyword arguments)
+CONFIGS = [
+    ("builtin", dict()),
+    ("camvid", dict()),
+    ("camvid", dict(scale=2)),
+]
+
+
+def images_per_second(dataset, max_batches, workers):
+    """Read up to `max_batches` batches of the current epoch; images per second."""
+    count = min(len(dataset), max_batches)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        images = sum(len(x) for x, _ in pool.map(dataset.__getitem__, range(count)))
+    return images / (time.perf_counter() - start)
+
+
+def bench(name, repeats=5, max_batches=64, workers=1, batch_size=8, **kwargs):
+    """(cold images/s, median images/s over `repeats` warm epochs, dataset)."""
+    dataset = make_dataset(name, "train", training=True, batch_size=batch_size, **kwargs)
+    cold = images_per_second(dataset, max_batches, workers)
+    warm = []
+    for epoch in range(1, repeats + 1):
+        dataset.epoch = epoch
+        warm.append(images_per_second(dataset, max_batches, workers))
+    return cold, statistics.median(warm), dataset
+
+
+def run(repeats=5, max_batches=64, workers=1, batch_size=8, configs=CONFIGS):
+    rows = ["| dataset | options | images (h x w) | batch | workers | cold images/s | "
+            f"images/s (median of {repeats}) |", "|---|---|---|---|---|---|---|"]
+    for name, kwargs in configs:
+        try:
+            cold, warm, dataset = bench(name, repeats, max_batches, workers, batch_size,
+                                        **kwargs)
+        except DatasetError as error:
+            rows.append(f"| {name} | {kwargs} | skipped: {error} | | | | |")
+            continue
+        scale = kwargs.get("scale", 1)
+        h, w = training_crop(dataset.spec, kwargs.get("crop"), scale) or input_size(
+            dataset.spec, scale)
+        options = ", ".join(f"{k}={v}" for k, v in kwargs.items()) or "default"
+        rows.append(f"| {name} | {options} | {h} x {w} | {batch_size} | {workers} | "
+                    f"{cold:.0f} | {warm:.0f} |")
+    table = "\n".join(rows)
+    print(table)
+    return table
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--max-batches", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args(argv)
+    run(args.repeats, args.max_batches, args.workers, args.batch_size)
+
+
+if __name__ == "__main__":
+    main()

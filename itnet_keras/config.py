@@ -1,0 +1,82 @@
+"""The training configuration: one dataclass, and the command-line flags generated from it."""
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+
+
+def _flag(help, default=None, choices=None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class FitConfig:
+    preset: str = _flag("model preset (itnet_keras.PRESETS)", default="tiny")
+    data: str = _flag("dataset", default="builtin", choices=("builtin", "camvid", "cityscapes"))
+    data_dir: typing.Optional[str] = _flag("dataset folder (default: the dataset's default location)")
+    epochs: int = _flag("number of epochs", default=30)
+    batch_size: int = _flag("images per batch", default=8)
+    learning_rate: float = _flag("Adam learning rate; x0.1 after 70%% and 85%% of the epochs", default=1e-3)
+    output_weights: str = _flag("output-weight schedule (see itnet_keras.losses.SCHEDULE_HELP)", default="thinned:4")
+    # Model arguments: None keeps the preset's value.
+    width: typing.Optional[int] = _flag("the paper's f")
+    num_scales: typing.Optional[int] = _flag("L")
+    num_iterations: typing.Optional[int] = _flag("N")
+    num_blocks: typing.Optional[int] = _flag("K")
+    expansion: typing.Optional[int] = _flag("t")
+    weight_sharing: typing.Optional[bool] = _flag("share the iterative block's weights")
+    bn_placement: typing.Optional[str] = _flag("batch norm placement", choices=("between", "every_conv"))
+    dropout: typing.Optional[float] = _flag("dropout after the depthwise convs")
+    l2: typing.Optional[float] = _flag("L2 factor on all conv kernels")
+    # Input.
+    crop: typing.Optional[str] = _flag("training crop HEIGHTxWIDTH (default: the dataset's)")
+    scale: int = _flag("downscale images and labels by this integer factor first", default=1)
+    limit: typing.Optional[int] = _flag("use only the first LIMIT images of each split")
+    workers: int = _flag("input pipeline threads", default=1)
+    # Run.
+    seed: int = _flag("random seed (weights, shuffling, augmentation, dropout)", default=0)
+    output: str = _flag("run folder", default="runs/itnet")
+    resume: bool = _flag("continue the run in --output from its last checkpoint", default=False)
+    strategy: str = _flag("tf.distribute strategy", default="default", choices=("default", "mirrored"))
+
+    MODEL_FIELDS = ("width", "num_scales", "num_iterations", "num_blocks", "expansion",
+                    "weight_sharing", "bn_placement", "dropout", "l2")
+
+    def model_overrides(self):
+        return {name: getattr(self, name) for name in self.MODEL_FIELDS if getattr(self, name) is not None}
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+
+def _bool(text):
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")
+
+
+def build_parser(prog="python -m itnet_keras.fit"):
+    """One flag per `FitConfig` field; flags not given are absent from the namespace."""
+    parser = argparse.ArgumentParser(prog=prog, argument_default=argparse.SUPPRESS)
+    hints = typing.get_type_hints(FitConfig)
+    for item in dataclasses.fields(FitConfig):
+        kind = hints[item.name]
+        kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+        flag = "--" + item.name.replace("_", "-")
+        help_text = item.metadata["help"] + (f" (default: {item.default})" if item.default is not None else "")
+        if kind is bool and item.default is False:
+            parser.add_argument(flag, action="store_true", help=help_text)
+        else:
+            parser.add_argument(flag, type=_bool if kind is bool else kind, help=help_text,
+                                choices=item.metadata.get("choices"))
+    return parser
+
+
+def parse_config(argv=None):
+    """(FitConfig, names of the flags given on the command line)."""
+    given = vars(build_parser().parse_args(argv))
+    return FitConfig(**given), set(given)

@@ -1,0 +1,321 @@
+"""Dataset readers: CamVid (SegNet layout), Cityscapes (official layout), built-in shapes.
+
+`load_split(name, split)` returns a `Split`: the dataset's `DatasetSpec`, its samples,
+and `split[i] -> (image uint8 HxWx3, label uint8 HxW)`. Every label is checked when it
+is read; any problem raises `DatasetError` naming the file and the value at fault.
+"""
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SPLITS = ("train", "val", "test")
+
+
+class DatasetError(ValueError):
+    """A dataset file or argument is wrong; the message names it and what was expected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    num_classes: int
+    ignore_label: int  # pixels with this label count in neither the loss nor mIoU
+    class_names: tuple
+    image_size: tuple  # (h, w) of the network input after resizing, before cropping
+    train_crop: tuple | None  # (h, w) random training crop, or None
+    normalization: tuple  # (scale, offset): pixel * scale + offset
+
+
+DATASETS = {
+    "camvid": DatasetSpec(
+        "camvid", 11, 11,
+        ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol",
+         "fence", "car", "pedestrian", "bicyclist"),
+        (360, 480), (352, 480), (1 / 255, 0.0)),
+    "cityscapes": DatasetSpec(
+        "cityscapes", 19, 255,
+        ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic_light",
+         "traffic_sign", "vegetation", "terrain", "sky", "person", "rider", "car",
+         "truck", "bus", "train", "motorcycle", "bicycle"),
+        (512, 1024), None, (1 / 127.5, -1.0)),
+    "builtin": DatasetSpec(
+        "builtin", 4, 255, ("background", "rectangle", "disk", "triangle"),
+        (64, 64), None, (1 / 255, 0.0)),
+}
+
+# cityscapesScripts labels.py: labelId -> trainId (19 classes), everything else ignored.
+CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
+                        23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+CITYSCAPES_MAX_LABEL_ID = 33
+CITYSCAPES_LUT = np.full(256, 255, np.uint8)
+CITYSCAPES_LUT[list(CITYSCAPES_TRAIN_IDS)] = list(CITYSCAPES_TRAIN_IDS.values())
+
+BUILTIN_NUM_IMAGES = {"train": 512, "val": 128, "test": 128}
+
+
+@dataclasses.dataclass
+class Split:
+    """One split of a dataset: `len(split)` samples, `split[i] -> (image, label)`."""
+
+    spec: DatasetSpec
+    split: str
+    samples: list  # (image_path, label_path) pairs, or indices for the built-in data
+    read: Callable  # sample -> (image uint8 HxWx3, label uint8 HxW)
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        return self.read(self.samples[index])
+
+
+def get_spec(name):
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def default_data_dir(name):
+    """`../shared/data/<name>` beside the project if present, else `data/<name>`."""
+    shared = PROJECT_ROOT.parent / "shared" / "data" / name
+    return shared if shared.is_dir() else PROJECT_ROOT / "data" / name
+
+
+# ---------------------------------------------------------------- reading and checking
+
+
+def _display(path, root):
+    """The path as shown in errors: from the dataset folder's name on."""
+    try:
+        return str(Path(path).relative_to(Path(root).parent))
+    except ValueError:
+        return str(path)
+
+
+def read_image(path, root):
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except Exception as error:  # missing, truncated, not an image
+        raise DatasetError(f"cannot read image {_display(path, root)}: {error}") from None
+
+
+def read_label(path, root):
+    try:
+        with Image.open(path) as image:
+            label = np.asarray(image)
+    except Exception as error:
+        raise DatasetError(f"cannot read label {_display(path, root)}: {error}") from None
+    if label.ndim != 2 or label.dtype != np.uint8:
+        raise DatasetError(f"label {_display(path, root)} has shape {label.shape} and dtype "
+                           f"{label.dtype}: expected a single-channel 8-bit image")
+    return label
+
+
+def check_label(label, max_id, allowed, path, root, what="label"):
+    """Raise unless every value of `label` is in 0..max_id or equal to `allowed`."""
+    top = int(label.max())
+    if top > max_id and top != allowed:
+        values = np.unique(label)
+        bad = int(values[(values > max_id) & (values != allowed)][0])
+        raise DatasetError(f"{what} {bad} in {_display(path, root)}: expected 0..{max_id}"
+                           + (f" or {allowed} (ignored)" if allowed is not None else ""))
+
+
+def read_pair(image_path, label_path, spec, root, label_map=None):
+    """Read, check and (for Cityscapes) map one image/label pair."""
+    image, label = read_image(image_path, root), read_label(label_path, root)
+    if image.shape[:2] != label.shape:
+        raise DatasetError(f"size mismatch: image {_display(image_path, root)} is "
+                           f"{image.shape[1]}x{image.shape[0]} but label "
+                           f"{_display(label_path, root)} is {label.shape[1]}x{label.shape[0]}")
+    if label_map is None:
+        check_label(label, spec.num_classes - 1, spec.ignore_label, label_path, root)
+    else:
+        check_label(label, CITYSCAPES_MAX_LABEL_ID, None, label_path, root, "labelId")
+        label = label_map[label]
+    return image, label
+
+
+# ---------------------------------------------------------------- CamVid
+
+
+def camvid_samples(root, split):
+    """(image, label) paths from `<split>.txt`, whose `/SegNet/CamVid/` prefix is dropped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"CamVid folder {root} not found: expected the SegNet layout "
+                           f"(train/, trainannot/, train.txt, ...); get it with "
+                           f"`python -m itnet_keras.download camvid --output {root}`")
+    list_file = root / f"{split}.txt"
+    if not list_file.is_file():
+        raise DatasetError(f"missing list file {_display(list_file, root)} for split {split!r}")
+    samples = []
+    for number, line in enumerate(list_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        paths = line.split()
+        if len(paths) != 2:
+            raise DatasetError(f"{_display(list_file, root)} line {number}: {line!r}: "
+                               f"expected 'image_path label_path'")
+        pair = tuple(root / p.split("CamVid/")[-1].lstrip("/") for p in paths)
+        for path in pair:
+            if not path.is_file():
+                raise DatasetError(f"missing file {_display(path, root)} "
+                                   f"(listed in {_display(list_file, root)} line {number})")
+        samples.append(pair)
+    if not samples:
+        raise DatasetError(f"list file {_display(list_file, root)} is empty: "
+                           f"expected lines 'image_path label_path'")
+    return samples
+
+
+# ---------------------------------------------------------------- Cityscapes
+
+
+def cityscapes_samples(root, split):
+    """`leftImg8bit/<split>/<city>/*_leftImg8bit.png` with their `gtFine` labelIds."""
+    root = Path(root)
+    images = sorted((root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png"))
+    if not images:
+        raise DatasetError(f"no images in {_display(root / 'leftImg8bit' / split, root)}: "
+                           f"expected leftImg8bit/{split}/<city>/<name>_leftImg8bit.png")
+    samples = []
+    for image in images:
+        name = image.name[: -len("_leftImg8bit.png")]
+        label = root / "gtFine" / split / image.parent.name / f"{name}_gtFine_labelIds.png"
+        if not label.is_file():
+            raise DatasetError(f"missing label {_display(label, root)} "
+                               f"for image {_display(image, root)}")
+        samples.append((image, label))
+    return samples
+
+
+def write_cityscapes_fixture(root, cities=("aachen", "bremen"), images_per_city=2,
+                             size=(64, 128), splits=("train", "val"), seed=0):
+    """Write a tiny random dataset in the official Cityscapes layout; returns `root`."""
+    root, rng = Path(root), np.random.default_rng(seed)
+    for split in splits:
+        for city in cities:
+            for i in range(images_per_city):
+                name = f"{city}_{i:06d}_000019"
+                image_dir = root / "leftImg8bit" / split / city
+                label_dir = root / "gtFine" / split / city
+                image_dir.mkdir(parents=True, exist_ok=True)
+                label_dir.mkdir(parents=True, exist_ok=True)
+                image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+                label = rng.integers(0, CITYSCAPES_MAX_LABEL_ID + 1, size, dtype=np.uint8)
+                Image.fromarray(image).save(image_dir / f"{name}_leftImg8bit.png")
+                Image.fromarray(label).save(label_dir / f"{name}_gtFine_labelIds.png")
+    return root
+
+
+# ---------------------------------------------------------------- built-in shapes
+
+
+def _shape_masks(kind, cy, cx, r, yy, xx, rng):
+    """Masks [n, h, w] of one shape per image: 1 rectangle, 2 disk, 3 triangle."""
+    dy, dx = yy - cy, xx - cx
+    aspect = rng.uniform(0.5, 1.0, cy.shape).astype(np.float32)
+    rectangle = (np.abs(dy) <= r * aspect) & (np.abs(dx) <= r / np.sqrt(aspect) * 0.9)
+    disk = dy**2 + dx**2 <= r**2
+    angle = rng.uniform(0, 2 * np.pi, cy.shape).astype(np.float32)
+    corners = [(1.3 * r * np.sin(angle + k * 2 * np.pi / 3),
+                1.3 * r * np.cos(angle + k * 2 * np.pi / 3)) for k in range(3)]
+    triangle = np.ones_like(disk)
+    for (ay, ax), (by, bx) in zip(corners, corners[1:] + corners[:1]):
+        triangle &= (bx - ax) * (dy - ay) - (by - ay) * (dx - ax) >= 0
+    return np.where(kind == 1, rectangle, np.where(kind == 2, disk, triangle))
+
+
+def _smooth_colors(rng, n, h, w, grid=4):
+    """Random colours on a `grid` x `grid` lattice, bilinearly interpolated: [n, h, w, 3]."""
+    def weights(size):
+        t = np.linspace(0, grid - 1, size)
+        return np.maximum(0, 1 - np.abs(t[:, None] - np.arange(grid)[None])).astype(np.float32)
+    lattice = rng.uniform(0, 255, (n, grid, grid, 3)).astype(np.float32)
+    return np.einsum("yi,nijc,xj->nyxc", weights(h), lattice, weights(w), optimize=True)
+
+
+def _draw_shapes(rng, n, h, w):
+    """Images [n, h, w, 3] uint8 and labels [n, h, w] uint8 (see `builtin_arrays`)."""
+    scale = min(h, w)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) / scale
+    rows, columns = np.mgrid[0:h, 0:w] // max(2, scale // 32) % 2
+    patterns = np.stack([0 * rows, rows, columns, rows ^ columns]).astype(bool)  # by class
+    images = _smooth_colors(rng, n, h, w)
+    labels = np.zeros((n, h, w), np.uint8)
+    for slot in range(3):
+        present = rng.random((n, 1, 1)) < (1.0 if slot == 0 else 0.7)
+        kind = rng.integers(1, 4, (n, 1, 1))
+        cy = rng.uniform(0.1, 0.9, (n, 1, 1)).astype(np.float32) * h / scale
+        cx = rng.uniform(0.1, 0.9, (n, 1, 1)).astype(np.float32) * w / scale
+        r = rng.uniform(0.12, 0.25, (n, 1, 1)).astype(np.float32)
+        mask = _shape_masks(kind, cy, cx, r, yy, xx, rng) & present
+        color = rng.uniform(0, 255, (n, 1, 1, 3)).astype(np.float32)
+        color = np.where(patterns[kind[:, 0, 0], ..., None], (color + 128) % 256, color)
+        images = np.where(mask[..., None], color, images)
+        labels = np.where(mask, kind, labels).astype(np.uint8)
+    images += rng.normal(0, 12, images.shape).astype(np.float32)
+    padded = np.pad(labels, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    border = np.zeros_like(labels, bool)
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        border |= padded[:, dy:dy + h, dx:dx + w] != labels
+    labels[border & (labels > 0)] = 255
+    return np.clip(images, 0, 255).astype(np.uint8), labels
+
+
+@functools.lru_cache(maxsize=8)
+def builtin_arrays(split, size, num_images, seed, chunk=64):
+    """Images [n, h, w, 3] uint8 and labels [n, h, w] uint8 of random shapes.
+
+    Up to three shapes per image (classes 1..3 over background 0) in random colours on a
+    smooth random background plus pixel noise, so colour alone does not give the class.
+    Each class also has its own two-colour pattern (rectangles horizontal stripes, disks
+    vertical stripes, triangles a checkerboard), so that small networks learn it quickly.
+    The one-pixel inner border of each shape is ignored (255). Drawn `chunk` images at
+    a time, each chunk from its own seed.
+    """
+    h, w = size
+    parts = [_draw_shapes(np.random.default_rng((seed, SPLITS.index(split), h, w, start)),
+                          min(chunk, num_images - start), h, w)
+             for start in range(0, num_images, chunk)]
+    images, labels = (np.concatenate(arrays) for arrays in zip(*parts))
+    images.flags.writeable = labels.flags.writeable = False  # shared by the cache
+    return images, labels
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def load_split(name, split, data_dir=None, limit=None, *, size=64, num_images=None,
+               data_seed=0):
+    """The `split` of dataset `name`; `size`, `num_images` and `data_seed` are built-in only.
+
+    CamVid is decoded once and kept in memory; Cityscapes is read lazily.
+    """
+    spec = get_spec(name)
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r} of {name}: expected one of {SPLITS}")
+    if name == "builtin":
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        count = num_images or BUILTIN_NUM_IMAGES[split]
+        images, labels = builtin_arrays(split, size, count, data_seed)
+        spec = dataclasses.replace(spec, image_size=size)
+        samples = list(range(count))[:limit]
+        return Split(spec, split, samples, lambda i: (images[i], labels[i]))
+    root = Path(data_dir) if data_dir is not None else default_data_dir(name)
+    if name == "camvid":
+        samples = camvid_samples(root, split)[:limit]
+        read = functools.lru_cache(maxsize=None)(
+            lambda pair: read_pair(*pair, spec, root))
+    else:
+        samples = cityscapes_samples(root, split)[:limit]
+        read = lambda pair: read_pair(*pair, spec, root, CITYSCAPES_LUT)  # noqa: E731
+    return Split(spec, split, samples, read)

@@ -1,0 +1,180 @@
+"""Evaluate an ItNet on a split: mIoU per output, costs, AUC, a plot and a picture strip.
+
+    python -m itnet_keras.evaluate MODEL.keras --data camvid --split val --output DIR
+
+writes `evaluation.json` (`outputs`: per output `output`, `miou`, `iou_per_class`, `macs`,
+`params`, graph bytes, `depth`; top-level `auc`, `normalized_auc`), `miou_over_macs.png`
+and `predictions.png` (image, label and the prediction of every output for one image).
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from itnet_keras.costs import output_costs
+from itnet_keras.metrics import anytime_auc, confusion_matrix, iou_from_confusion, mean_iou
+
+
+def predict_classes(model, images):
+    """Per-output argmax class maps: [N, batch, H, W]."""
+    outputs = model(images, training=False)
+    return np.stack([np.argmax(np.asarray(o), axis=-1) for o in outputs])
+
+
+def evaluate_model(model, dataset):
+    """Confusion matrices over the whole split, then mIoU per output, costs and AUC."""
+    spec = dataset.spec
+    matrices = None
+    for index in range(len(dataset)):
+        images, labels = dataset[index]
+        labels = next(iter(labels.values())) if isinstance(labels, dict) else labels
+        predictions = predict_classes(model, images)
+        batch = [confusion_matrix(labels, p, spec.num_classes, spec.ignore_label) for p in predictions]
+        matrices = batch if matrices is None else [m + b for m, b in zip(matrices, batch)]
+    input_size = tuple(images.shape[1:3])
+    costs = output_costs(model, input_size)
+    outputs = []
+    for cost, matrix in zip(costs, matrices):
+        iou = iou_from_confusion(matrix)
+        outputs.append({
+            **cost, "miou": mean_iou(matrix),
+            "iou_per_class": {name: (None if np.isnan(v) else float(v)) for name, v in zip(spec.class_names, iou)},
+        })
+    auc, normalized = anytime_auc([o["macs"] for o in outputs], [o["miou"] for o in outputs])
+    return {"dataset": spec.name, "split": dataset.split.split, "images": len(dataset.split),
+            "input_size": list(input_size), "auc": auc, "normalized_auc": normalized, "outputs": outputs}
+
+
+def write_atomic(path, data, mode="w"):
+    """Write a file through a temporary name and rename it into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, mode) as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def plot_miou_over_macs(result, path, label="ItNet"):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    macs = [o["macs"] / 1e9 for o in result["outputs"]]
+    miou = [o["miou"] for o in result["outputs"]]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(macs, miou, "o-", label=f"{label} (AUC' {result['normalized_auc']:.3f})")
+    ax.set_xlabel("multiply-accumulates per image (billions)")
+    ax.set_ylabel(f"mIoU ({result['dataset']} {result['split']})")
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_prediction_strip(model, dataset, path, index=0):
+    """Image, label and the prediction of every output for one image (the paper's Fig. 1e)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images, labels = dataset[index // dataset.batch_size]
+    labels = next(iter(labels.values())) if isinstance(labels, dict) else labels
+    k = index % dataset.batch_size
+    predictions = predict_classes(model, images[k:k + 1])[:, 0]
+    spec = dataset.spec
+    colors = plt.get_cmap("tab20", max(spec.num_classes, 2))
+    scale, offset = spec.normalization
+
+    def colorize(classes):
+        rgb = colors(np.clip(classes, 0, spec.num_classes - 1))[..., :3]
+        rgb[classes == spec.ignore_label] = 0
+        return rgb
+
+    panels = [("image", np.clip((images[k] - offset) / scale / 255, 0, 1)), ("label", colorize(labels[k]))]
+    panels += [(f"output {n}", colorize(p)) for n, p in enumerate(predictions, start=1)]
+    columns = min(len(panels), 6)
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 1.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (title, picture) in zip(axes.flat, panels):
+        ax.imshow(picture)
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_report(model, dataset, output_dir, label="ItNet"):
+    """Evaluate and write evaluation.json, miou_over_macs.png and predictions.png."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    result = evaluate_model(model, dataset)
+    write_atomic(output_dir / "evaluation.json", json.dumps(result, indent=1))
+    plot_miou_over_macs(result, output_dir / "miou_over_macs.png", label)
+    plot_prediction_strip(model, dataset, output_dir / "predictions.png")
+    return result
+
+
+def load_itnet(path):
+    """A saved ItNet `.keras` file, with errors that name the file."""
+    import keras
+
+    import itnet_keras  # noqa: F401  (registers the custom layers)
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many kinds here
+        raise ValueError(f"cannot load {path} as a Keras model: {error}") from error
+    names = [layer.name for layer in model.layers]
+    if "iterative_block" not in names or "data_block" not in names:
+        raise ValueError(f"{path} is a Keras model but not an ItNet (no data_block/iterative_block layer)")
+    return model
+
+
+def main(argv=None):
+    from itnet_keras.pipeline import make_dataset
+
+    parser = argparse.ArgumentParser(prog="python -m itnet_keras.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("model", help="a saved .keras model")
+    parser.add_argument("--data", default="builtin", choices=("builtin", "camvid", "cityscapes"))
+    parser.add_argument("--data-dir")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--scale", type=int, default=1, help="downscale images by this factor (as in training)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first LIMIT images")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--output", required=True, help="folder for the report")
+    args = parser.parse_args(argv)
+    try:
+        model = load_itnet(args.model)
+        dataset = make_dataset(args.data, args.split, data_dir=args.data_dir, batch_size=args.batch_size,
+                               scale=args.scale, limit=args.limit)
+        result = write_report(model, dataset, args.output)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for o in result["outputs"]:
+        print(f"output {o['output']:2d}: mIoU {o['miou']:.4f}  MACs {o['macs'] / 1e9:.3f}e9")
+    print(f"normalized AUC {result['normalized_auc']:.4f}; report in {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

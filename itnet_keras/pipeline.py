@@ -1,0 +1,111 @@
+"""Batches for `model.fit` / `evaluate`: a `keras.utils.PyDataset` over a dataset split.
+
+Training shuffles once per epoch from (seed, epoch) and augments each sample from
+(seed, epoch, sample index), so a resumed run sees exactly the batches of the
+uninterrupted one. Train with
+
+    model.fit(data, initial_epoch=e, shuffle=False, callbacks=[SyncEpoch(data)], ...)
+
+`SyncEpoch` sets `data.epoch` from Keras' epoch number; `shuffle=False` because the
+order is ours (Keras would reorder batches with Python's global `random`).
+"""
+
+import math
+
+import keras
+import numpy as np
+
+from itnet_keras.augment import Augmentation, sample_seed
+from itnet_keras.datasets import load_split
+
+
+class SegmentationDataset(keras.utils.PyDataset):
+    """Batches `(images float32 [B, H, W, 3], labels int32 [B, H, W])` of one `Split`.
+
+    Targets are a dict `{name: labels}` when `output_names` is given (one loss per
+    model output). `epoch` selects the shuffle and augmentation; it advances at each
+    `on_epoch_begin` / `on_epoch_end` pair and can be set directly (see `SyncEpoch`).
+    """
+
+    def __init__(self, split, augmentation, batch_size=8, training=False, seed=0,
+                 output_names=None, workers=1, **kwargs):
+        super().__init__(workers=workers, use_multiprocessing=False, **kwargs)
+        self.split, self.spec, self.augmentation = split, split.spec, augmentation
+        self.batch_size, self.training, self.seed = batch_size, training, seed
+        self.output_names = list(output_names) if output_names else None
+        self.epoch = 0
+        self._in_epoch = False
+        self._order = (None, None)  # (epoch, permutation)
+        if len(self) == 0:
+            raise ValueError(f"{self.spec.name} {split.split} has {len(split)} samples: "
+                             f"expected at least batch_size {batch_size}"
+                             + (" for training (the last incomplete batch is dropped)"
+                                if training else ""))
+
+    def __len__(self):
+        count = len(self.split)
+        return count // self.batch_size if self.training else math.ceil(count / self.batch_size)
+
+    def order(self):
+        """Sample indices of the current epoch: a permutation in training, else in order."""
+        if not self.training:
+            return np.arange(len(self.split))
+        epoch, permutation = self._order
+        if epoch != self.epoch:
+            permutation = np.random.default_rng((self.seed, self.epoch)).permutation(
+                len(self.split))
+            self._order = (self.epoch, permutation)
+        return permutation
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        epoch = self.epoch
+        indices = self.order()[index * self.batch_size:(index + 1) * self.batch_size]
+        images, labels = zip(*(
+            self.augmentation(*self.split[i], sample_seed(self.seed, epoch, int(i)))
+            for i in indices))
+        images, labels = np.stack(images), np.stack(labels).astype(np.int32)
+        if self.output_names:
+            return images, {name: labels for name in self.output_names}
+        return images, labels
+
+    def on_epoch_begin(self):
+        self._in_epoch = True
+
+    def on_epoch_end(self):
+        # `fit` and `evaluate` also call this once before their first epoch
+        # (`EpochIterator.reset`); only an end that follows a begin advances the epoch.
+        if self._in_epoch:
+            self.epoch += 1
+        self._in_epoch = False
+
+
+class SyncEpoch(keras.callbacks.Callback):
+    """Sets `dataset.epoch` to `fit`'s epoch number when each epoch begins.
+
+    Use it with `fit(..., initial_epoch=e, shuffle=False)`: the batches then depend on
+    the epoch number alone, whatever Keras does between epochs (the JAX trainer peeks
+    one batch inside an extra epoch begin/end before training).
+    """
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.dataset.epoch = epoch
+
+
+def make_dataset(name, split, *, data_dir=None, batch_size=8, training=False, seed=0,
+                 limit=None, crop=None, scale=1, output_names=None, workers=1,
+                 **builtin_kwargs):
+    """A `SegmentationDataset` of `split` of dataset `name` (see `datasets.load_split`).
+
+    `crop` (h, w) overrides the training crop; `scale` divides the image size first
+    (e.g. CamVid scale=2: 180x240 images, 176x240 training crops).
+    """
+    data = load_split(name, split, data_dir=data_dir, limit=limit, **builtin_kwargs)
+    augmentation = Augmentation(data.spec, training, crop=crop, scale=scale)
+    return SegmentationDataset(data, augmentation, batch_size=batch_size, training=training,
+                               seed=seed, output_names=output_names, workers=workers)

@@ -1,0 +1,47 @@
+"""Shared fixtures: the shared CamVid copy and small synthetic datasets in tmp_path."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_CAMVID = Path(__file__).resolve().parents[2] / "shared/data/camvid"
+
+
+def _write_camvid(root, counts=None, size=(36, 48), seed=0):
+    """A tiny CamVid in the SegNet layout (random images, labels 0..11); returns `root`."""
+    root, rng = Path(root), np.random.default_rng(seed)
+    for split, count in (counts or {"train": 3, "val": 2}).items():
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        lines = []
+        for i in range(count):
+            name = f"0001TP_{i:06d}.png"
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
+                root / split / name)
+            Image.fromarray(rng.integers(0, 12, size, dtype=np.uint8)).save(
+                root / f"{split}annot" / name)
+            lines.append(f"/SegNet/CamVid/{split}/{name} /SegNet/CamVid/{split}annot/{name}")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def write_camvid():
+    """`write_camvid(root, counts={"train": 3, "val": 2}, size=(h, w), seed=0) -> root`."""
+    return _write_camvid
+
+
+@pytest.fixture
+def camvid_fixture(tmp_path):
+    """A tiny synthetic CamVid at `tmp_path/camvid` (train 3, val 2, 36x48)."""
+    return _write_camvid(tmp_path / "camvid")
+
+
+@pytest.fixture
+def camvid_root():
+    """The real CamVid copy beside the project (read-only)."""
+    if not (SHARED_CAMVID / "train.txt").is_file():
+        pytest.skip(f"shared CamVid copy not found at {SHARED_CAMVID}")
+    return SHARED_CAMVID

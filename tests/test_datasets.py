@@ -1,0 +1,181 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from itnet_keras.datasets import (
+    CITYSCAPES_TRAIN_IDS,
+    DATASETS,
+    DatasetError,
+    builtin_arrays,
+    default_data_dir,
+    load_split,
+    write_cityscapes_fixture,
+)
+
+
+def test_specs():
+    camvid, cityscapes = DATASETS["camvid"], DATASETS["cityscapes"]
+    assert (camvid.num_classes, camvid.ignore_label, camvid.image_size, camvid.train_crop) == (
+        11, 11, (360, 480), (352, 480))
+    assert (cityscapes.num_classes, cityscapes.ignore_label, cityscapes.image_size) == (
+        19, 255, (512, 1024))
+    for spec in DATASETS.values():
+        assert len(spec.class_names) == spec.num_classes
+
+
+# ---------------------------------------------------------------- CamVid
+
+
+def test_camvid_shared_copy(camvid_root):
+    assert default_data_dir("camvid") == camvid_root
+    assert len(load_split("camvid", "train", camvid_root)) == 367
+    assert len(load_split("camvid", "val", camvid_root)) == 101
+    data = load_split("camvid", "train", camvid_root, limit=3)
+    assert len(data) == 3
+    for image_path, label_path in data.samples:  # list-file paths resolve into the folder
+        assert image_path.parent == camvid_root / "train" and image_path.is_file()
+        assert label_path.parent == camvid_root / "trainannot" and label_path.is_file()
+    for i in range(3):
+        image, label = data[i]
+        assert image.shape == (360, 480, 3) and image.dtype == np.uint8
+        assert label.shape == (360, 480) and label.dtype == np.uint8
+        assert label.max() <= 11
+
+
+def test_camvid_fixture_reads(camvid_fixture):
+    data = load_split("camvid", "val", camvid_fixture)
+    assert len(data) == 2
+    image, label = data[1]
+    assert image.shape == (36, 48, 3) and label.shape == (36, 48)
+
+
+# ---------------------------------------------------------------- Cityscapes
+
+
+def test_cityscapes_fixture_loads(tmp_path):
+    root = write_cityscapes_fixture(tmp_path / "cityscapes")
+    for split in ("train", "val"):
+        data = load_split("cityscapes", split, root)
+        assert len(data) == 4 and data.spec.num_classes == 19
+        image, label = data[0]
+        assert image.shape == (64, 128, 3) and label.shape == (64, 128)
+        assert set(np.unique(label)) <= set(range(19)) | {255}
+
+
+def test_cityscapes_label_ids_map_to_train_ids(tmp_path):
+    root = write_cityscapes_fixture(tmp_path / "cityscapes", images_per_city=1,
+                                    size=(2, 34))
+    label_ids = np.tile(np.arange(34, dtype=np.uint8), (2, 1))  # every labelId 0..33
+    data = load_split("cityscapes", "train", root)
+    Image.fromarray(label_ids).save(data.samples[0][1])
+    _, label = data[0]
+    expected = [CITYSCAPES_TRAIN_IDS.get(i, 255) for i in range(34)]
+    assert label[0].tolist() == expected
+    assert label[0, 7] == 0 and label[0, 26] == 13 and label[0, 33] == 18
+    assert label[0, 0] == label[0, 6] == label[0, 29] == 255  # unmapped -> ignored
+
+
+def test_cityscapes_errors(tmp_path):
+    root = write_cityscapes_fixture(tmp_path / "cityscapes", images_per_city=1)
+    data = load_split("cityscapes", "train", root)
+    Image.fromarray(np.full((64, 128), 40, np.uint8)).save(data.samples[0][1])
+    with pytest.raises(DatasetError, match=r"labelId 40 in cityscapes/gtFine/train/.*: "
+                                           r"expected 0\.\.33"):
+        data[0]
+    data.samples[1][1].unlink()
+    with pytest.raises(DatasetError, match=r"missing label cityscapes/gtFine/train/bremen"):
+        load_split("cityscapes", "train", root)
+    with pytest.raises(DatasetError, match=r"no images in cityscapes/leftImg8bit/test"):
+        load_split("cityscapes", "test", root)
+
+
+# ---------------------------------------------------------------- built-in shapes
+
+
+def test_builtin_deterministic_and_complete():
+    generate = builtin_arrays.__wrapped__  # bypass the cache
+    images, labels = generate("train", (32, 48), 64, 0)
+    again_images, again_labels = generate("train", (32, 48), 64, 0)
+    np.testing.assert_array_equal(images, again_images)
+    np.testing.assert_array_equal(labels, again_labels)
+    assert images.shape == (64, 32, 48, 3) and images.dtype == np.uint8
+    assert labels.shape == (64, 32, 48) and labels.dtype == np.uint8
+    assert set(np.unique(labels)) == {0, 1, 2, 3, 255}
+    other_images, other_labels = generate("train", (32, 48), 64, 1)
+    assert not np.array_equal(labels, other_labels)
+    assert not np.array_equal(images, other_images)
+    assert not np.array_equal(labels, generate("val", (32, 48), 64, 0)[1])
+
+
+def test_builtin_split():
+    data = load_split("builtin", "val", size=(24, 40), num_images=10)
+    assert len(data) == 10 and data.spec.image_size == (24, 40)
+    assert load_split("builtin", "train", limit=5).spec.image_size == (64, 64)
+    assert len(load_split("builtin", "train")) == 512
+    image, label = data[3]
+    assert image.shape == (24, 40, 3) and label.shape == (24, 40)
+
+
+def test_builtin_colour_does_not_give_the_class():
+    images, labels = builtin_arrays("train", (64, 64), 512, 0)
+    for kind in (1, 2, 3):  # each class appears in dark and in bright colours
+        brightness = images[labels == kind].mean(axis=-1)
+        assert brightness.min() < 60 and brightness.max() > 200
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_unknown_dataset_and_split():
+    with pytest.raises(DatasetError, match=r"unknown dataset 'kitti': expected one of "
+                                           r"camvid, cityscapes, builtin"):
+        load_split("kitti", "train")
+    with pytest.raises(DatasetError, match=r"unknown split 'training'"):
+        load_split("builtin", "training")
+
+
+def test_corrupt_image(camvid_fixture):
+    (camvid_fixture / "train" / "0001TP_000001.png").write_bytes(b"not a png")
+    data = load_split("camvid", "train", camvid_fixture)
+    data[0]
+    with pytest.raises(DatasetError, match=r"cannot read image camvid/train/0001TP_000001\.png"):
+        data[1]
+
+
+def test_missing_image(camvid_fixture):
+    (camvid_fixture / "trainannot" / "0001TP_000002.png").unlink()
+    with pytest.raises(DatasetError, match=r"missing file camvid/trainannot/0001TP_000002\.png "
+                                           r"\(listed in camvid/train\.txt line 3\)"):
+        load_split("camvid", "train", camvid_fixture)
+
+
+def test_label_out_of_range(camvid_fixture):
+    label = np.zeros((36, 48), np.uint8)
+    label[5, 5], label[6, 6] = 11, 13  # 11 is the ignore label: allowed
+    Image.fromarray(label).save(camvid_fixture / "trainannot" / "0001TP_000000.png")
+    data = load_split("camvid", "train", camvid_fixture)
+    with pytest.raises(DatasetError, match=r"label 13 in camvid/trainannot/0001TP_000000\.png: "
+                                           r"expected 0\.\.10 or 11"):
+        data[0]
+
+
+def test_size_mismatch(camvid_fixture):
+    Image.fromarray(np.zeros((30, 48), np.uint8)).save(
+        camvid_fixture / "valannot" / "0001TP_000001.png")
+    data = load_split("camvid", "val", camvid_fixture)
+    with pytest.raises(DatasetError, match=r"image camvid/val/0001TP_000001\.png is 48x36 but "
+                                           r"label camvid/valannot/0001TP_000001\.png is 48x30"):
+        data[1]
+
+
+def test_empty_or_missing_split(camvid_fixture, tmp_path):
+    with pytest.raises(DatasetError, match=r"missing list file camvid/test\.txt"):
+        load_split("camvid", "test", camvid_fixture)
+    (camvid_fixture / "val.txt").write_text("\n")
+    with pytest.raises(DatasetError, match=r"list file camvid/val\.txt is empty"):
+        load_split("camvid", "val", camvid_fixture)
+    (camvid_fixture / "val.txt").write_text("only_one_path.png\n")
+    with pytest.raises(DatasetError, match=r"camvid/val\.txt line 1"):
+        load_split("camvid", "val", camvid_fixture)
+    with pytest.raises(DatasetError, match=r"CamVid folder .*nowhere not found"):
+        load_split("camvid", "train", tmp_path / "nowhere")

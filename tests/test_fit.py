@@ -1,0 +1,205 @@
+"""`python -m itnet_keras.fit` end to end: artifacts, resume (also after SIGKILL), bad input."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from itnet_keras import fit
+from itnet_keras.config import FitConfig, parse_config
+from itnet_keras.fit import ConfigError, TrainingError
+
+ARTIFACTS = ["config.json", "checkpoint.npz", "last.keras", "best.keras", "log.csv", "tensorboard",
+             "evaluation.json", "miou_over_macs.png", "predictions.png"]
+# The tiny preset on 32 built-in 64x64 images: 4 batches of 8 per epoch.
+SMALL_RUN = ["--limit", "32", "--epochs", "3", "--learning-rate", "3e-3"]
+
+
+def config_for(folder, *flags):
+    return parse_config([*SMALL_RUN, "--output", str(folder), *flags])
+
+
+def checkpoint_arrays(folder):
+    with np.load(folder / "checkpoint.npz") as data:
+        return {key: data[key] for key in data.files if key != "state"}, json.loads(str(data["state"]))
+
+
+def log_rows(folder):
+    with open(folder / "log.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_fit_lowers_the_loss_and_writes_every_artifact(tmp_path, capsys):
+    result = fit.run(*config_for(tmp_path / "run"))
+    folder = tmp_path / "run"
+    for name in ARTIFACTS:
+        assert (folder / name).exists(), name
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary files left
+    losses = [float(row["loss"]) for row in log_rows(folder)]
+    assert [int(row["epoch"]) for row in log_rows(folder)] == [0, 1, 2]
+    assert losses[-1] < losses[0]
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["fit"]["epochs"] == 3 and saved["model"]["num_iterations"] == 4
+    report = json.loads((folder / "evaluation.json").read_text())
+    assert report == json.loads(json.dumps(result))
+    assert [o["output"] for o in report["outputs"]] == [1, 2, 3, 4]
+    for o in report["outputs"]:
+        assert 0 <= o["miou"] <= 1 and o["macs"] > 0 and o["depth"] > 0
+        assert set(o["iou_per_class"]) == {"background", "rectangle", "disk", "triangle"}
+    assert report["auc"] > 0 and "normalized_auc" in report
+    assert "epoch 3/3" in capsys.readouterr().out
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Stops the process's training after epoch `after` (1-based), as a crash would."""
+
+    def __init__(self, after):
+        super().__init__()
+        self.after = after
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.after:
+            raise KeyboardInterrupt
+
+
+def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    fit.run(*config_for(tmp_path / "straight"))
+    with pytest.raises(KeyboardInterrupt):
+        fit.run(*config_for(tmp_path / "resumed"), callbacks=[Interrupt(after=2)])
+    assert checkpoint_arrays(tmp_path / "resumed")[1]["epoch"] == 2
+    assert not (tmp_path / "resumed" / "evaluation.json").exists()
+    fit.run(*parse_config(["--output", str(tmp_path / "resumed"), "--resume"]))
+    straight, straight_state = checkpoint_arrays(tmp_path / "straight")
+    resumed, resumed_state = checkpoint_arrays(tmp_path / "resumed")
+    assert straight_state == resumed_state
+    assert straight.keys() == resumed.keys()
+    for key in straight:  # weights, moving statistics and the optimizer's moments and step
+        np.testing.assert_allclose(resumed[key], straight[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert [row["epoch"] for row in log_rows(tmp_path / "resumed")] == ["0", "1", "2"]
+
+
+def test_resume_after_sigkill(tmp_path):
+    """A run killed with SIGKILL mid-training resumes from its last completed epoch."""
+    folder = tmp_path / "run"
+    command = [sys.executable, "-m", "itnet_keras.fit", "--limit", "32", "--epochs", "6",
+               "--output", str(folder)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (folder / "checkpoint.npz").exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint within 4 minutes"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = checkpoint_arrays(folder)[1]["epoch"]
+    assert 1 <= done < 6, "the run ended before it could be killed"
+    result = subprocess.run(command + ["--resume"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert checkpoint_arrays(folder)[1]["epoch"] == 6
+    assert [int(row["epoch"]) for row in log_rows(folder)] == list(range(6))
+    assert (folder / "evaluation.json").is_file()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    class Poison(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                kernel = self.model.get_layer("data_block").convs[0].kernel
+                kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+    with pytest.raises(TrainingError, match="NaN in epoch 2.*checkpoint of epoch 1"):
+        fit.run(*config_for(tmp_path / "run"), callbacks=[Poison()])
+    arrays, state = checkpoint_arrays(tmp_path / "run")
+    assert state["epoch"] == 1
+    assert all(np.all(np.isfinite(a)) for a in arrays.values())
+    assert (tmp_path / "run" / "last.keras").is_file()
+
+
+def test_existing_run_needs_resume_and_resume_keeps_the_configuration(tmp_path):
+    fit.run(*config_for(tmp_path / "run", "--epochs", "1"))
+    with pytest.raises(ConfigError, match="--resume"):
+        fit.run(*config_for(tmp_path / "run", "--epochs", "1"))
+    with pytest.raises(ConfigError, match="--batch-size 4 differs"):
+        fit.run(*parse_config(["--output", str(tmp_path / "run"), "--resume", "--batch-size", "4"]))
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        fit.run(*parse_config(["--output", str(tmp_path / "empty"), "--resume"]))
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match=f"--output {blocker}/run: cannot write"):
+        fit.run(*config_for(blocker / "run"))
+    assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("flags, culprit", [
+    (["--data", "imagenet"], "--data: invalid choice: 'imagenet'"),
+    (["--epochs", "many"], "--epochs: invalid int value: 'many'"),
+    (["--bn-placement", "after"], "--bn-placement: invalid choice"),
+    (["--weight-sharing", "maybe"], "--weight-sharing: 'maybe': expected true or false"),
+])
+def test_unknown_flag_values_name_the_flag(flags, culprit, capsys):
+    with pytest.raises(SystemExit):
+        fit.main(flags)
+    assert culprit in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, culprit", [
+    (["--output-weights", "thinned:0"], "--output-weights: output weight schedule 'thinned:0'"),
+    (["--crop", "big"], "--crop 'big': expected HEIGHTxWIDTH"),
+    (["--width", "1"], "width=1: expected"),
+    (["--preset", "huge"], "unknown preset 'huge'"),
+])
+def test_bad_values_give_one_clear_error(tmp_path, flags, culprit, capsys):
+    assert fit.main([*SMALL_RUN, "--output", str(tmp_path / "run"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and culprit in err and "Traceback" not in err
+
+
+def test_a_corrupt_image_names_the_file_and_keeps_earlier_output(tmp_path, write_camvid, capsys):
+    root = write_camvid(tmp_path / "camvid", counts={"train": 8, "val": 2}, size=(32, 48))
+    (root / "val" / "0001TP_000001.png").write_bytes(b"not a png")
+    folder = tmp_path / "run"
+    flags = ["--data", "camvid", "--data-dir", str(root), "--preset", "tiny", "--epochs", "1", "--scale", "4",
+             "--output", str(folder)]
+    assert fit.main(flags) == 2
+    assert "cannot read image camvid/val/0001TP_000001.png" in capsys.readouterr().err
+    assert (folder / "config.json").is_file()  # written before training; nothing half-written
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_flags_come_from_the_config_dataclass():
+    config, given = parse_config(["--preset", "camvid_shared", "--width", "30", "--weight-sharing", "false"])
+    assert isinstance(config, FitConfig) and given == {"preset", "width", "weight_sharing"}
+    assert config.model_overrides() == {"width": 30, "weight_sharing": False}
+    assert config.epochs == FitConfig().epochs
+
+
+def test_evaluate_command(tmp_path, capsys):
+    from itnet_keras import evaluate
+
+    fit.run(*config_for(tmp_path / "run", "--epochs", "1"))
+    out = tmp_path / "eval"
+    assert evaluate.main([str(tmp_path / "run" / "last.keras"), "--limit", "16", "--output", str(out)]) == 0
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["images"] == 16 and len(report["outputs"]) == 4
+    assert (out / "miou_over_macs.png").is_file() and (out / "predictions.png").is_file()
+    assert evaluate.main([str(tmp_path / "missing.keras"), "--output", str(out)]) == 2
+    assert "missing.keras does not exist" in capsys.readouterr().err
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    plain.save(tmp_path / "plain.keras")
+    assert evaluate.main([str(tmp_path / "plain.keras"), "--output", str(out)]) == 2
+    assert "not an ItNet" in capsys.readouterr().err
+
+
+@pytest.fixture(autouse=True)
+def _quiet_tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    yield

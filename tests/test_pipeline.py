@@ -1,0 +1,193 @@
+import dataclasses
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from itnet_keras.augment import Augmentation, sample_seed
+from itnet_keras.datasets import DATASETS, write_cityscapes_fixture
+from itnet_keras.pipeline import SyncEpoch, make_dataset
+
+BUILTIN = dict(size=32, num_images=20)
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def _label_coded(rng, shape, block=2):
+    """A random label constant on `block` x `block` tiles and an image that encodes it."""
+    small = rng.integers(0, 12, (shape[0] // block, shape[1] // block), dtype=np.uint8)
+    label = np.kron(small, np.ones((block, block), np.uint8))
+    image = np.stack([label * 20, 255 - label * 20, np.full_like(label, 7)], axis=-1)
+    return image, label
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_augmentation_keeps_image_and_label_aligned(scale):
+    spec = dataclasses.replace(DATASETS["camvid"], image_size=(48, 64), train_crop=(40, 56))
+    augmentation = Augmentation(spec, training=True, scale=scale)
+    image, label = _label_coded(np.random.default_rng(0), (48, 64), block=2 * scale)
+    seen = set()
+    for index in range(40):
+        out_image, out_label = augmentation(image, label, sample_seed(0, 0, index))
+        assert out_image.dtype == np.float32 and out_image.shape == (40 // scale, 56 // scale, 3)
+        assert out_label.shape == (40 // scale, 56 // scale)
+        np.testing.assert_array_equal(np.rint(out_image[..., 0] * 255), out_label * 20)
+        seen.add(out_label.tobytes())
+    assert len(seen) > 10  # flips and crop positions vary
+
+
+def test_augmentation_without_crop_flips_both_or_neither():
+    spec = DATASETS["builtin"]
+    augmentation = Augmentation(spec, training=True)
+    image, label = _label_coded(np.random.default_rng(1), (64, 64))
+    flipped = 0
+    for index in range(30):
+        out_image, out_label = augmentation(image, label, sample_seed(3, 1, index))
+        np.testing.assert_array_equal(np.rint(out_image[..., 0] * 255), out_label * 20)
+        if np.array_equal(out_label, label[:, ::-1]):
+            flipped += 1
+        else:
+            np.testing.assert_array_equal(out_label, label)
+    assert 5 < flipped < 25
+
+
+def test_cityscapes_resize_and_normalization():
+    spec = dataclasses.replace(DATASETS["cityscapes"], image_size=(32, 64))
+    image, label = _label_coded(np.random.default_rng(2), (64, 128))
+    for training in (False, True):
+        out_image, out_label = Augmentation(spec, training)(image, label, 5)
+        assert out_image.shape == (32, 64, 3) and out_label.shape == (32, 64)
+        np.testing.assert_allclose((out_image[..., 0] + 1) * 127.5, out_label * 20, atol=1e-3)
+        assert -1 <= out_image.min() and out_image.max() <= 1
+
+
+def test_evaluation_is_not_augmented():
+    spec = DATASETS["builtin"]
+    image, label = _label_coded(np.random.default_rng(3), (64, 64))
+    out_image, out_label = Augmentation(spec, training=False)(image, label, 123)
+    np.testing.assert_array_equal(out_label, label)
+    np.testing.assert_allclose(out_image, image / np.float32(255), rtol=1e-6)
+
+
+def test_augmentation_independent_of_thread_and_order():
+    spec = dataclasses.replace(DATASETS["camvid"], image_size=(48, 64), train_crop=(40, 56))
+    augmentation = Augmentation(spec, training=True)
+    image, label = _label_coded(np.random.default_rng(4), (48, 64))
+    seeds = [sample_seed(7, 2, i) for i in range(64)]
+    serial = [augmentation(image, label, s)[1] for s in seeds]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda s: augmentation(image, label, s)[1], seeds[::-1]))[::-1]
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_crop_and_scale_errors():
+    with pytest.raises(ValueError, match=r"crop 400x480 for camvid: expected at most"):
+        Augmentation(DATASETS["camvid"], training=True, crop=(400, 480))
+    with pytest.raises(ValueError, match=r"scale 7 for camvid"):
+        Augmentation(DATASETS["camvid"], training=False, scale=7)
+
+
+# ---------------------------------------------------------------- batches
+
+
+def test_batches_shapes_and_dtypes():
+    train = make_dataset("builtin", "train", batch_size=8, training=True, **BUILTIN)
+    assert len(train) == 2 and train.spec.num_classes == 4  # 20 // 8: last batch dropped
+    images, labels = train[1]
+    assert images.shape == (8, 32, 32, 3) and images.dtype == np.float32
+    assert labels.shape == (8, 32, 32) and labels.dtype == np.int32
+    assert 0 <= images.min() and images.max() <= 1
+    assert set(np.unique(labels)) <= {0, 1, 2, 3, 255}
+    val = make_dataset("builtin", "val", batch_size=8, **BUILTIN)
+    assert len(val) == 3 and val[2][0].shape == (4, 32, 32, 3)  # last batch kept
+    with pytest.raises(IndexError):
+        val[3]
+
+
+def test_camvid_batches(camvid_root):
+    train = make_dataset("camvid", "train", data_dir=camvid_root, batch_size=4, training=True,
+                         limit=8, scale=2)
+    images, labels = train[0]
+    assert images.shape == (4, 176, 240, 3) and labels.shape == (4, 176, 240)
+    assert labels.max() <= 11
+    val = make_dataset("camvid", "val", data_dir=camvid_root, batch_size=4, limit=4, scale=2)
+    assert val[0][0].shape == (4, 180, 240, 3)
+    full = make_dataset("camvid", "train", data_dir=camvid_root, batch_size=2, training=True,
+                        limit=2)
+    assert full[0][0].shape == (2, 352, 480, 3)
+
+
+def test_cityscapes_batches(tmp_path):
+    root = write_cityscapes_fixture(tmp_path / "cityscapes")
+    data = make_dataset("cityscapes", "train", data_dir=root, batch_size=2, training=True,
+                        scale=16)
+    images, labels = data[0]
+    assert images.shape == (2, 32, 64, 3) and labels.shape == (2, 32, 64)
+    assert -1 <= images.min() < 0 < images.max() <= 1
+
+
+def test_deterministic_per_seed_and_epoch():
+    def batch(seed, epoch):
+        dataset = make_dataset("builtin", "train", batch_size=4, training=True, seed=seed,
+                               **BUILTIN)
+        dataset.epoch = epoch
+        return dataset[1]
+
+    first, again = batch(0, 3), batch(0, 3)
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+    assert not np.array_equal(first[1], batch(0, 4)[1])
+    assert not np.array_equal(first[1], batch(1, 3)[1])
+
+
+def test_epoch_advances_on_epoch_end():
+    dataset = make_dataset("builtin", "train", batch_size=4, training=True, **BUILTIN)
+    dataset.on_epoch_end()  # Keras's reset before the first epoch: not an epoch
+    assert dataset.epoch == 0
+    dataset.on_epoch_begin()
+    dataset.on_epoch_end()
+    assert dataset.epoch == 1
+    SyncEpoch(dataset).on_epoch_begin(5)
+    assert dataset.epoch == 5
+
+
+def test_output_names_give_one_target_per_output():
+    names = ["output_0", "output_1", "output_2"]
+    dataset = make_dataset("builtin", "val", batch_size=4, output_names=names, **BUILTIN)
+    images, targets = dataset[0]
+    assert list(targets) == names
+    for name in names:
+        np.testing.assert_array_equal(targets[name], targets["output_0"])
+        assert targets[name].shape == (4, 32, 32)
+
+
+def test_too_few_samples_for_a_training_batch():
+    with pytest.raises(ValueError, match=r"builtin train has 4 samples: expected at least "
+                                         r"batch_size 8"):
+        make_dataset("builtin", "train", batch_size=8, training=True, size=16, num_images=4)
+
+
+def test_jax_backend_fit():
+    code = (
+        "import keras\n"
+        "from itnet_keras.pipeline import SyncEpoch, make_dataset\n"
+        "data = make_dataset('builtin', 'train', batch_size=4, training=True, size=16,"
+        " num_images=8, workers=2)\n"
+        "model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 1)])\n"
+        "model.compile('adam', keras.losses.SparseCategoricalCrossentropy("
+        "from_logits=True, ignore_class=255))\n"
+        "history = model.fit(data, epochs=2, shuffle=False, verbose=0,"
+        " callbacks=[SyncEpoch(data)])\n"
+        "print(keras.backend.backend(), len(history.history['loss']), data.epoch)\n"
+    )
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-3:] == ["jax", "2", "2"]
