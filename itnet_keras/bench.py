@@ -5,7 +5,7 @@
 
 Each (preset, batch size, variant) runs in its own process, so that its peak resident
 memory (`ru_maxrss`) is its own: build, compile with one masked loss per output
-(thinned output weights, as in training), one untimed step (tracing), then `--steps`
+(all outputs weighted alike, the training default), one untimed step (tracing), then `--steps`
 timed steps on fixed random data; the table reports the median step time. The input
 pipeline is not part of it (see `itnet_keras.bench_input`).
 """
@@ -38,7 +38,7 @@ def measure(preset, batch_size, unroll, input_size, steps):
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss={name: MaskedCrossEntropy(spec.ignore_label) for name in names},
-        loss_weights=dict(zip(names, output_weights("thinned:4", len(names)))),
+        loss_weights=dict(zip(names, output_weights("all", len(names)))),
     )
     rng = np.random.default_rng(0)
     images = rng.random((batch_size, *input_size, 3), dtype=np.float32)

@@ -19,7 +19,7 @@ class FitConfig:
     epochs: int = _flag("number of epochs", default=30)
     batch_size: int = _flag("images per batch", default=8)
     learning_rate: float = _flag("Adam learning rate; x0.1 after 70%% and 85%% of the epochs", default=1e-3)
-    output_weights: str = _flag("output-weight schedule (see itnet_keras.losses.SCHEDULE_HELP)", default="thinned:4")
+    output_weights: str = _flag("output-weight schedule (see itnet_keras.losses.SCHEDULE_HELP)", default="all")
     # Model arguments: None keeps the preset's value.
     width: typing.Optional[int] = _flag("the paper's f")
     num_scales: typing.Optional[int] = _flag("L")

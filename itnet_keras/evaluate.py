@@ -25,8 +25,12 @@ def predict_classes(model, images):
     return np.stack([np.argmax(np.asarray(o), axis=-1) for o in outputs])
 
 
-def evaluate_model(model, dataset):
-    """Confusion matrices over the whole split, then mIoU per output, costs and AUC."""
+def evaluate_model(model, dataset, loss_weights=None):
+    """Confusion matrices over the whole split, then mIoU per output, costs and AUC.
+
+    `loss_weights` (the normalized training weight of each output), when known, is
+    recorded per output: outputs trained with weight 0 are evaluated all the same.
+    """
     spec = dataset.spec
     matrices = None
     for index in range(len(dataset)):
@@ -44,6 +48,8 @@ def evaluate_model(model, dataset):
             **cost, "miou": mean_iou(matrix),
             "iou_per_class": {name: (None if np.isnan(v) else float(v)) for name, v in zip(spec.class_names, iou)},
         })
+        if loss_weights is not None:
+            outputs[-1]["loss_weight"] = float(loss_weights[len(outputs) - 1])
     auc, normalized = anytime_auc([o["macs"] for o in outputs], [o["miou"] for o in outputs])
     return {"dataset": spec.name, "split": dataset.split.split, "images": len(dataset.split),
             "input_size": list(input_size), "auc": auc, "normalized_auc": normalized, "outputs": outputs}
@@ -69,7 +75,11 @@ def plot_miou_over_macs(result, path, label="ItNet"):
     macs = [o["macs"] / 1e9 for o in result["outputs"]]
     miou = [o["miou"] for o in result["outputs"]]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(macs, miou, "o-", label=f"{label} (AUC' {result['normalized_auc']:.3f})")
+    line, = ax.plot(macs, miou, "o-", label=f"{label} (AUC' {result['normalized_auc']:.3f})")
+    untrained = [i for i, o in enumerate(result["outputs"]) if o.get("loss_weight", 1) == 0]
+    if untrained:
+        ax.plot([macs[i] for i in untrained], [miou[i] for i in untrained], "o", color="white",
+                markeredgecolor=line.get_color(), label="outputs with loss weight 0")
     ax.set_xlabel("multiply-accumulates per image (billions)")
     ax.set_ylabel(f"mIoU ({result['dataset']} {result['split']})")
     ax.set_xlim(left=0)
@@ -119,11 +129,11 @@ def plot_prediction_strip(model, dataset, path, index=0):
     os.replace(tmp, path)
 
 
-def write_report(model, dataset, output_dir, label="ItNet"):
+def write_report(model, dataset, output_dir, label="ItNet", loss_weights=None):
     """Evaluate and write evaluation.json, miou_over_macs.png and predictions.png."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    result = evaluate_model(model, dataset)
+    result = evaluate_model(model, dataset, loss_weights)
     write_atomic(output_dir / "evaluation.json", json.dumps(result, indent=1))
     plot_miou_over_macs(result, output_dir / "miou_over_macs.png", label)
     plot_prediction_strip(model, dataset, output_dir / "predictions.png")

@@ -239,7 +239,8 @@ def run(config, given=frozenset(), callbacks=()):
         raise TrainingError(f"the loss became NaN in epoch {checkpoint.nan_epoch}; training stopped and the "
                             f"checkpoint of epoch {state['epoch']} in {folder} is kept")
     best = folder / ("best.keras" if (folder / "best.keras").is_file() else "last.keras")
-    return write_report(load_itnet(best), val, folder, label=config.preset)
+    weights = output_weights(config.output_weights, len(names))
+    return write_report(load_itnet(best), val, folder, label=config.preset, loss_weights=weights)
 
 
 def main(argv=None):

@@ -6,6 +6,7 @@
 - `OutputResize` picks output n and resizes it bilinearly to the input size.
 """
 
+import contextlib
 import math
 
 import keras
@@ -224,14 +225,37 @@ class IterativeBlock(keras.layers.Layer):
         """The slice of weight `name` that 0-based iteration `n` reads."""
         variable, rows, first = self._usage[name]
         if rows is None:
-            return ops.convert_to_tensor(variable)
-        index = n - first
-        return variable[index] if isinstance(index, int) else ops.take(variable, index, axis=0)
+            value = ops.convert_to_tensor(variable)
+        else:
+            index = n - first
+            value = variable[index] if isinstance(index, int) else ops.take(variable, index, axis=0)
+        if self._static_weight_shapes:
+            value = ops.reshape(value, tuple(variable.shape[1:] if rows else variable.shape))
+        return value
+
+    _static_weight_shapes = False
+
+    @contextlib.contextmanager
+    def static_weight_shapes(self):
+        """While tracing in this context, every weight read in the loop gets its static
+        shape by a reshape. tf2onnx needs the kernel shape of every conv, which a variable
+        read or a gather inside a loop body does not carry. Not used for TFLite: there the
+        reshape makes full-integer quantization treat shared kernels as activations."""
+        self._static_weight_shapes = True
+        try:
+            yield
+        finally:
+            self._static_weight_shapes = False
 
     def _conv(self, x, key, n, depthwise=False):
         kernel = self._pick(key + "_kernel", n)
+        per_iteration = self._usage[key + "_kernel"][1] is not None
         if depthwise:
             y = ops.depthwise_conv(x, kernel, padding="same")
+        elif per_iteration and tuple(kernel.shape[:2]) == (1, 1):
+            # A 1x1 conv whose kernel the loop counter picks, as a matmul: TFLite's int8
+            # CONV_2D wants a constant filter, a gathered one is quantized as an activation.
+            y = ops.matmul(x, kernel[0, 0])
         else:
             y = ops.conv(x, kernel, padding="same")
         if key + "_bias" in self._usage:
@@ -305,8 +329,7 @@ class IterativeBlock(keras.layers.Layer):
             if self.bn_placement == "between":
                 x, stats = self._norm(x, f"scale{l}_bn", n, training, stats)
             new_state.append(x)
-        logits = ops.conv(new_state[0], self._pick("head_kernel", n), padding="same")
-        return new_state, logits + self._pick("head_bias", n), stats
+        return new_state, self._conv(new_state[0], "head", n), stats
 
     # -- the loop ------------------------------------------------------------------
 

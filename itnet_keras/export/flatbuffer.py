@@ -1,0 +1,83 @@
+"""Read a `.tflite` flatbuffer: operators per subgraph, tensor types, constant buffers.
+
+The checks of the export (one `WHILE`, no `Flex` op, shared kernels stored once) and the
+graph-memory table read the file through `inspect_tflite`, not through the converter's
+word.
+"""
+
+import collections
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from tensorflow.lite.python import schema_py_generated as schema
+
+_BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+_TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+
+
+def _op_name(code):
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    if builtin == schema.BuiltinOperator.CUSTOM:
+        return (code.customCode or b"").decode() if isinstance(code.customCode, bytes) else code.customCode
+    return _BUILTIN_NAMES.get(builtin, f"BUILTIN_{builtin}")
+
+
+def load(path):
+    """The file as the flatbuffer object API (`schema.ModelT`)."""
+    data = Path(path).read_bytes()
+    return schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
+
+
+def inspect_tflite(path):
+    """A summary of a `.tflite` file (plain Python values).
+
+    - `ops`: operator counts over all subgraphs; `subgraphs`: name, op counts and the
+      tensor dtypes of each subgraph (a `WHILE` body is its own subgraph);
+    - `flex_ops` / `custom_ops`: ops the builtin runtime cannot run;
+    - `weight_bytes`: bytes of all constant buffers; `duplicate_buffers`: groups of
+      identical constant buffers of at least 256 bytes (a weight stored twice);
+    - `signatures`: signature keys.
+    """
+    model = load(path)
+    codes = [_op_name(c) for c in model.operatorCodes]
+    total, subgraphs = collections.Counter(), []
+    for graph in model.subgraphs:
+        ops = collections.Counter(codes[op.opcodeIndex] for op in graph.operators or [])
+        total.update(ops)
+        dtypes = collections.Counter(_TYPE_NAMES[t.type] for t in graph.tensors or [])
+        name = graph.name.decode() if isinstance(graph.name, bytes) else graph.name
+        subgraphs.append({"name": name, "ops": dict(ops), "tensor_dtypes": dict(dtypes)})
+    digests = collections.defaultdict(list)
+    weight_bytes = 0
+    for index, buffer in enumerate(model.buffers):
+        size = 0 if buffer.data is None else len(buffer.data)
+        weight_bytes += size
+        if size >= 256:
+            digests[hashlib.sha1(np.asarray(buffer.data).tobytes()).hexdigest()].append(index)
+    signatures = [s.signatureKey.decode() if isinstance(s.signatureKey, bytes) else s.signatureKey
+                  for s in model.signatureDefs or []]
+    return {
+        "file_bytes": Path(path).stat().st_size,
+        "ops": dict(total),
+        "flex_ops": sorted({c for c in codes if c.startswith("Flex")}),
+        "custom_ops": sorted({c for c in codes if c not in _BUILTIN_NAMES.values()}),
+        "subgraphs": subgraphs,
+        "weight_bytes": weight_bytes,
+        "duplicate_buffers": [group for group in digests.values() if len(group) > 1],
+        "signatures": signatures,
+    }
+
+
+def count_buffers_holding(path, array):
+    """How many constant buffers hold `array`'s float32 bytes, as stored (HWIO) or in
+    TFLite's conv layout (OHWI). A kernel used by every iteration of a loop is found once."""
+    array = np.asarray(array, np.float32)
+    candidates = {array.tobytes()}
+    if array.ndim == 4:
+        candidates.add(np.ascontiguousarray(array.transpose(3, 0, 1, 2)).tobytes())
+    found = 0
+    for buffer in load(path).buffers:
+        if buffer.data is not None and len(buffer.data) == array.nbytes:
+            found += np.asarray(buffer.data).tobytes() in candidates
+    return found

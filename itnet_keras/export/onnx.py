@@ -1,0 +1,119 @@
+"""ONNX export with tf2onnx: the loop becomes one ONNX `Loop`, shared weights stay single.
+
+The file holds the `outputs` function (image -> output_1 .. output_N). Opset 17. Two
+fixes for tf2onnx: every conv kernel read in the loop body is traced with a static shape
+(`IterativeBlock.static_weight_shapes`), and the `Loop` body's iteration-count and condition inputs are
+declared scalars (onnxruntime refuses a `Loop` whose body inputs have no shape).
+"""
+
+import collections
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import tensorflow as tf
+from onnx import numpy_helper
+
+from itnet_keras.model import iterative_block, output_names
+
+OPSET = 17
+
+
+def _subgraphs(graph):
+    """`graph` and every graph nested in its nodes' attributes."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _subgraphs(attribute.g)
+
+
+def _declare_loop_scalars(graph):
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                if node.op_type == "Loop":
+                    for body_input in attribute.g.input[:2]:  # iteration count, condition
+                        body_input.type.tensor_type.shape.SetInParent()  # shape [] (scalar)
+                _declare_loop_scalars(attribute.g)
+
+
+def to_onnx(model, input_size, batch_size=1):
+    """The ONNX `ModelProto` of the model's `outputs` function."""
+    import tf2onnx
+
+    names = output_names(iterative_block(model).num_iterations)
+    spec = tf.TensorSpec((batch_size, *input_size, 3), tf.float32, name="image")
+
+    @tf.function(input_signature=[spec])
+    def outputs(image):
+        return dict(zip(names, model(image, training=False)))
+
+    with iterative_block(model).static_weight_shapes():
+        proto, _ = tf2onnx.convert.from_function(outputs, input_signature=[spec], opset=OPSET)
+    _declare_loop_scalars(proto.graph)
+    return proto
+
+
+def _constants(proto):
+    """Every constant array of the model: initializers and Constant nodes, in all graphs."""
+    for graph in _subgraphs(proto.graph):
+        for initializer in graph.initializer:
+            yield numpy_helper.to_array(initializer)
+        for node in graph.node:
+            if node.op_type == "Constant":
+                for attribute in node.attribute:
+                    if attribute.name == "value":
+                        yield numpy_helper.to_array(attribute.t)
+
+
+def inspect_onnx(path):
+    """Op counts over all graphs (`Loop` bodies included), constant bytes, opset."""
+    proto = onnx.load(str(path))
+    ops = collections.Counter(node.op_type for graph in _subgraphs(proto.graph) for node in graph.node)
+    return {
+        "file_bytes": Path(path).stat().st_size,
+        "ops": dict(ops),
+        "weight_bytes": int(sum(a.nbytes for a in _constants(proto))),
+        "opset": max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+        "outputs": [o.name for o in proto.graph.output],
+    }
+
+
+def count_constants_holding(path, array):
+    """How many constants hold `array`'s float32 values, as stored (HWIO) or as ONNX conv
+    weights (OIHW). A kernel shared by every iteration is found once."""
+    array = np.asarray(array, np.float32)
+    candidates = {array.tobytes()}
+    if array.ndim == 4:
+        candidates.add(np.ascontiguousarray(array.transpose(3, 2, 0, 1)).tobytes())
+        candidates.add(np.ascontiguousarray(array.transpose(2, 3, 0, 1)).tobytes())  # depthwise
+    return sum(a.dtype == np.float32 and a.nbytes == array.nbytes and a.tobytes() in candidates
+               for a in _constants(onnx.load(str(path))))
+
+
+def convert_onnx(model, path, spec=None, input_size=None):
+    """Write the ONNX file (and its sidecar metadata) atomically; returns `inspect_onnx`."""
+    from itnet_keras.evaluate import write_atomic
+    from itnet_keras.export.tflite import ExportError, metadata, writable_destination
+
+    path = Path(path)
+    writable_destination(path)
+    input_size = tuple(input_size or spec.image_size)
+    proto = to_onnx(model, input_size)
+    with tempfile.TemporaryDirectory() as work:
+        candidate = Path(work) / "model.onnx"
+        onnx.save(proto, str(candidate))
+        onnx.checker.check_model(str(candidate))
+        summary = inspect_onnx(candidate)
+        if summary["ops"].get("Loop", 0) != 1:
+            raise ExportError(f"{path}: {summary['ops'].get('Loop', 0)} Loop ops, expected 1")
+        write_atomic(path, candidate.read_bytes(), "wb")
+    summary["file_bytes"] = path.stat().st_size
+    if spec is not None:
+        meta = metadata(model, spec, input_size, "float32")
+        meta.update(format="onnx", opset=OPSET, signatures={"outputs": meta["signatures"]["outputs"]})
+        write_atomic(path.with_suffix(".json"), json.dumps(meta, indent=1))
+    return summary

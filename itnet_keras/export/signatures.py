@@ -1,0 +1,62 @@
+"""The functions an exported ItNet offers, and the SavedModel that holds them.
+
+| signature | inputs | outputs |
+|---|---|---|
+| `outputs` | `image` [B, H, W, 3] float32 | `output_1` .. `output_N` logits [B, H, W, C] |
+| `anytime` | `image`, `iterations` int32 scalar (clamped to 1..N) | `logits` of output `iterations` |
+| `encode` | `image` | `state_1` .. `state_L` (the data block's scales) |
+| `step` | `state_1` .. `state_L`, `n` int32 scalar (1-based, clamped) | `state_1` .. `state_L`, `logits` of output n |
+
+Images are normalized as the model was trained (see the sidecar metadata).
+"""
+
+import keras
+import tensorflow as tf
+
+from itnet_keras.model import anytime, data_block, encode, iterative_block, output_names, step
+
+SIGNATURES = ("outputs", "anytime", "encode", "step")
+
+
+def state_shapes(model, input_size, batch_size=1):
+    """Shapes of the loop-carried state (one per scale) for one input size."""
+    shapes = data_block(model).compute_output_shape((batch_size, *input_size, 3))
+    return [tuple(int(d) for d in s) for s in shapes]
+
+
+def export_archive(model, input_size, batch_size=1):
+    """A `keras.export.ExportArchive` with the four signatures at a fixed input size."""
+    height, width = input_size
+    names = output_names(iterative_block(model).num_iterations)
+    shapes = state_shapes(model, input_size, batch_size)
+    image = tf.TensorSpec((batch_size, height, width, 3), tf.float32, name="image")
+    scalar = lambda name: tf.TensorSpec((), tf.int32, name=name)  # noqa: E731
+
+    def all_outputs(image):
+        return dict(zip(names, model(image, training=False)))
+
+    def anytime_fn(image, iterations):
+        return {"logits": anytime(model, image, iterations)}
+
+    def encode_fn(image):
+        return {f"state_{l}": s for l, s in enumerate(encode(model, image), start=1)}
+
+    def step_fn(*args):
+        *state, n = args
+        state, logits = step(model, state, n, output_size=(height, width))
+        return {**{f"state_{l}": s for l, s in enumerate(state, start=1)}, "logits": logits}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("outputs", all_outputs, [image])
+    archive.add_endpoint("anytime", anytime_fn, [image, scalar("iterations")])
+    archive.add_endpoint("encode", encode_fn, [image])
+    states = [tf.TensorSpec(s, tf.float32, name=f"state_{l}") for l, s in enumerate(shapes, start=1)]
+    archive.add_endpoint("step", step_fn, [*states, scalar("n")])
+    return archive
+
+
+def write_saved_model(model, folder, input_size, batch_size=1):
+    """Write the SavedModel with the four signatures to `folder`."""
+    export_archive(model, input_size, batch_size).write_out(str(folder), verbose=False)
+    return folder

@@ -1,0 +1,175 @@
+"""TFLite conversion of an ItNet in one of four quantization modes, with its metadata.
+
+`convert_tflite(model, path, quant, ...)` writes `path` (the `.tflite` file) and a sidecar
+`path.with_suffix(".json")` (labels, input size, normalization, signatures, calibration
+sample), both atomically, after checking the flatbuffer: builtin ops only (no `Flex`),
+and one `WHILE` in each signature that runs the loop (`outputs`, `anytime`).
+"""
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from itnet_keras.export.flatbuffer import inspect_tflite
+from itnet_keras.export.signatures import SIGNATURES, write_saved_model
+from itnet_keras.model import encode, iterative_block, model_args, step
+
+QUANT_MODES = ("float32", "float16", "dynamic", "int8")
+LOOPING_SIGNATURES = ("outputs", "anytime")
+
+
+class ExportError(ValueError):
+    """The export cannot go on; the message names the file, flag or op at fault."""
+
+
+def calibration_batches(model, images):
+    """The representative dataset of full-integer quantization: every signature, fed the
+    calibration images (one at a time) and, for `step`, the states of every iteration."""
+    num_iterations = iterative_block(model).num_iterations
+
+    def generate():
+        for image in images:
+            image = np.asarray(image, np.float32)[None]
+            yield "outputs", {"image": image}
+            yield "encode", {"image": image}
+            yield "anytime", {"image": image, "iterations": np.int32(num_iterations)}
+            state = encode(model, image)
+            for n in range(1, num_iterations + 1):
+                inputs = {f"state_{l}": np.asarray(s) for l, s in enumerate(state, start=1)}
+                yield "step", {**inputs, "n": np.int32(n)}
+                state, _ = step(model, state, n)
+
+    return generate
+
+
+def _converter(saved_model, quant, representative):
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=list(SIGNATURES))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex fallback
+    if quant == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quant == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quant == "int8":
+        if representative is None:
+            raise ExportError("--quant int8 needs calibration images (representative data)")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                               tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter
+
+
+def signature_ops(path):
+    """{signature: op counts of its own (top-level) subgraph}."""
+    from itnet_keras.export.flatbuffer import load
+
+    model = load(path)
+    summary = inspect_tflite(path)
+    out = {}
+    for signature in model.signatureDefs or []:
+        key = signature.signatureKey.decode() if isinstance(signature.signatureKey, bytes) else signature.signatureKey
+        out[key] = summary["subgraphs"][signature.subgraphIndex]["ops"]
+    return out
+
+
+def check_tflite(path, loop=True):
+    """Raise ExportError unless the file is builtins-only and keeps its loops as `WHILE`s."""
+    summary = inspect_tflite(path)
+    if summary["flex_ops"] or summary["custom_ops"]:
+        raise ExportError(f"{path}: ops the builtin runtime cannot run: "
+                          f"{summary['flex_ops'] + summary['custom_ops']}")
+    if sorted(summary["signatures"]) != sorted(SIGNATURES):
+        raise ExportError(f"{path}: signatures {summary['signatures']}, expected {list(SIGNATURES)}")
+    for key, ops in signature_ops(path).items():
+        expected = 1 if loop and key in LOOPING_SIGNATURES else 0
+        if ops.get("WHILE", 0) != expected:
+            raise ExportError(f"{path}: signature {key!r} has {ops.get('WHILE', 0)} WHILE ops, expected {expected}")
+    return summary
+
+
+def metadata(model, spec, input_size, quant, batch_size=1, calibration=None):
+    """What an app needs beside the file: labels, input size, normalization, signatures."""
+    args = model_args(model)
+    scale, offset = spec.normalization
+    return {
+        "format": "tflite", "quantization": quant, "dataset": spec.name,
+        "labels": list(spec.class_names), "ignore_label": spec.ignore_label,
+        "input": {"name": "image", "shape": [batch_size, *input_size, 3], "dtype": "float32",
+                  "normalization": f"pixel * {scale:.10g} + {offset:.10g} (RGB, pixel in 0..255)"},
+        "num_iterations": args["num_iterations"], "model_args": args,
+        "signatures": {
+            "outputs": "image -> output_1 .. output_N logits [B, H, W, C]",
+            "anytime": "image, iterations (int32, clamped to 1..N) -> logits",
+            "encode": "image -> state_1 .. state_L",
+            "step": "state_1 .. state_L, n (int32, 1-based, clamped) -> state_1 .. state_L, logits",
+        },
+        "calibration": calibration,
+    }
+
+
+def writable_destination(path):
+    """Raise ExportError (naming `path`) unless a file can be written there."""
+    path = Path(path)
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}."):
+            pass
+    except OSError as error:
+        raise ExportError(f"--output {path}: cannot write there ({error.strerror or error})") from None
+
+
+def convert_tflite(model, path, quant="float32", spec=None, input_size=None, calibration_images=None,
+                   calibration=None, unrolled=False):
+    """Convert `model` to `path`; returns the flatbuffer summary (see `inspect_tflite`).
+
+    `unrolled=True` expects a model built with `unroll=True` (no `WHILE`), for comparison.
+    """
+    from itnet_keras.evaluate import write_atomic
+
+    if quant not in QUANT_MODES:
+        raise ExportError(f"--quant {quant!r}: expected one of {', '.join(QUANT_MODES)}")
+    if quant == "int8" and not iterative_block(model).weight_sharing:
+        raise ExportError("--quant int8 needs a weight-sharing model: the kernels that the loop counter "
+                          "picks (weight_sharing=False) are quantized as activations, which TFLite's int8 "
+                          "CONV_2D rejects; use --quant dynamic or float16")
+    path = Path(path)
+    writable_destination(path)
+    input_size = tuple(input_size or spec.image_size)
+    representative = None if calibration_images is None else calibration_batches(model, calibration_images)
+    with tempfile.TemporaryDirectory() as work:
+        saved_model = write_saved_model(model, Path(work) / "saved_model", input_size)
+        data = _converter(saved_model, quant, representative).convert()
+        candidate = Path(work) / "model.tflite"
+        candidate.write_bytes(data)
+        summary = check_tflite(candidate, loop=not unrolled)
+        write_atomic(path, data, "wb")
+    if spec is not None:
+        meta = metadata(model, spec, input_size, quant, calibration=calibration)
+        write_atomic(path.with_suffix(".json"), json.dumps(meta, indent=1))
+    return summary
+
+
+def calibration_sample(dataset, input_size, count=16, seed=0, data_dir=None):
+    """A fixed sample of training images for int8 calibration: (images, record).
+
+    The images are resized to `input_size` and normalized as in training (no
+    augmentation); `record` names them, for the metadata.
+    """
+    import cv2
+
+    from itnet_keras.augment import normalize
+    from itnet_keras.datasets import load_split
+
+    split = load_split(dataset, "train", data_dir=data_dir)
+    count = min(count, len(split))
+    indices = sorted(np.random.default_rng(seed).choice(len(split), count, replace=False).tolist())
+    images = []
+    for index in indices:
+        image, _ = split[index]
+        image = cv2.resize(np.asarray(image), (input_size[1], input_size[0]), interpolation=cv2.INTER_LINEAR)
+        images.append(normalize(image, split.spec))
+    names = [Path(s[0]).name if isinstance(s, tuple) else int(s) for s in (split.samples[i] for i in indices)]
+    return images, {"split": "train", "seed": seed, "indices": indices, "images": names}

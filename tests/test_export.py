@@ -1,0 +1,202 @@
+"""Every exported file runs in its real runtime (LiteRT, onnxruntime) and matches Keras."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+
+from itnet_keras import build_itnet
+from itnet_keras.datasets import get_spec
+from itnet_keras.export.flatbuffer import count_buffers_holding
+from itnet_keras.export.tflite import ExportError, calibration_sample, convert_tflite, signature_ops
+from itnet_keras.losses import MaskedCrossEntropy
+from itnet_keras.metrics import confusion_matrix, mean_iou
+from itnet_keras.model import iterative_block
+from itnet_keras.pipeline import make_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = (64, 64)
+SPEC = get_spec("builtin")
+
+
+def trained_tiny(folder, weight_sharing=True):
+    """The tiny preset trained briefly on built-in data (moving statistics away from init)."""
+    model = build_itnet("tiny", input_shape=(*SIZE, 3), weight_sharing=weight_sharing)
+    names = model.output_names
+    model.compile(optimizer=keras.optimizers.Adam(3e-3),
+                  loss={n: MaskedCrossEntropy(SPEC.ignore_label) for n in names})
+    data = make_dataset("builtin", "train", training=True, limit=64, output_names=names)
+    model.fit(data, epochs=3, verbose=0)
+    path = folder / f"tiny_{'shared' if weight_sharing else 'independent'}.keras"
+    model.save(path)
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return trained_tiny(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def val_images():
+    images, labels = make_dataset("builtin", "val", batch_size=6)[0]
+    return images, labels
+
+
+def keras_outputs(model, images):
+    return [np.asarray(o) for o in model(images, training=False)]
+
+
+def runner(path, signature):
+    return Interpreter(model_path=str(path)).get_signature_runner(signature)
+
+
+def run_outputs(path, images, n):
+    run = runner(path, "outputs")
+    per_image = [run(image=image[None]) for image in images]
+    return [np.concatenate([r[f"output_{i}"] for r in per_image]) for i in range(1, n + 1)]
+
+
+@pytest.fixture(scope="module")
+def float32_file(tiny, tmp_path_factory):
+    model, _ = tiny
+    path = tmp_path_factory.mktemp("tflite") / "tiny.tflite"
+    summary = convert_tflite(model, path, "float32", SPEC, SIZE)
+    return path, summary
+
+
+def test_float32_matches_keras_on_every_signature(tiny, float32_file, val_images):
+    model, _ = tiny
+    path, _ = float32_file
+    images = val_images[0][:2]
+    expected = keras_outputs(model, images)
+    n_out = len(expected)
+    for got, want in zip(run_outputs(path, images, n_out), expected):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    image = images[:1]
+    anytime = runner(path, "anytime")
+    for n in range(1, n_out + 1):  # anytime with n iterations equals output n
+        np.testing.assert_allclose(anytime(image=image, iterations=np.int32(n))["logits"], expected[n - 1][:1],
+                                   atol=1e-4)
+    for n, clamped in ((0, 1), (-3, 1), (n_out + 5, n_out)):  # out of range: clamped, not a crash
+        np.testing.assert_allclose(anytime(image=image, iterations=np.int32(n))["logits"],
+                                   expected[clamped - 1][:1], atol=1e-4)
+    state = runner(path, "encode")(image=image)
+    step = runner(path, "step")
+    for n in range(1, n_out + 1):  # n step calls equal output n
+        result = step(**state, n=np.int32(n))
+        state = {k: v for k, v in result.items() if k.startswith("state_")}
+        np.testing.assert_allclose(result["logits"], expected[n - 1][:1], atol=1e-4)
+    result = step(**state, n=np.int32(99))  # clamped to the last iteration's weights
+    assert np.all(np.isfinite(result["logits"]))
+
+
+def test_flatbuffer_keeps_one_loop_and_stores_shared_kernels_once(tiny, float32_file):
+    model, _ = tiny
+    path, summary = float32_file
+    assert summary["flex_ops"] == [] and summary["custom_ops"] == []
+    ops = signature_ops(path)
+    assert ops["outputs"]["WHILE"] == ops["anytime"]["WHILE"] == 1
+    assert "WHILE" not in ops["encode"] and "WHILE" not in ops["step"]
+    kernels = [v for v in iterative_block(model).weights if v.name.endswith("_kernel") and "head" not in v.name]
+    assert kernels
+    for kernel in kernels:  # read by 4 signatures and every iteration, stored once
+        assert count_buffers_holding(path, kernel.numpy()) == 1, kernel.name
+    assert summary["duplicate_buffers"] == []
+    metadata = json.loads(path.with_suffix(".json").read_text())
+    assert metadata["labels"] == list(SPEC.class_names)
+    assert metadata["input"]["shape"] == [1, *SIZE, 3] and metadata["num_iterations"] == 4
+
+
+def test_independent_weights_also_loop(tmp_path):
+    model, _ = trained_tiny(tmp_path, weight_sharing=False)
+    path = tmp_path / "independent.tflite"
+    convert_tflite(model, path, "float32", SPEC, SIZE)
+    images = make_dataset("builtin", "val", batch_size=2)[0][0]
+    for got, want in zip(run_outputs(path, images, 4), keras_outputs(model, images)):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    stacked = [v for v in iterative_block(model).weights if v.name == "scale1_block1_expand_kernel"][0]
+    assert count_buffers_holding(path, stacked.numpy()) == 1  # all N rows in one buffer
+    with pytest.raises(ExportError, match="int8 needs a weight-sharing model"):
+        convert_tflite(model, tmp_path / "int8.tflite", "int8", SPEC, SIZE, [np.zeros((*SIZE, 3), "float32")])
+    assert not (tmp_path / "int8.tflite").exists()
+
+
+@pytest.mark.parametrize("quant, atol", [("float16", 0.05), ("dynamic", 0.25)])
+def test_float16_and_dynamic_stay_close(tiny, val_images, tmp_path, quant, atol):
+    """Stated tolerances: logits within `atol` (float16) / argmax agreement (dynamic)."""
+    model, _ = tiny
+    path = tmp_path / f"tiny_{quant}.tflite"
+    convert_tflite(model, path, quant, SPEC, SIZE)
+    images = val_images[0][:2]
+    for got, want in zip(run_outputs(path, images, 4), keras_outputs(model, images)):
+        assert np.abs(got - want).max() <= atol * max(1.0, np.abs(want).max())
+        assert np.mean(got.argmax(-1) == want.argmax(-1)) > 0.97
+
+
+def test_int8_agrees_per_pixel_and_in_miou(tiny, val_images, tmp_path):
+    model, _ = tiny
+    images, record = calibration_sample("builtin", SIZE, count=8, seed=0)
+    path = tmp_path / "tiny_int8.tflite"
+    summary = convert_tflite(model, path, "int8", SPEC, SIZE, images, record)
+    assert summary["ops"]["WHILE"] == 2 and summary["flex_ops"] == []
+    assert json.loads(path.with_suffix(".json").read_text())["calibration"]["indices"] == record["indices"]
+    val, labels = val_images
+    got, want = run_outputs(path, val, 4)[-1].argmax(-1), keras_outputs(model, val)[-1].argmax(-1)
+    assert np.mean(got == want) > 0.9
+    miou = [mean_iou(confusion_matrix(labels, p, SPEC.num_classes, SPEC.ignore_label)) for p in (got, want)]
+    assert abs(miou[0] - miou[1]) < 0.05
+
+
+def test_onnx_loop_matches_keras(tiny, val_images, tmp_path):
+    import onnxruntime
+
+    from itnet_keras.export.onnx import convert_onnx, count_constants_holding
+
+    model, _ = tiny
+    path = tmp_path / "tiny.onnx"
+    summary = convert_onnx(model, path, SPEC, SIZE)
+    assert summary["ops"]["Loop"] == 1 and summary["opset"] == 17
+    kernel = [v for v in iterative_block(model).weights if v.name == "scale1_block1_expand_kernel"][0]
+    assert count_constants_holding(path, kernel.numpy()) == 1
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    images = val_images[0][:1]
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": images})))
+    for n, want in enumerate(keras_outputs(model, images), start=1):
+        np.testing.assert_allclose(got[f"output_{n}"], want, atol=1e-4)
+
+
+def convert_cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / "export" / "convert.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+def test_cli_writes_the_file_and_its_metadata(tiny, tmp_path):
+    _, model_path = tiny
+    out = tmp_path / "cli.tflite"
+    result = convert_cli(model_path, "--format", "tflite", "--input-size", "64x64", "--output", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "WHILE 2" in result.stdout and out.is_file() and out.with_suffix(".json").is_file()
+
+
+def test_cli_errors_name_the_culprit_and_leave_nothing(tiny, tmp_path):
+    _, model_path = tiny
+    out = tmp_path / "x.tflite"
+    cases = [
+        ([tmp_path / "missing.keras", "--output", out], "missing.keras does not exist"),
+        ([model_path, "--quant", "int4", "--output", out], "--quant: invalid choice: 'int4'"),
+        ([model_path, "--output", tmp_path / "file" / "x.tflite"], "cannot write there"),
+    ]
+    (tmp_path / "file").write_text("a file, not a folder")
+    plain = tmp_path / "plain.keras"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(plain)
+    cases.append(([plain, "--output", out], "not an ItNet"))
+    for args, message in cases:
+        result = convert_cli(*args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-1500:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "plain.keras"]
