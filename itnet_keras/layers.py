@@ -311,13 +311,16 @@ class IterativeBlock(keras.layers.Layer):
             x = x + h
         return x, stats
 
-    def _iteration(self, state, n, training, stats, seed):
-        """0-based iteration n: (state, logits of head n, stats)."""
+    def _iteration(self, state, n, training, stats, seed, mixes=None):
+        """0-based iteration n: (state, logits of head n, stats).
+
+        Iteration 0 skips the mixing block. `mixes=True` says n > 0 is known (inside the
+        loop, which starts at 1); otherwise a tensor n decides at run time (`step`).
+        """
         if self.num_iterations > 1:
-            if isinstance(n, int):
-                if n > 0:
-                    state, stats = self._mix(state, n, training, stats)
-            else:
+            if mixes or (isinstance(n, int) and n > 0):
+                state, stats = self._mix(state, n, training, stats)
+            elif not isinstance(n, int):
                 state, stats = ops.cond(
                     n > 0,
                     lambda: self._mix(state, n, training, stats),
@@ -352,7 +355,7 @@ class IterativeBlock(keras.layers.Layer):
         out = ops.zeros(((self.num_iterations,) if collect else ()) + logits_shape, self.compute_dtype)
 
         def body(n, state, out, stats):
-            state, logits, stats = self._iteration(state, n, training, stats, seed)
+            state, logits, stats = self._iteration(state, n, training, stats, seed, mixes=True)
             if collect:
                 index = ops.reshape(ops.convert_to_tensor(n, "int32"), (1, 1))
                 out = ops.scatter_update(out, index, logits[None])
@@ -360,20 +363,25 @@ class IterativeBlock(keras.layers.Layer):
                 out = logits
             return n + 1, state, out, stats
 
-        if self.unroll:
+        # Iteration 1 (no mixing) runs before the loop, so the loop body has no branch.
+        state, logits, stats = self._iteration(state, 0, training, stats, seed)
+        out = ops.scatter_update(out, [[0]], logits[None]) if collect else logits
+        if self.num_iterations == 1:
+            pass
+        elif self.unroll:
             if not isinstance(count, int):
                 raise ValueError("unroll=True needs a Python int iteration count")
-            n, loop_vars = 0, (state, out, stats)
+            n, loop_vars = 1, (state, out, stats)
             while n < count:
                 n, *loop_vars = body(n, *loop_vars)
             state, out, stats = loop_vars
         elif keras.backend.backend() == "jax" and isinstance(count, int):
             # fori_loop with static bounds lowers to a scan: reverse-mode differentiable.
-            state, out, stats = ops.fori_loop(0, count, lambda n, v: body(n, *v)[1:], (state, out, stats))
+            state, out, stats = ops.fori_loop(1, count, lambda n, v: body(n, *v)[1:], (state, out, stats))
         else:
             _, state, out, stats = ops.while_loop(
-                lambda n, *_: n < count, body, (0, state, out, stats),
-                maximum_iterations=self.num_iterations,
+                lambda n, *_: n < count, body, (1, state, out, stats),
+                maximum_iterations=self.num_iterations - 1,
             )
         if training:
             self._update_moving_stats(stats, count)

@@ -200,3 +200,53 @@ def test_cli_errors_name_the_culprit_and_leave_nothing(tiny, tmp_path):
         result = convert_cli(*args)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-1500:])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "plain.keras"]
+
+
+def test_graph_memory_of_loop_and_unrolled_files(tiny, tmp_path):
+    from itnet_keras.export.memory import activation_bytes, model_rows
+
+    model, _ = tiny
+    loop, unrolled = model_rows(model, "tiny", SIZE, tmp_path)
+    assert (loop["while_ops"], unrolled["while_ops"]) == (2, 0)
+    # With BN between iterations (after the residual add) nothing folds into the shared
+    # kernels, so the converter stores them once in the unrolled file too.
+    kernel = [v for v in iterative_block(model).weights if v.name == "scale1_block1_expand_kernel"][0]
+    assert count_buffers_holding(tmp_path / "tiny_unrolled_float32.tflite", kernel.numpy()) == 1
+    assert unrolled["weight_bytes"] < 1.5 * loop["weight_bytes"]
+    # All N outputs are alive at the end of `outputs`; nothing else of that size is.
+    all_outputs = 4 * SIZE[0] * SIZE[1] * SPEC.num_classes * 4
+    image = SIZE[0] * SIZE[1] * 3 * 4
+    for row in (loop, unrolled):
+        assert all_outputs <= row["activation_bytes"] <= all_outputs + image + 64 * 1024
+        assert row["cost_graph_bytes_collapsed"] < row["cost_graph_bytes_unrolled"]
+    encode = activation_bytes(tmp_path / "tiny_float32.tflite", "encode")
+    assert image < encode < loop["activation_bytes"]
+
+
+def export_script(name):
+    """A script of the repository's export/ folder, imported as a module."""
+    sys.path.insert(0, str(ROOT / "export"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(ROOT / "export"))
+
+
+def test_graph_memory_command(tmp_path, capsys):
+    graph_memory = export_script("graph_memory")
+    out = tmp_path / "memory.md"
+    assert graph_memory.main(["--presets", "tiny", "--input-size", "32x32", "--output", str(out)]) == 0
+    assert "| tiny unrolled float32 | 0 |" in out.read_text()
+    assert len(json.loads(out.with_suffix(".json").read_text())) == 2
+    assert graph_memory.main([str(tmp_path / "nope.tflite")]) == 2
+    assert "nope.tflite does not exist" in capsys.readouterr().err
+
+
+def test_latency_benchmark_command(tmp_path):
+    benchmark = export_script("benchmark")
+    out = tmp_path / "latency.md"
+    assert benchmark.main(["--preset", "tiny", "--input-size", "32x32", "--threads", "1", "--repeats", "2",
+                           "--output", str(out)]) == 0
+    (row,) = json.loads(out.with_suffix(".json").read_text())
+    assert len(row["anytime_s"]) == len(row["step_s"]) == 4 and row["unrolled_outputs_s"] > 0
+    assert all(a < b for a, b in zip(row["step_s"], row["step_s"][1:]))  # cumulative

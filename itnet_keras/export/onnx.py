@@ -1,6 +1,8 @@
 """ONNX export with tf2onnx: the loop becomes one ONNX `Loop`, shared weights stay single.
 
-The file holds the `outputs` function (image -> output_1 .. output_N). Opset 17. Two
+The file holds the `outputs` function (image -> output_1 .. output_N). Opset 17. The
+first iteration runs before the loop and reads the block's kernels too; a pass after
+tf2onnx stores each kernel once (`_store_weights_once`). Two
 fixes for tf2onnx: every conv kernel read in the loop body is traced with a static shape
 (`IterativeBlock.static_weight_shapes`), and the `Loop` body's iteration-count and condition inputs are
 declared scalars (onnxruntime refuses a `Loop` whose body inputs have no shape).
@@ -40,6 +42,55 @@ def _declare_loop_scalars(graph):
                 _declare_loop_scalars(attribute.g)
 
 
+CONV_LAYOUTS = ((3, 2, 0, 1), (2, 3, 0, 1))  # HWIO -> OIHW (conv), -> (C, 1, kh, kw) (depthwise)
+
+
+def _used_names(graph):
+    names = {o.name for o in graph.output}
+    for g in _subgraphs(graph):
+        for node in g.node:
+            names.update(node.input)
+    return names
+
+
+def _store_weights_once(graph):
+    """Keep one copy of each weight in the main graph. The first iteration runs before the
+    loop and reads a kernel in ONNX's conv layout, the `Loop` body reads it as stored
+    (HWIO): such a copy becomes a `Transpose` of the stored one (onnxruntime folds it when
+    the session starts), exact copies are renamed, and unused initializers dropped."""
+    arrays = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    by_bytes, renames, transposes, sources = {}, {}, [], set()
+    for name, array in arrays.items():
+        if array.size > 1:
+            by_bytes.setdefault((array.dtype.str, array.shape, array.tobytes()), name)
+    for name, array in arrays.items():
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if array.size > 1 and by_bytes[key] != name:
+            renames[name] = by_bytes[key]
+            continue
+        if array.ndim != 4 or name in sources:
+            continue
+        for perm in CONV_LAYOUTS:
+            inverse = tuple(int(i) for i in np.argsort(perm))
+            source = np.ascontiguousarray(array.transpose(inverse))
+            stored = by_bytes.get((source.dtype.str, source.shape, source.tobytes()))
+            if stored is not None and stored != name and stored not in {t.output[0] for t in transposes}:
+                transposes.append(onnx.helper.make_node("Transpose", [stored], [name], perm=list(perm)))
+                sources.add(stored)
+                break
+    for g in _subgraphs(graph):
+        for node in g.node:
+            for i, name in enumerate(node.input):
+                node.input[i] = renames.get(name, node.input[i])
+    replaced = set(renames) | {t.output[0] for t in transposes}
+    for node in reversed(transposes):
+        graph.node.insert(0, node)
+    used = _used_names(graph)
+    for initializer in list(graph.initializer):
+        if initializer.name in replaced or initializer.name not in used:
+            graph.initializer.remove(initializer)
+
+
 def to_onnx(model, input_size, batch_size=1):
     """The ONNX `ModelProto` of the model's `outputs` function."""
     import tf2onnx
@@ -54,6 +105,7 @@ def to_onnx(model, input_size, batch_size=1):
     with iterative_block(model).static_weight_shapes():
         proto, _ = tf2onnx.convert.from_function(outputs, input_signature=[spec], opset=OPSET)
     _declare_loop_scalars(proto.graph)
+    _store_weights_once(proto.graph)
     return proto
 
 

@@ -18,6 +18,14 @@ from itnet_keras.model import anytime, data_block, encode, iterative_block, outp
 SIGNATURES = ("outputs", "anytime", "encode", "step")
 
 
+def signatures_of(model):
+    """The signatures a model can export: an `unroll=True` model (for measurements only)
+    has no `anytime`, whose run-time iteration count needs the loop."""
+    if iterative_block(model).unroll:
+        return tuple(s for s in SIGNATURES if s != "anytime")
+    return SIGNATURES
+
+
 def state_shapes(model, input_size, batch_size=1):
     """Shapes of the loop-carried state (one per scale) for one input size."""
     shapes = data_block(model).compute_output_shape((batch_size, *input_size, 3))
@@ -25,7 +33,7 @@ def state_shapes(model, input_size, batch_size=1):
 
 
 def export_archive(model, input_size, batch_size=1):
-    """A `keras.export.ExportArchive` with the four signatures at a fixed input size."""
+    """A `keras.export.ExportArchive` with the signatures at a fixed input size."""
     height, width = input_size
     names = output_names(iterative_block(model).num_iterations)
     shapes = state_shapes(model, input_size, batch_size)
@@ -48,11 +56,11 @@ def export_archive(model, input_size, batch_size=1):
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("outputs", all_outputs, [image])
-    archive.add_endpoint("anytime", anytime_fn, [image, scalar("iterations")])
-    archive.add_endpoint("encode", encode_fn, [image])
     states = [tf.TensorSpec(s, tf.float32, name=f"state_{l}") for l, s in enumerate(shapes, start=1)]
-    archive.add_endpoint("step", step_fn, [*states, scalar("n")])
+    endpoints = {"outputs": (all_outputs, [image]), "anytime": (anytime_fn, [image, scalar("iterations")]),
+                 "encode": (encode_fn, [image]), "step": (step_fn, [*states, scalar("n")])}
+    for name in signatures_of(model):
+        archive.add_endpoint(name, *endpoints[name])
     return archive
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from itnet_keras.export.flatbuffer import inspect_tflite
-from itnet_keras.export.signatures import SIGNATURES, write_saved_model
+from itnet_keras.export.signatures import signatures_of, write_saved_model
 from itnet_keras.model import encode, iterative_block, model_args, step
 
 QUANT_MODES = ("float32", "float16", "dynamic", "int8")
@@ -35,7 +35,8 @@ def calibration_batches(model, images):
             image = np.asarray(image, np.float32)[None]
             yield "outputs", {"image": image}
             yield "encode", {"image": image}
-            yield "anytime", {"image": image, "iterations": np.int32(num_iterations)}
+            if "anytime" in signatures_of(model):
+                yield "anytime", {"image": image, "iterations": np.int32(num_iterations)}
             state = encode(model, image)
             for n in range(1, num_iterations + 1):
                 inputs = {f"state_{l}": np.asarray(s) for l, s in enumerate(state, start=1)}
@@ -45,8 +46,8 @@ def calibration_batches(model, images):
     return generate
 
 
-def _converter(saved_model, quant, representative):
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=list(SIGNATURES))
+def _converter(saved_model, signatures, quant, representative):
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=list(signatures))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex fallback
     if quant == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -76,14 +77,15 @@ def signature_ops(path):
     return out
 
 
-def check_tflite(path, loop=True):
-    """Raise ExportError unless the file is builtins-only and keeps its loops as `WHILE`s."""
+def check_tflite(path, signatures, loop=True):
+    """Raise ExportError unless the file has `signatures`, is builtins-only and keeps its
+    loops as `WHILE`s (none when `loop=False`: an unrolled model)."""
     summary = inspect_tflite(path)
     if summary["flex_ops"] or summary["custom_ops"]:
         raise ExportError(f"{path}: ops the builtin runtime cannot run: "
                           f"{summary['flex_ops'] + summary['custom_ops']}")
-    if sorted(summary["signatures"]) != sorted(SIGNATURES):
-        raise ExportError(f"{path}: signatures {summary['signatures']}, expected {list(SIGNATURES)}")
+    if sorted(summary["signatures"]) != sorted(signatures):
+        raise ExportError(f"{path}: signatures {summary['signatures']}, expected {list(signatures)}")
     for key, ops in signature_ops(path).items():
         expected = 1 if loop and key in LOOPING_SIGNATURES else 0
         if ops.get("WHILE", 0) != expected:
@@ -122,10 +124,11 @@ def writable_destination(path):
 
 
 def convert_tflite(model, path, quant="float32", spec=None, input_size=None, calibration_images=None,
-                   calibration=None, unrolled=False):
+                   calibration=None):
     """Convert `model` to `path`; returns the flatbuffer summary (see `inspect_tflite`).
 
-    `unrolled=True` expects a model built with `unroll=True` (no `WHILE`), for comparison.
+    A model built with `unroll=True` (for comparisons) converts without `WHILE` and
+    without the `anytime` signature.
     """
     from itnet_keras.evaluate import write_atomic
 
@@ -139,12 +142,13 @@ def convert_tflite(model, path, quant="float32", spec=None, input_size=None, cal
     writable_destination(path)
     input_size = tuple(input_size or spec.image_size)
     representative = None if calibration_images is None else calibration_batches(model, calibration_images)
+    signatures = signatures_of(model)
     with tempfile.TemporaryDirectory() as work:
         saved_model = write_saved_model(model, Path(work) / "saved_model", input_size)
-        data = _converter(saved_model, quant, representative).convert()
+        data = _converter(saved_model, signatures, quant, representative).convert()
         candidate = Path(work) / "model.tflite"
         candidate.write_bytes(data)
-        summary = check_tflite(candidate, loop=not unrolled)
+        summary = check_tflite(candidate, signatures, loop=not iterative_block(model).unroll)
         write_atomic(path, data, "wb")
     if spec is not None:
         meta = metadata(model, spec, input_size, quant, calibration=calibration)

@@ -1,0 +1,102 @@
+"""Latency per output under LiteRT: the loop file (`anytime`, and `encode` + `step` as an
+app drives it) beside the unrolled file.
+
+    python export/benchmark.py FILE.tflite [--unrolled UNROLLED.tflite] [--threads 1 2] [--repeats 5]
+    python export/benchmark.py --preset camvid_shared [--input-size 360x480] [--output docs/latency.md]
+
+With `--preset` both files are converted first (float32, random weights: latency does not
+depend on them). Batch 1, LiteRT's default CPU delegate, median of `--repeats` calls.
+See `itnet_keras.export.latency` for what each column measures.
+"""
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+from itnet_keras.costs import parse_size
+from itnet_keras.datasets import DATASETS
+from itnet_keras.evaluate import write_atomic
+from itnet_keras.export.flatbuffer import load
+from itnet_keras.export.latency import loop_latency, outputs_latency
+from itnet_keras.export.tflite import convert_tflite
+from itnet_keras.model import build_itnet
+from itnet_keras.presets import PRESET_DATASET
+
+
+def iterations_of(path):
+    metadata = Path(path).with_suffix(".json")
+    if metadata.is_file():
+        return json.loads(metadata.read_text())["num_iterations"]
+    definitions = load(path).signatureDefs or []
+    outputs = next(d for d in definitions if (d.signatureKey.decode() if isinstance(d.signatureKey, bytes)
+                                              else d.signatureKey) == "outputs")
+    return len(outputs.outputs)
+
+
+def measure(loop_file, unrolled_file, threads, repeats):
+    n = iterations_of(loop_file)
+    rows = []
+    for count in threads:
+        loop = loop_latency(loop_file, count, repeats, n)
+        unrolled = outputs_latency(unrolled_file, count, repeats) if unrolled_file else None
+        rows.append({"threads": count, "anytime_s": loop["anytime"], "step_s": loop["step"],
+                     "unrolled_outputs_s": unrolled})
+    return rows
+
+
+def format_rows(rows):
+    lines = []
+    for row in rows:
+        lines += [f"\n{row['threads']} thread(s):\n", "| output n | loop `anytime` ms | app `encode`+`step` ms |",
+                  "|---:|---:|---:|"]
+        lines += [f"| {n} | {a * 1e3:.1f} | {s * 1e3:.1f} |"
+                  for n, (a, s) in enumerate(zip(row["anytime_s"], row["step_s"]), start=1)]
+        if row["unrolled_outputs_s"] is not None:
+            unrolled = row["unrolled_outputs_s"]
+            lines.append(f"\nunrolled `outputs` (output N): {unrolled * 1e3:.1f} ms; loop `anytime` N / unrolled "
+                         f"= {row['anytime_s'][-1] / unrolled:.2f}; `step` path N / unrolled = "
+                         f"{row['step_s'][-1] / unrolled:.2f}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python export/benchmark.py", description=__doc__.split("\n")[0])
+    parser.add_argument("file", nargs="?", help="a loop .tflite file from export/convert.py")
+    parser.add_argument("--unrolled", help="the unrolled .tflite file to compare with")
+    parser.add_argument("--preset", choices=sorted(PRESET_DATASET), help="convert this preset first")
+    parser.add_argument("--input-size", type=parse_size)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output", help="also write the table (markdown) and OUTPUT.json there")
+    args = parser.parse_args(argv)
+    if (args.file is None) == (args.preset is None):
+        parser.error("give a .tflite file or --preset, not both")
+    with tempfile.TemporaryDirectory() as work:
+        loop_file, unrolled_file = args.file, args.unrolled
+        if args.preset:
+            size = args.input_size or DATASETS[PRESET_DATASET[args.preset]].image_size
+            model = build_itnet(args.preset, input_shape=(*size, 3))
+            loop_file, unrolled_file = Path(work) / "loop.tflite", Path(work) / "unrolled.tflite"
+            convert_tflite(model, loop_file, "float32", input_size=size)
+            unrolled = build_itnet(args.preset, input_shape=(*size, 3), unroll=True)
+            unrolled.set_weights(model.get_weights())
+            convert_tflite(unrolled, unrolled_file, "float32", input_size=size)
+        elif not Path(loop_file).is_file():
+            print(f"error: {loop_file} does not exist", file=sys.stderr)
+            return 2
+        rows = measure(loop_file, unrolled_file, args.threads, args.repeats)
+    table = format_rows(rows)
+    print(table)
+    if args.output:
+        command = "python export/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        header = f"`{command}`\n\n{platform.machine()}, LiteRT default CPU delegate, batch 1, median of {args.repeats}\n"
+        write_atomic(args.output, header + table + "\n")
+        write_atomic(Path(args.output).with_suffix(".json"), json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
