@@ -367,7 +367,7 @@ class IterativeBlock(keras.layers.Layer):
         state, logits, stats = self._iteration(state, 0, training, stats, seed)
         out = ops.scatter_update(out, [[0]], logits[None]) if collect else logits
         if self.num_iterations == 1:
-            pass
+            pass  # nothing left to iterate
         elif self.unroll:
             if not isinstance(count, int):
                 raise ValueError("unroll=True needs a Python int iteration count")

@@ -250,3 +250,14 @@ def test_latency_benchmark_command(tmp_path):
     (row,) = json.loads(out.with_suffix(".json").read_text())
     assert len(row["anytime_s"]) == len(row["step_s"]) == 4 and row["unrolled_outputs_s"] > 0
     assert all(a < b for a, b in zip(row["step_s"], row["step_s"][1:]))  # cumulative
+
+
+def test_export_evaluation_command(tiny, float32_file, tmp_path):
+    evaluate = export_script("evaluate")
+    _, model_path = tiny
+    path, _ = float32_file
+    out = tmp_path / "accuracy.md"
+    assert evaluate.main([str(model_path), str(path), "--limit", "8", "--output", str(out)]) == 0
+    results = json.loads(out.with_suffix(".json").read_text())
+    np.testing.assert_allclose(results[path.name], results["keras"], atol=1e-3)  # float32: same argmax
+    assert evaluate.main([str(model_path), str(tmp_path / "none.tflite")]) == 2

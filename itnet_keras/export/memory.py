@@ -34,10 +34,11 @@ def _subgraph_indices(op, codes):
     return []
 
 
-def subgraph_peak(model, index, codes, _memo=None):
-    """Peak live activation bytes of subgraph `index` (its own inputs and outputs included)."""
+def subgraph_peak(model, index, codes, _memo=None, outputs=True):
+    """Peak live activation bytes of subgraph `index` (its inputs and, with `outputs`,
+    its outputs included; without, the working set of the computation alone)."""
     memo = {} if _memo is None else _memo
-    if index in memo:
+    if outputs and index in memo:
         return memo[index]
     graph = model.subgraphs[index]
     constant = [model.buffers[t.buffer].data is not None for t in graph.tensors]
@@ -57,6 +58,9 @@ def subgraph_peak(model, index, codes, _memo=None):
     for t in graph.outputs if graph.outputs is not None else []:
         last[t] = end
     sizes = {t: _tensor_bytes(graph.tensors[t]) for t in first}
+    if not outputs:
+        for t in graph.outputs if graph.outputs is not None else []:
+            sizes[t] = 0
     peak = sum(sizes[t] for t in first if first[t] == -1)
     for position, op in enumerate(operators):
         live = sum(size for t, size in sizes.items() if first[t] <= position <= last[t])
@@ -64,18 +68,20 @@ def subgraph_peak(model, index, codes, _memo=None):
         inner = [subgraph_peak(model, i, codes, memo) for i in nested]
         extra = max(inner, default=0)  # condition and body (or branches) run one at a time
         peak = max(peak, live + extra)
-    memo[index] = peak
+    if outputs:
+        memo[index] = peak
     return peak
 
 
-def activation_bytes(path, signature="outputs"):
-    """Peak live activation bytes of one signature of a `.tflite` file."""
+def activation_bytes(path, signature="outputs", outputs=True):
+    """Peak live activation bytes of one signature of a `.tflite` file (without its
+    output tensors when `outputs=False`)."""
     model = load(path)
     codes = [_op_name(c) for c in model.operatorCodes]
     for definition in model.signatureDefs or []:
         key = definition.signatureKey
         if (key.decode() if isinstance(key, bytes) else key) == signature:
-            return subgraph_peak(model, definition.subgraphIndex, codes)
+            return subgraph_peak(model, definition.subgraphIndex, codes, outputs=outputs)
     raise ValueError(f"{path} has no signature {signature!r}")
 
 
@@ -85,7 +91,9 @@ def file_row(path, label, costs=None):
 
     summary = inspect_tflite(path)
     row = {"artifact": label, "file_bytes": summary["file_bytes"], "weight_bytes": summary["weight_bytes"],
-           "activation_bytes": activation_bytes(path, "outputs"), "while_ops": summary["ops"].get("WHILE", 0)}
+           "activation_bytes": activation_bytes(path, "outputs"),
+           "working_bytes": activation_bytes(path, "outputs", outputs=False),
+           "while_ops": summary["ops"].get("WHILE", 0)}
     if costs is not None:
         row.update(cost_graph_bytes_collapsed=costs[-1]["graph_bytes_collapsed"],
                    cost_graph_bytes_unrolled=costs[-1]["graph_bytes_unrolled"])
@@ -121,10 +129,12 @@ def model_rows(model, label, input_size, folder, quants=("float32",)):
 
 def format_rows(rows):
     mb = lambda v: "" if v is None else f"{v / 1e6:.1f}"  # noqa: E731
-    lines = ["| artifact | WHILE ops | file MB | weight MB | activation MB (peak live) | cost model: graph MB "
-             "collapsed | cost model: graph MB unrolled |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| artifact | WHILE ops | file MB | weight MB | activation MB (peak live, N outputs "
+             "included) | working set MB (outputs excluded) | cost model: graph MB collapsed | "
+             "cost model: graph MB unrolled |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['artifact']} | {r['while_ops']} | {mb(r['file_bytes'])} | {mb(r['weight_bytes'])} | "
-                     f"{mb(r['activation_bytes'])} | {mb(r.get('cost_graph_bytes_collapsed'))} | "
+                     f"{mb(r['activation_bytes'])} | {mb(r['working_bytes'])} | "
+                     f"{mb(r.get('cost_graph_bytes_collapsed'))} | "
                      f"{mb(r.get('cost_graph_bytes_unrolled'))} |")
     return "\n".join(lines)

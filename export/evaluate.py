@@ -1,0 +1,53 @@
+"""mIoU per output of exported `.tflite` files on a split, beside the Keras model's.
+
+    python export/evaluate.py MODEL.keras FILE.tflite [FILE.tflite ...] --data camvid --scale 2 \
+        [--split val] [--output docs/export_accuracy.md]
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from itnet_keras.evaluate import evaluate_model, load_itnet, write_atomic
+from itnet_keras.export.accuracy import tflite_mious
+from itnet_keras.pipeline import make_dataset
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python export/evaluate.py", description=__doc__.split("\n")[0])
+    parser.add_argument("model", help="the .keras model the files were exported from")
+    parser.add_argument("files", nargs="+", help=".tflite files")
+    parser.add_argument("--data", default="builtin", choices=("builtin", "camvid", "cityscapes"))
+    parser.add_argument("--data-dir")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--scale", type=int, default=1)
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--output", help="also write the table (markdown) and OUTPUT.json there")
+    args = parser.parse_args(argv)
+    try:
+        dataset = make_dataset(args.data, args.split, data_dir=args.data_dir, batch_size=4, scale=args.scale,
+                               limit=args.limit)
+        results = {"keras": [o["miou"] for o in evaluate_model(load_itnet(args.model), dataset)["outputs"]]}
+        for path in args.files:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{path} does not exist")
+            results[Path(path).name] = tflite_mious(path, dataset)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    names = list(results)
+    lines = ["| output | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+    for n in range(len(results["keras"])):
+        lines.append(f"| {n + 1} | " + " | ".join(f"{results[k][n]:.4f}" for k in names) + " |")
+    table = "\n".join(lines)
+    print(table)
+    if args.output:
+        command = "python export/evaluate.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        write_atomic(args.output, f"`{command}`\n\n{args.data} {args.split}, {len(dataset.split)} images\n\n{table}\n")
+        write_atomic(Path(args.output).with_suffix(".json"), json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
