@@ -19,7 +19,7 @@ from pathlib import Path
 from itnet_keras.costs import parse_size
 from itnet_keras.datasets import DATASETS
 from itnet_keras.evaluate import write_atomic
-from itnet_keras.export.flatbuffer import load
+from itnet_keras.export.flatbuffer import load, signature_subgraphs
 from itnet_keras.export.latency import loop_latency, outputs_latency
 from itnet_keras.export.tflite import convert_tflite
 from itnet_keras.model import build_itnet
@@ -30,10 +30,8 @@ def iterations_of(path):
     metadata = Path(path).with_suffix(".json")
     if metadata.is_file():
         return json.loads(metadata.read_text())["num_iterations"]
-    definitions = load(path).signatureDefs or []
-    outputs = next(d for d in definitions if (d.signatureKey.decode() if isinstance(d.signatureKey, bytes)
-                                              else d.signatureKey) == "outputs")
-    return len(outputs.outputs)
+    model = load(path)
+    return len(model.signatureDefs[list(signature_subgraphs(model)).index("outputs")].outputs)
 
 
 def measure(loop_file, unrolled_file, threads, repeats):

@@ -12,8 +12,8 @@ from ai_edge_litert.interpreter import Interpreter
 
 from itnet_keras import build_itnet
 from itnet_keras.datasets import get_spec
-from itnet_keras.export.flatbuffer import count_buffers_holding
-from itnet_keras.export.tflite import ExportError, calibration_sample, convert_tflite, signature_ops
+from itnet_keras.export.flatbuffer import count_buffers_holding, signature_ops
+from itnet_keras.export.tflite import ExportError, calibration_sample, convert_tflite
 from itnet_keras.losses import MaskedCrossEntropy
 from itnet_keras.metrics import confusion_matrix, mean_iou
 from itnet_keras.model import iterative_block

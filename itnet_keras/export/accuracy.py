@@ -1,6 +1,5 @@
 """mIoU per output of an exported `.tflite` file on a dataset split, run with LiteRT."""
 
-import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from itnet_keras.metrics import confusion_matrix, mean_iou

@@ -16,10 +16,14 @@ _BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k
 _TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 
 
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _op_name(code):
     builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
     if builtin == schema.BuiltinOperator.CUSTOM:
-        return (code.customCode or b"").decode() if isinstance(code.customCode, bytes) else code.customCode
+        return _text(code.customCode or b"")
     return _BUILTIN_NAMES.get(builtin, f"BUILTIN_{builtin}")
 
 
@@ -46,8 +50,7 @@ def inspect_tflite(path):
         ops = collections.Counter(codes[op.opcodeIndex] for op in graph.operators or [])
         total.update(ops)
         dtypes = collections.Counter(_TYPE_NAMES[t.type] for t in graph.tensors or [])
-        name = graph.name.decode() if isinstance(graph.name, bytes) else graph.name
-        subgraphs.append({"name": name, "ops": dict(ops), "tensor_dtypes": dict(dtypes)})
+        subgraphs.append({"name": _text(graph.name), "ops": dict(ops), "tensor_dtypes": dict(dtypes)})
     digests = collections.defaultdict(list)
     weight_bytes = 0
     for index, buffer in enumerate(model.buffers):
@@ -55,8 +58,7 @@ def inspect_tflite(path):
         weight_bytes += size
         if size >= 256:
             digests[hashlib.sha1(np.asarray(buffer.data).tobytes()).hexdigest()].append(index)
-    signatures = [s.signatureKey.decode() if isinstance(s.signatureKey, bytes) else s.signatureKey
-                  for s in model.signatureDefs or []]
+    signatures = list(signature_subgraphs(model))
     return {
         "file_bytes": Path(path).stat().st_size,
         "ops": dict(total),
@@ -67,6 +69,17 @@ def inspect_tflite(path):
         "duplicate_buffers": [group for group in digests.values() if len(group) > 1],
         "signatures": signatures,
     }
+
+
+def signature_subgraphs(model):
+    """{signature key: index of its subgraph} of a loaded model (see `load`)."""
+    return {_text(s.signatureKey): s.subgraphIndex for s in model.signatureDefs or []}
+
+
+def signature_ops(path):
+    """{signature: op counts of its own (top-level) subgraph}."""
+    subgraphs = inspect_tflite(path)["subgraphs"]
+    return {key: subgraphs[index]["ops"] for key, index in signature_subgraphs(load(path)).items()}
 
 
 def count_buffers_holding(path, array):

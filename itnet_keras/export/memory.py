@@ -13,7 +13,7 @@ import math
 import numpy as np
 from tensorflow.lite.python import schema_py_generated as schema
 
-from itnet_keras.export.flatbuffer import _op_name, load
+from itnet_keras.export.flatbuffer import _op_name, load, signature_subgraphs
 
 _ITEM_BYTES = {"FLOAT32": 4, "FLOAT16": 2, "INT32": 4, "INT64": 8, "INT8": 1, "UINT8": 1, "BOOL": 1, "INT16": 2}
 _TYPE_NAMES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
@@ -78,11 +78,10 @@ def activation_bytes(path, signature="outputs", outputs=True):
     output tensors when `outputs=False`)."""
     model = load(path)
     codes = [_op_name(c) for c in model.operatorCodes]
-    for definition in model.signatureDefs or []:
-        key = definition.signatureKey
-        if (key.decode() if isinstance(key, bytes) else key) == signature:
-            return subgraph_peak(model, definition.subgraphIndex, codes, outputs=outputs)
-    raise ValueError(f"{path} has no signature {signature!r}")
+    subgraphs = signature_subgraphs(model)
+    if signature not in subgraphs:
+        raise ValueError(f"{path} has no signature {signature!r}")
+    return subgraph_peak(model, subgraphs[signature], codes, outputs=outputs)
 
 
 def file_row(path, label, costs=None):
@@ -106,7 +105,7 @@ def model_rows(model, label, input_size, folder, quants=("float32",)):
     from pathlib import Path
 
     from itnet_keras.costs import output_costs
-    from itnet_keras.export.tflite import calibration_sample, convert_tflite
+    from itnet_keras.export.tflite import convert_tflite
     from itnet_keras.model import build_itnet, model_args
 
     args = model_args(model)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from itnet_keras.export.flatbuffer import inspect_tflite
+from itnet_keras.export.flatbuffer import inspect_tflite, signature_ops
 from itnet_keras.export.signatures import signatures_of, write_saved_model
 from itnet_keras.model import encode, iterative_block, model_args, step
 
@@ -62,19 +62,6 @@ def _converter(saved_model, signatures, quant, representative):
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                                tf.lite.OpsSet.TFLITE_BUILTINS]
     return converter
-
-
-def signature_ops(path):
-    """{signature: op counts of its own (top-level) subgraph}."""
-    from itnet_keras.export.flatbuffer import load
-
-    model = load(path)
-    summary = inspect_tflite(path)
-    out = {}
-    for signature in model.signatureDefs or []:
-        key = signature.signatureKey.decode() if isinstance(signature.signatureKey, bytes) else signature.signatureKey
-        out[key] = summary["subgraphs"][signature.subgraphIndex]["ops"]
-    return out
 
 
 def check_tflite(path, signatures, loop=True):
