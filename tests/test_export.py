@@ -248,7 +248,8 @@ def test_latency_benchmark_command(tmp_path):
     assert benchmark.main(["--preset", "tiny", "--input-size", "32x32", "--threads", "1", "--repeats", "2",
                            "--output", str(out)]) == 0
     (row,) = json.loads(out.with_suffix(".json").read_text())
-    assert len(row["anytime_s"]) == len(row["step_s"]) == 4 and row["unrolled_outputs_s"] > 0
+    assert len(row["anytime_s"]) == len(row["step_s"]) == 4
+    assert row["unrolled_outputs_s"] > 0 and row["loop_outputs_s"] > 0
     assert all(a < b for a, b in zip(row["step_s"], row["step_s"][1:]))  # cumulative
 
 

@@ -2,8 +2,8 @@
 
 - loop file, `anytime(image, n)`: one call that runs n iterations;
 - loop file, app-driven: `encode`, then `step` 1..n (the time to output n, cumulative);
-- unrolled file, `outputs`: all N outputs in one call (the unrolled graph has no
-  run-time iteration count, so it gives output N only).
+- `outputs` of the loop file and of the unrolled file: all N outputs in one call (the
+  unrolled graph has no run-time iteration count, so this is where the two compare).
 
 Each number is the median of `repeats` timed calls after one untimed call.
 """
