@@ -18,7 +18,7 @@ from pathlib import Path
 
 from itnet_keras.costs import parse_size
 from itnet_keras.datasets import DATASETS
-from itnet_keras.evaluate import write_atomic
+from itnet_keras.evaluate import write_result_files
 from itnet_keras.export.flatbuffer import load, signature_subgraphs
 from itnet_keras.export.latency import loop_latency, outputs_latency
 from itnet_keras.export.tflite import convert_tflite
@@ -90,9 +90,8 @@ def main(argv=None):
     print(table)
     if args.output:
         command = "python export/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        header = f"`{command}`\n\n{platform.machine()}, LiteRT default CPU delegate, batch 1, median of {args.repeats}\n"
-        write_atomic(args.output, header + table + "\n")
-        write_atomic(Path(args.output).with_suffix(".json"), json.dumps(rows, indent=1))
+        setup = f"{platform.machine()}, LiteRT default CPU delegate, batch 1, median of {args.repeats}\n"
+        write_result_files(args.output, command, setup + table, rows)
     return 0
 
 

@@ -5,11 +5,10 @@
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from itnet_keras.evaluate import evaluate_model, load_itnet, write_atomic
+from itnet_keras.evaluate import evaluate_model, load_itnet, write_result_files
 from itnet_keras.export.accuracy import tflite_mious
 from itnet_keras.pipeline import make_dataset
 
@@ -44,8 +43,8 @@ def main(argv=None):
     print(table)
     if args.output:
         command = "python export/evaluate.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_atomic(args.output, f"`{command}`\n\n{args.data} {args.split}, {len(dataset.split)} images\n\n{table}\n")
-        write_atomic(Path(args.output).with_suffix(".json"), json.dumps(results, indent=1))
+        write_result_files(args.output, command, f"{args.data} {args.split}, {len(dataset.split)} images\n\n{table}",
+                           results)
     return 0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from itnet_keras.costs import parse_size
 from itnet_keras.datasets import DATASETS
-from itnet_keras.evaluate import load_itnet, write_atomic
+from itnet_keras.evaluate import load_itnet, write_result_files
 from itnet_keras.export.memory import file_row, format_rows, model_rows
 from itnet_keras.export.tflite import QUANT_MODES
 from itnet_keras.model import build_itnet
@@ -67,8 +67,7 @@ def main(argv=None):
     print(json.dumps(rows, indent=1) if args.json else table)
     if args.output:
         command = "python export/graph_memory.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_atomic(args.output, f"`{command}`\n\n{table}\n")
-        write_atomic(Path(args.output).with_suffix(".json"), json.dumps(rows, indent=1))
+        write_result_files(args.output, command, table, rows)
     return 0
 
 

@@ -25,6 +25,18 @@ def predict_classes(model, images):
     return np.stack([np.argmax(np.asarray(o), axis=-1) for o in outputs])
 
 
+def split_confusion_matrices(dataset, predict):
+    """One confusion matrix per output over the whole split; `predict(images)` returns the
+    per-output class maps [N, batch, H, W]. Also returns the input size (h, w)."""
+    spec, matrices = dataset.spec, None
+    for index in range(len(dataset)):
+        images, labels = dataset[index]
+        labels = next(iter(labels.values())) if isinstance(labels, dict) else labels
+        batch = [confusion_matrix(labels, p, spec.num_classes, spec.ignore_label) for p in predict(images)]
+        matrices = batch if matrices is None else [m + b for m, b in zip(matrices, batch)]
+    return matrices, tuple(images.shape[1:3])
+
+
 def evaluate_model(model, dataset, loss_weights=None):
     """Confusion matrices over the whole split, then mIoU per output, costs and AUC.
 
@@ -32,14 +44,7 @@ def evaluate_model(model, dataset, loss_weights=None):
     recorded per output: outputs trained with weight 0 are evaluated all the same.
     """
     spec = dataset.spec
-    matrices = None
-    for index in range(len(dataset)):
-        images, labels = dataset[index]
-        labels = next(iter(labels.values())) if isinstance(labels, dict) else labels
-        predictions = predict_classes(model, images)
-        batch = [confusion_matrix(labels, p, spec.num_classes, spec.ignore_label) for p in predictions]
-        matrices = batch if matrices is None else [m + b for m, b in zip(matrices, batch)]
-    input_size = tuple(images.shape[1:3])
+    matrices, input_size = split_confusion_matrices(dataset, lambda images: predict_classes(model, images))
     costs = output_costs(model, input_size)
     outputs = []
     for cost, matrix in zip(costs, matrices):
@@ -64,6 +69,13 @@ def write_atomic(path, data, mode="w"):
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def write_result_files(path, command, markdown, data):
+    """A results table: `path` (the command that made it, then `markdown`) and
+    `path` with suffix `.json` (`data`), both written atomically."""
+    write_atomic(path, f"`{command}`\n\n{markdown}\n")
+    write_atomic(Path(path).with_suffix(".json"), json.dumps(data, indent=1))
 
 
 def plot_miou_over_macs(result, path, label="ItNet"):

@@ -160,6 +160,7 @@ def _trim_log(path, epochs_done):
 
 
 def compile_model(model, config, spec, steps_per_epoch):
+    """Compile with one loss per output and the step schedule; returns the output weights."""
     names = model.output_names
     try:
         weights = output_weights(config.output_weights, len(names))
@@ -176,6 +177,7 @@ def compile_model(model, config, spec, steps_per_epoch):
         loss_weights=dict(zip(names, weights)),
         metrics={name: [SegmentationMeanIoU(spec.num_classes, spec.ignore_label, name="miou")] for name in names},
     )
+    return weights
 
 
 def _datasets(config):
@@ -217,7 +219,7 @@ def run(config, given=frozenset(), callbacks=()):
         model = build_itnet(config.preset, num_classes=spec.num_classes, **config.model_overrides())
         names = output_names(len(model.outputs))
         train.output_names = val.output_names = names
-        compile_model(model, config, spec, len(train))
+        weights = compile_model(model, config, spec, len(train))
     state = {"epoch": 0, "best": -1.0, "best_epoch": None}
     if config.resume:
         state = load_checkpoint(folder / "checkpoint.npz", model)
@@ -239,7 +241,6 @@ def run(config, given=frozenset(), callbacks=()):
         raise TrainingError(f"the loss became NaN in epoch {checkpoint.nan_epoch}; training stopped and the "
                             f"checkpoint of epoch {state['epoch']} in {folder} is kept")
     best = folder / ("best.keras" if (folder / "best.keras").is_file() else "last.keras")
-    weights = output_weights(config.output_weights, len(names))
     return write_report(load_itnet(best), val, folder, label=config.preset, loss_weights=weights)
 
 

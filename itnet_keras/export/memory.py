@@ -11,12 +11,9 @@ planner may add alignment and fragmentation.
 import math
 
 import numpy as np
-from tensorflow.lite.python import schema_py_generated as schema
+from itnet_keras.export.flatbuffer import _TYPE_NAMES, _op_name, load, signature_subgraphs
 
-from itnet_keras.export.flatbuffer import _op_name, load, signature_subgraphs
-
-_ITEM_BYTES = {"FLOAT32": 4, "FLOAT16": 2, "INT32": 4, "INT64": 8, "INT8": 1, "UINT8": 1, "BOOL": 1, "INT16": 2}
-_TYPE_NAMES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+_ITEM_BYTES = {"float32": 4, "float16": 2, "int32": 4, "int64": 8, "int8": 1, "uint8": 1, "bool": 1, "int16": 2}
 
 
 def _tensor_bytes(tensor):
