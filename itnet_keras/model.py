@@ -8,7 +8,8 @@ The functional model has one input `image` [batch, H, W, 3] and N outputs
 import keras
 from keras import ops
 
-from itnet_keras.layers import DataBlock, IterativeBlock, OutputResize, resize_like
+from itnet_keras.iterative_block import IterativeBlock
+from itnet_keras.layers import DataBlock, OutputResize, resize_like
 from itnet_keras.presets import resolve_model_args
 
 

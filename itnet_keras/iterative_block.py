@@ -1,0 +1,341 @@
+"""`IterativeBlock`: the iterative block, the batch norms between iterations and the N
+classification heads, run N times inside one `tf.while_loop` (SPEC s.2 and s.3)."""
+
+import contextlib
+
+import keras
+from keras import ops
+
+from itnet_keras.layers import l2_regularizer, register, resize_like
+
+
+def _stacked(initializer, count):
+    """An initializer drawing `count` independent slices along a leading axis."""
+    initializer = keras.initializers.get(initializer)
+
+    def draw(shape, dtype=None):
+        return ops.stack([initializer(shape[1:], dtype=dtype) for _ in range(count)])
+
+    return draw
+
+
+def _dropout(x, rate, seed):
+    """Dropout with a tensor seed, which `keras.random.dropout` accepts only on JAX."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.nn.experimental.stateless_dropout(x, rate=rate, seed=seed)
+    return keras.random.dropout(x, rate, seed=ops.cast(seed, "uint32"))
+
+
+@register
+class IterativeBlock(keras.layers.Layer):
+    """The iterative block, run `num_iterations` times in one `tf.while_loop`.
+
+    Input: the L scales of the data block. Output: the logits of the N
+    classification heads (1x1 convs on S_1), stacked to [N, batch, h_1, w_1, C].
+
+    Per-iteration parameters (batch norms, heads, and with `weight_sharing=False`
+    every block weight) carry a leading axis and are picked by the loop counter,
+    so both variants run through the same loop. Iteration 1 skips the mixing
+    block (its weights, when stacked, have N - 1 rows). During training the loop
+    emits its batch statistics; the moving statistics are updated once, after it.
+    """
+
+    def __init__(self, num_classes, width, num_scales=3, num_iterations=16, num_blocks=1,
+                 expansion=6, weight_sharing=True, bn_placement="between", dropout=0.0,
+                 l2=0.0, unroll=False, momentum=0.99, epsilon=1e-3, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.width = width
+        self.num_scales = num_scales
+        self.num_iterations = num_iterations
+        self.num_blocks = num_blocks
+        self.expansion = expansion
+        self.weight_sharing = weight_sharing
+        self.bn_placement = bn_placement
+        self.dropout = dropout
+        self.l2 = l2
+        self.unroll = unroll
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    # -- structure -----------------------------------------------------------------
+
+    def conv_rows(self):
+        """One iteration's convs at one scale: (name, kernel shape, depthwise, part)."""
+        f, wide = self.width, self.expansion * self.width
+        rows = []
+        if self.num_iterations > 1:
+            rows += [("mix_conv", (3, 3, self.num_scales * f, f), False, "mix"),
+                     ("mix_proj", (1, 1, self.num_scales * f, f), False, "mix")]
+        for k in range(1, self.num_blocks + 1):
+            rows += [(f"block{k}_expand", (1, 1, f, wide), False, "block"),
+                     (f"block{k}_depthwise", (3, 3, wide, 1), True, "block"),
+                     (f"block{k}_project", (1, 1, wide, f), False, "block")]
+        return rows
+
+    def head_row(self):
+        return ("head", (1, 1, self.width, self.num_classes), False, "head")
+
+    def weight_usage(self):
+        """(variable, rows, first iteration) for every weight: `rows` is the size of its
+        leading per-iteration axis (None when shared), `first` the 0-based iteration that
+        reads row 0. Iteration n reads row n - first (the cost model counts with this)."""
+        return list(self._usage.values())
+
+    def _first_iteration(self, part):
+        return 1 if part == "mix" else 0
+
+    def _add(self, name, shape, part, per_iteration, initializer, regularize=False, trainable=True):
+        first = self._first_iteration(part)
+        rows = self.num_iterations - first if per_iteration else None
+        if rows is not None:
+            shape = (rows,) + tuple(shape)
+            initializer = _stacked(initializer, rows)
+        variable = self.add_weight(
+            name=name, shape=shape, initializer=initializer, trainable=trainable,
+            regularizer=l2_regularizer(self.l2) if regularize else None,
+        )
+        self._usage[name] = (variable, rows, first)
+        return variable
+
+    def build(self, input_shape):
+        self._usage = {}
+        every_conv = self.bn_placement == "every_conv"
+        independent = not self.weight_sharing
+        for l in range(1, self.num_scales + 1):
+            for name, kernel, depthwise, part in self.conv_rows():
+                out = kernel[2] if depthwise else kernel[3]
+                key = f"scale{l}_{name}"
+                self._add(key + "_kernel", kernel, part, independent, "glorot_uniform", regularize=True)
+                if every_conv:  # the norm's beta replaces the bias
+                    self._add_norm(key + "_bn", out, part)
+                else:
+                    self._add(key + "_bias", (out,), part, independent, "zeros")
+            if not every_conv:
+                self._add_norm(f"scale{l}_bn", self.width, "between")
+        name, kernel, _, part = self.head_row()
+        self._add("head_kernel", kernel, part, True, "glorot_uniform", regularize=True)
+        self._add("head_bias", (kernel[3],), part, True, "zeros")
+
+    def _add_norm(self, key, channels, part):
+        """A batch norm with per-iteration parameters and moving statistics."""
+        for suffix, init, trainable in (("gamma", "ones", True), ("beta", "zeros", True),
+                                        ("moving_mean", "zeros", False), ("moving_var", "ones", False)):
+            self._add(f"{key}_{suffix}", (channels,), part, True, init, trainable=trainable)
+
+    # -- one iteration -------------------------------------------------------------
+
+    def _pick(self, name, n):
+        """The slice of weight `name` that 0-based iteration `n` reads."""
+        variable, rows, first = self._usage[name]
+        if rows is None:
+            value = ops.convert_to_tensor(variable)
+        else:
+            index = n - first
+            value = variable[index] if isinstance(index, int) else ops.take(variable, index, axis=0)
+        if self._static_weight_shapes:
+            value = ops.reshape(value, tuple(variable.shape[1:] if rows else variable.shape))
+        return value
+
+    _static_weight_shapes = False
+
+    @contextlib.contextmanager
+    def static_weight_shapes(self):
+        """While tracing in this context, every weight read in the loop gets its static
+        shape by a reshape. tf2onnx needs the kernel shape of every conv, which a variable
+        read or a gather inside a loop body does not carry. Not used for TFLite: there the
+        reshape makes full-integer quantization treat shared kernels as activations."""
+        self._static_weight_shapes = True
+        try:
+            yield
+        finally:
+            self._static_weight_shapes = False
+
+    def _conv(self, x, key, n, depthwise=False):
+        kernel = self._pick(key + "_kernel", n)
+        per_iteration = self._usage[key + "_kernel"][1] is not None
+        if depthwise:
+            y = ops.depthwise_conv(x, kernel, padding="same")
+        elif per_iteration and tuple(kernel.shape[:2]) == (1, 1):
+            # A 1x1 conv whose kernel the loop counter picks, as a matmul: TFLite's int8
+            # CONV_2D wants a constant filter, a gathered one is quantized as an activation.
+            y = ops.matmul(x, kernel[0, 0])
+        else:
+            y = ops.conv(x, kernel, padding="same")
+        if key + "_bias" in self._usage:
+            y = y + self._pick(key + "_bias", n)
+        return y
+
+    def _norm(self, x, key, n, training, stats):
+        """Batch norm `key` of iteration n; in training, record the batch statistics."""
+        gamma, beta = self._pick(key + "_gamma", n), self._pick(key + "_beta", n)
+        if training:
+            mean, var = ops.moments(x, axes=[0, 1, 2])
+            stats = self._record(stats, key, n, mean, var)
+        else:
+            mean, var = self._pick(key + "_moving_mean", n), self._pick(key + "_moving_var", n)
+        return (x - mean) * ops.rsqrt(var + self.epsilon) * gamma + beta, stats
+
+    def _record(self, stats, key, n, mean, var):
+        _, _, first = self._usage[key + "_moving_mean"]
+        index = ops.reshape(ops.convert_to_tensor(n - first, "int32"), (1, 1))
+        means, variances = stats[key]
+        stats = dict(stats)
+        stats[key] = (ops.scatter_update(means, index, mean[None]),
+                      ops.scatter_update(variances, index, var[None]))
+        return stats
+
+    def _conv_norm(self, x, key, n, training, stats, depthwise=False):
+        y = self._conv(x, key, n, depthwise)
+        if self.bn_placement == "every_conv":
+            y, stats = self._norm(y, key + "_bn", n, training, stats)
+        return y, stats
+
+    def _mix(self, state, n, training, stats):
+        """Mixing residual block: all scales resized to scale l, conv3x3 + 1x1 projection."""
+        mixed = []
+        for l, x in enumerate(state, start=1):
+            both = ops.concatenate([resize_like(s, x) for s in state], axis=-1)
+            a, stats = self._conv_norm(both, f"scale{l}_mix_conv", n, training, stats)
+            b, stats = self._conv_norm(both, f"scale{l}_mix_proj", n, training, stats)
+            mixed.append(ops.relu(a + b))
+        return mixed, stats
+
+    def _bottlenecks(self, x, l, n, training, stats, seed):
+        """K MobileNetV2 bottleneck residual blocks at scale l."""
+        for k in range(1, self.num_blocks + 1):
+            key = f"scale{l}_block{k}"
+            h, stats = self._conv_norm(x, key + "_expand", n, training, stats)
+            h, stats = self._conv_norm(ops.relu6(h), key + "_depthwise", n, training, stats, True)
+            h = ops.relu6(h)
+            if seed is not None:
+                salt = ops.convert_to_tensor([l * 100 + k, 0], "int32")
+                h = _dropout(h, self.dropout, seed + salt + ops.stack([0, ops.cast(n, "int32")]))
+            h, stats = self._conv_norm(h, key + "_project", n, training, stats)
+            x = x + h
+        return x, stats
+
+    def _iteration(self, state, n, training, stats, seed, mixes=None):
+        """0-based iteration n: (state, logits of head n, stats).
+
+        Iteration 0 skips the mixing block. `mixes=True` says n > 0 is known (inside the
+        loop, which starts at 1); otherwise a tensor n decides at run time (`step`).
+        """
+        if self.num_iterations > 1:
+            if mixes or (isinstance(n, int) and n > 0):
+                state, stats = self._mix(state, n, training, stats)
+            elif not isinstance(n, int):
+                state, stats = ops.cond(
+                    n > 0,
+                    lambda: self._mix(state, n, training, stats),
+                    lambda: (list(state), stats),
+                )
+        new_state = []
+        for l, x in enumerate(state, start=1):
+            x, stats = self._bottlenecks(x, l, n, training, stats, seed)
+            if self.bn_placement == "between":
+                x, stats = self._norm(x, f"scale{l}_bn", n, training, stats)
+            new_state.append(x)
+        return new_state, self._conv(new_state[0], "head", n), stats
+
+    # -- the loop ------------------------------------------------------------------
+
+    def clamp(self, iterations):
+        """A run-time iteration count clamped to [1, N] (Python ints stay Python ints)."""
+        if isinstance(iterations, int):
+            return min(max(iterations, 1), self.num_iterations)
+        return ops.clip(ops.cast(iterations, "int32"), 1, self.num_iterations)
+
+    def _run(self, state, training, iterations, collect):
+        """Run the loop; returns (all logits [N, ...] or the latest logits, final state)."""
+        count = self.num_iterations if iterations is None else self.clamp(iterations)
+        state = list(state)
+        stats = self._empty_stats() if training else {}
+        seed = None
+        if training and self.dropout > 0:
+            seed = ops.cast(ops.mod(self.seed_generator.next(), 2**30), "int32")
+        batch, height, width = ops.shape(state[0])[:3]
+        logits_shape = (batch, height, width, self.num_classes)
+        out = ops.zeros(((self.num_iterations,) if collect else ()) + logits_shape, self.compute_dtype)
+
+        def body(n, state, out, stats):
+            state, logits, stats = self._iteration(state, n, training, stats, seed, mixes=True)
+            if collect:
+                index = ops.reshape(ops.convert_to_tensor(n, "int32"), (1, 1))
+                out = ops.scatter_update(out, index, logits[None])
+            else:
+                out = logits
+            return n + 1, state, out, stats
+
+        # Iteration 1 (no mixing) runs before the loop, so the loop body has no branch.
+        state, logits, stats = self._iteration(state, 0, training, stats, seed)
+        out = ops.scatter_update(out, [[0]], logits[None]) if collect else logits
+        if self.num_iterations == 1:
+            pass  # nothing left to iterate
+        elif self.unroll:
+            if not isinstance(count, int):
+                raise ValueError("unroll=True needs a Python int iteration count")
+            n, loop_vars = 1, (state, out, stats)
+            while n < count:
+                n, *loop_vars = body(n, *loop_vars)
+            state, out, stats = loop_vars
+        elif keras.backend.backend() == "jax" and isinstance(count, int):
+            # fori_loop with static bounds lowers to a scan: reverse-mode differentiable.
+            state, out, stats = ops.fori_loop(1, count, lambda n, v: body(n, *v)[1:], (state, out, stats))
+        else:
+            _, state, out, stats = ops.while_loop(
+                lambda n, *_: n < count, body, (1, state, out, stats),
+                maximum_iterations=self.num_iterations - 1,
+            )
+        if training:
+            self._update_moving_stats(stats, count)
+        return out, state
+
+    def _empty_stats(self):
+        stats = {}
+        for name, (variable, _, _) in self._usage.items():
+            if name.endswith("_moving_mean"):
+                stats[name[: -len("_moving_mean")]] = (ops.zeros(variable.shape), ops.zeros(variable.shape))
+        return stats
+
+    def _update_moving_stats(self, stats, count):
+        m = self.momentum
+        for key, (means, variances) in stats.items():
+            moving_mean, rows, first = self._usage[key + "_moving_mean"]
+            moving_var = self._usage[key + "_moving_var"][0]
+            ran = (ops.arange(rows) + first < count)[:, None]  # rows whose iteration ran
+            for moving, batch in ((moving_mean, means), (moving_var, variances)):
+                old = ops.convert_to_tensor(moving)
+                moving.assign(ops.where(ran, m * old + (1 - m) * batch, old))
+
+    def call(self, scales, training=None):
+        """All N outputs' logits, stacked: [N, batch, h_1, w_1, C]."""
+        return self._run(scales, bool(training), None, collect=True)[0]
+
+    def anytime(self, scales, iterations):
+        """Logits after `iterations` iterations (clamped to 1..N), inference mode."""
+        return self._run(scales, False, iterations, collect=False)[0]
+
+    def step(self, state, n):
+        """One iteration in inference mode: 1-based n (clamped) -> (state, logits)."""
+        n = self.clamp(n) - 1
+        state, logits, _ = self._iteration(list(state), n, False, {}, None)
+        return state, logits
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width = input_shape[0][:3]
+        return (self.num_iterations, batch, height, width, self.num_classes)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes, "width": self.width, "num_scales": self.num_scales,
+            "num_iterations": self.num_iterations, "num_blocks": self.num_blocks,
+            "expansion": self.expansion, "weight_sharing": self.weight_sharing,
+            "bn_placement": self.bn_placement, "dropout": self.dropout, "l2": self.l2,
+            "unroll": self.unroll, "momentum": self.momentum, "epsilon": self.epsilon, "seed": self.seed,
+        }
