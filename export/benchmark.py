@@ -10,7 +10,6 @@ See `itnet_keras.export.latency` for what each column measures.
 """
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -19,30 +18,8 @@ from pathlib import Path
 from itnet_keras.costs import parse_size
 from itnet_keras.datasets import DATASETS
 from itnet_keras.evaluate import write_result_files
-from itnet_keras.export.flatbuffer import load, signature_subgraphs
-from itnet_keras.export.latency import loop_latency, outputs_latency
-from itnet_keras.export.tflite import convert_tflite
-from itnet_keras.model import build_itnet
+from itnet_keras.export.latency import measure, preset_files
 from itnet_keras.presets import PRESET_DATASET
-
-
-def iterations_of(path):
-    metadata = Path(path).with_suffix(".json")
-    if metadata.is_file():
-        return json.loads(metadata.read_text())["num_iterations"]
-    model = load(path)
-    return len(model.signatureDefs[list(signature_subgraphs(model)).index("outputs")].outputs)
-
-
-def measure(loop_file, unrolled_file, threads, repeats):
-    n = iterations_of(loop_file)
-    rows = []
-    for count in threads:
-        loop = loop_latency(loop_file, count, repeats, n)
-        unrolled = outputs_latency(unrolled_file, count, repeats) if unrolled_file else None
-        rows.append({"threads": count, "anytime_s": loop["anytime"], "step_s": loop["step"],
-                     "loop_outputs_s": outputs_latency(loop_file, count, repeats), "unrolled_outputs_s": unrolled})
-    return rows
 
 
 def format_rows(rows):
@@ -76,12 +53,7 @@ def main(argv=None):
         loop_file, unrolled_file = args.file, args.unrolled
         if args.preset:
             size = args.input_size or DATASETS[PRESET_DATASET[args.preset]].image_size
-            model = build_itnet(args.preset, input_shape=(*size, 3))
-            loop_file, unrolled_file = Path(work) / "loop.tflite", Path(work) / "unrolled.tflite"
-            convert_tflite(model, loop_file, "float32", input_size=size)
-            unrolled = build_itnet(args.preset, input_shape=(*size, 3), unroll=True)
-            unrolled.set_weights(model.get_weights())
-            convert_tflite(unrolled, unrolled_file, "float32", input_size=size)
+            loop_file, unrolled_file = preset_files(args.preset, size, work)
         elif not Path(loop_file).is_file():
             print(f"error: {loop_file} does not exist", file=sys.stderr)
             return 2

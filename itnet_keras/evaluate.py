@@ -78,30 +78,47 @@ def write_result_files(path, command, markdown, data):
     write_atomic(Path(path).with_suffix(".json"), json.dumps(data, indent=1))
 
 
-def plot_miou_over_macs(result, path, label="ItNet"):
+def save_figure(fig, path, dpi=120):
+    """Save a matplotlib figure atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_miou_over_macs(results, path, title=None):
+    """mIoU over MACs, one curve per {label: evaluation result} (the paper's anytime plots).
+
+    Outputs trained with loss weight 0 are drawn hollow.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    macs = [o["macs"] / 1e9 for o in result["outputs"]]
-    miou = [o["miou"] for o in result["outputs"]]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    line, = ax.plot(macs, miou, "o-", label=f"{label} (AUC' {result['normalized_auc']:.3f})")
-    untrained = [i for i, o in enumerate(result["outputs"]) if o.get("loss_weight", 1) == 0]
-    if untrained:
-        ax.plot([macs[i] for i in untrained], [miou[i] for i in untrained], "o", color="white",
-                markeredgecolor=line.get_color(), label="outputs with loss weight 0")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    hollow_label = "outputs with loss weight 0"
+    for label, result in results.items():
+        macs = [o["macs"] / 1e9 for o in result["outputs"]]
+        miou = [o["miou"] for o in result["outputs"]]
+        line, = ax.plot(macs, miou, "o-", markersize=4, label=f"{label} (AUC' {result['normalized_auc']:.3f})")
+        untrained = [i for i, o in enumerate(result["outputs"]) if o.get("loss_weight", 1) == 0]
+        if untrained:
+            ax.plot([macs[i] for i in untrained], [miou[i] for i in untrained], "o", markersize=4, color="white",
+                    markeredgecolor=line.get_color(), label=hollow_label)
+            hollow_label = None
+    any_result = next(iter(results.values()))
     ax.set_xlabel("multiply-accumulates per image (billions)")
-    ax.set_ylabel(f"mIoU ({result['dataset']} {result['split']})")
+    ax.set_ylabel(f"mIoU ({any_result['dataset']} {any_result['split']})")
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def plot_prediction_strip(model, dataset, path, index=0):
@@ -135,10 +152,7 @@ def plot_prediction_strip(model, dataset, path, index=0):
         ax.imshow(picture)
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=100)
 
 
 def write_report(model, dataset, output_dir, label="ItNet", loss_weights=None):
@@ -147,7 +161,7 @@ def write_report(model, dataset, output_dir, label="ItNet", loss_weights=None):
     output_dir.mkdir(parents=True, exist_ok=True)
     result = evaluate_model(model, dataset, loss_weights)
     write_atomic(output_dir / "evaluation.json", json.dumps(result, indent=1))
-    plot_miou_over_macs(result, output_dir / "miou_over_macs.png", label)
+    plot_miou_over_macs({label: result}, output_dir / "miou_over_macs.png")
     plot_prediction_strip(model, dataset, output_dir / "predictions.png")
     return result
 

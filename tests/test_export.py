@@ -12,6 +12,8 @@ from ai_edge_litert.interpreter import Interpreter
 
 from itnet_keras import build_itnet
 from itnet_keras.datasets import get_spec
+from itnet_keras.export import anytime_device as device
+from itnet_keras.export.accuracy import tflite_mious
 from itnet_keras.export.flatbuffer import count_buffers_holding, signature_ops
 from itnet_keras.export.tflite import ExportError, calibration_sample, convert_tflite
 from itnet_keras.losses import MaskedCrossEntropy
@@ -262,3 +264,32 @@ def test_export_evaluation_command(tiny, float32_file, tmp_path):
     results = json.loads(out.with_suffix(".json").read_text())
     np.testing.assert_allclose(results[path.name], results["keras"], atol=1e-3)  # float32: same argmax
     assert evaluate.main([str(model_path), str(tmp_path / "none.tflite")]) == 2
+
+
+def test_app_driven_policies_stop_where_they_should(tiny, float32_file, val_images):
+    model, _ = tiny
+    path, _ = float32_file
+    images, _ = val_images
+    runner = device.StepRunner(path, threads=1)
+    n_max = runner.num_iterations
+    expected = keras_outputs(model, images[:1])
+    for n in range(1, n_max + 1):
+        logits, done, _ = runner.run(images[0], device.fixed(n))
+        assert done == n
+        np.testing.assert_allclose(logits, expected[n - 1][0], atol=1e-4)
+    assert runner.run(images[0], device.deadline(0.0))[1] == 1  # the first answer always comes
+    assert runner.run(images[0], device.deadline(60.0))[1] == n_max
+    assert runner.run(images[0], device.until_stable(1.0))[1] == 2  # needs a previous output to compare
+    assert runner.run(images[0], device.until_stable(-1.0))[1] == n_max
+    assert runner.run(images[0], device.until_confident(0.0))[1] == 1
+    assert runner.run(images[0], device.until_confident(1.01))[1] == n_max
+    assert runner.run(images[0], device.either(device.fixed(n_max), device.until_confident(0.0)))[1] == 1
+
+
+def test_policy_evaluation_matches_the_outputs_signature(float32_file):
+    path, _ = float32_file
+    runner = device.StepRunner(path, threads=1)
+    dataset = make_dataset("builtin", "val", batch_size=4, limit=8)
+    result = device.evaluate_policy(runner, dataset, device.fixed(2))
+    assert result["mean_iterations"] == 2 and result["iterations"] == [0, 8, 0, 0]
+    assert result["miou"] == pytest.approx(tflite_mious(path, dataset)[1], abs=1e-9)

@@ -8,11 +8,15 @@
 Each number is the median of `repeats` timed calls after one untimed call.
 """
 
+import json
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
+
+from itnet_keras.export.flatbuffer import load, signature_subgraphs
 
 
 def _median_seconds(call, repeats):
@@ -60,3 +64,38 @@ def outputs_latency(path, threads, repeats):
     image = _image(interpreter)
     run = interpreter.get_signature_runner("outputs")
     return _median_seconds(lambda: run(image=image), repeats)
+
+
+def iterations_of(path):
+    """N of a loop `.tflite` file: from its sidecar metadata, else from its `outputs` signature."""
+    metadata = Path(path).with_suffix(".json")
+    if metadata.is_file():
+        return json.loads(metadata.read_text())["num_iterations"]
+    model = load(path)
+    return len(model.signatureDefs[list(signature_subgraphs(model)).index("outputs")].outputs)
+
+
+def preset_files(preset, input_size, folder, **model_args):
+    """A loop and an unrolled float32 file of `preset` (same random weights) in `folder`."""
+    from itnet_keras.export.tflite import convert_tflite
+    from itnet_keras.model import build_itnet
+
+    loop_file, unrolled_file = Path(folder) / "loop.tflite", Path(folder) / "unrolled.tflite"
+    model = build_itnet(preset, input_shape=(*input_size, 3), **model_args)
+    convert_tflite(model, loop_file, "float32", input_size=input_size)
+    unrolled = build_itnet(preset, input_shape=(*input_size, 3), unroll=True, **model_args)
+    unrolled.set_weights(model.get_weights())
+    convert_tflite(unrolled, unrolled_file, "float32", input_size=input_size)
+    return loop_file, unrolled_file
+
+
+def measure(loop_file, unrolled_file, threads, repeats):
+    """One row per thread count: `anytime_s` and `step_s` per n, `loop_outputs_s`, `unrolled_outputs_s`."""
+    n = iterations_of(loop_file)
+    rows = []
+    for count in threads:
+        loop = loop_latency(loop_file, count, repeats, n)
+        unrolled = outputs_latency(unrolled_file, count, repeats) if unrolled_file else None
+        rows.append({"threads": count, "anytime_s": loop["anytime"], "step_s": loop["step"],
+                     "loop_outputs_s": outputs_latency(loop_file, count, repeats), "unrolled_outputs_s": unrolled})
+    return rows

@@ -97,8 +97,9 @@ def file_row(path, label, costs=None):
 
 
 def model_rows(model, label, input_size, folder, quants=("float32",)):
-    """Rows for the loop export of `model` in each quantization mode, and for its unrolled
-    float32 export (same weights, `unroll=True`). Files are written to `folder`."""
+    """Rows for the loop export of `model` in each quantization mode (int8 only with weight
+    sharing), and for its unrolled float32 export (same weights, `unroll=True`). Files are
+    written to `folder`."""
     from pathlib import Path
 
     from itnet_keras.costs import output_costs
@@ -109,6 +110,8 @@ def model_rows(model, label, input_size, folder, quants=("float32",)):
     costs = output_costs(model, input_size)
     rows = []
     for quant in quants:
+        if quant == "int8" and not args["weight_sharing"]:
+            continue  # refused by convert_tflite: int8 needs weight sharing
         path = Path(folder) / f"{label}_{quant}.tflite"
         images = None
         if quant == "int8":

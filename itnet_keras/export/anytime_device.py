@@ -1,0 +1,97 @@
+"""Anytime prediction on device: an app drives the `encode` and `step` signatures of a
+`.tflite` file with LiteRT and decides after every iteration whether to go on.
+
+A *policy* makes that decision: `policy(n, logits, previous, elapsed_s, step_s) -> bool`
+(go on?), called after iteration n with the logits of output n (and of output n-1, or
+None), the seconds spent on this image so far and on the last step. Policies here:
+
+- `fixed(n)`: every image gets n iterations;
+- `deadline(seconds)`: go on while one more step (as long as the last) fits the deadline;
+- `until_stable(fraction)`: stop once at most `fraction` of the pixels changed class;
+- `until_confident(probability)`: stop once the mean top-class probability reaches it;
+- `either(a, b)`: stop as soon as one of them says stop (the budgeted batch of Sec. 1).
+"""
+
+import time
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+
+from itnet_keras.evaluate import split_confusion_matrices
+from itnet_keras.export.latency import iterations_of
+from itnet_keras.metrics import mean_iou
+
+
+def fixed(n):
+    return lambda done, logits, previous, elapsed, step: done < n
+
+
+def deadline(seconds):
+    return lambda done, logits, previous, elapsed, step: elapsed + step <= seconds
+
+
+def until_stable(fraction):
+    def go_on(done, logits, previous, elapsed, step):
+        if previous is None:
+            return True
+        return np.mean(logits.argmax(-1) != previous.argmax(-1)) > fraction
+
+    return go_on
+
+
+def until_confident(probability):
+    def go_on(done, logits, previous, elapsed, step):
+        shifted = np.exp(logits - logits.max(-1, keepdims=True))
+        return np.mean(shifted.max(-1) / shifted.sum(-1)) < probability
+
+    return go_on
+
+
+def either(*policies):
+    return lambda *args: all(policy(*args) for policy in policies)
+
+
+class StepRunner:
+    """The `encode` and `step` signatures of a loop `.tflite` file, driven one image at a time."""
+
+    def __init__(self, path, threads=2):
+        interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        self.encode = interpreter.get_signature_runner("encode")
+        self.step = interpreter.get_signature_runner("step")
+        self.state_names = sorted(k for k in self.step.get_output_details() if k.startswith("state_"))
+        self.num_iterations = iterations_of(path)
+
+    def run(self, image, policy):
+        """(logits of the last output computed, iterations done, seconds) for one image [H, W, 3]."""
+        start = time.perf_counter()
+        state = self.encode(image=image[None].astype(np.float32))
+        logits, previous, done = None, None, 0
+        while done < self.num_iterations:
+            before = time.perf_counter()
+            out = self.step(**state, n=np.int32(done + 1))
+            done += 1
+            state = {k: out[k] for k in self.state_names}
+            previous, logits = logits, out["logits"][0]
+            now = time.perf_counter()
+            if not policy(done, logits, previous, now - start, now - before):
+                break
+        return logits, done, time.perf_counter() - start
+
+
+def evaluate_policy(runner, dataset, policy):
+    """mIoU over the split with `policy` deciding per image; iterations and time per image."""
+    iterations, seconds = [], []
+
+    def predict(images):
+        classes = []
+        for image in images:
+            logits, done, spent = runner.run(image, policy)
+            classes.append(logits.argmax(-1))
+            iterations.append(done)
+            seconds.append(spent)
+        return np.stack(classes)[None]
+
+    (matrix,), _ = split_confusion_matrices(dataset, predict)
+    return {"miou": mean_iou(matrix), "mean_iterations": float(np.mean(iterations)),
+            "iterations": np.bincount(iterations, minlength=runner.num_iterations + 1)[1:].tolist(),
+            "mean_ms": 1e3 * float(np.mean(seconds)), "max_ms": 1e3 * float(np.max(seconds))}

@@ -1,0 +1,114 @@
+"""Run the study notebooks: `python -m itnet_keras.notebooks notebooks/NAME.py [--mode smoke|full]`.
+
+Each notebook is kept twice: `NAME.py`, the source to edit (jupytext percent format), and
+`NAME.ipynb`, the executed notebook to read. This command executes the `.py` with nbclient
+(working folder `notebooks/`, `ITNET_NOTEBOOK_MODE` set to the mode) and writes the
+executed notebook to `NAME.ipynb`, or to `--output`. `--check` only reports whether each
+`.ipynb` still holds the cells of its `.py`.
+"""
+
+import argparse
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+from nbclient import NotebookClient
+
+
+@contextlib.contextmanager
+def _environment(**values):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# TensorFlow's start-up lines on stderr (CUDA probing, CPU features): noise in a notebook.
+NOISE = ("WARNING: All log messages before absl", "I0000 ", "E0000 ", "W0000 ", "To enable the following",
+         "[IPKernelApp] WARNING", "INFO: Created TensorFlow Lite XNNPACK delegate")
+
+
+def _drop_noise(notebook):
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        for output in cell.outputs:
+            if output.output_type == "stream" and output.name == "stderr":
+                output.text = "".join(line for line in output.text.splitlines(keepends=True)
+                                      if not line.startswith(NOISE))
+        cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and not o.text.strip())]
+
+
+def execute(source, mode="smoke", output=None, timeout=3600):
+    """Execute notebook `source` (.py) in `mode`; write it to `output` (default: the paired .ipynb)."""
+    from itnet_keras.evaluate import write_atomic
+    from itnet_keras.studies import MODES
+
+    source = Path(source)
+    if mode not in MODES:
+        raise ValueError(f"--mode {mode!r}: expected one of {sorted(MODES)}")
+    if not source.is_file():
+        raise FileNotFoundError(f"notebook source {source} does not exist")
+    notebook = jupytext.read(source)
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    with _environment(ITNET_NOTEBOOK_MODE=mode, MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="2"):
+        NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(source.parent)}}).execute()
+    _drop_noise(notebook)
+    write_atomic(output or source.with_suffix(".ipynb"), nbformat.writes(notebook))
+    return notebook
+
+
+def cells(notebook):
+    return [(cell.cell_type, cell.source.strip()) for cell in notebook.cells]
+
+
+def drift(source):
+    """Cells in which `source` (.py) and its paired .ipynb differ: [(index, py cell, ipynb cell)]."""
+    source = Path(source)
+    paired = source.with_suffix(".ipynb")
+    if not paired.is_file():
+        return [(0, "(the .py)", f"{paired} is missing")]
+    a, b = cells(jupytext.read(source)), cells(nbformat.read(paired, as_version=4))
+    differ = [(i, x, y) for i, (x, y) in enumerate(zip(a, b)) if x != y]
+    if len(a) != len(b):
+        differ.append((min(len(a), len(b)), f"{len(a)} cells", f"{len(b)} cells"))
+    return differ
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m itnet_keras.notebooks", description=__doc__.split("\n")[0])
+    parser.add_argument("sources", nargs="+", help="notebook sources (notebooks/*.py)")
+    parser.add_argument("--mode", default="smoke", help="smoke (minutes, built-in data) or full (CamVid)")
+    parser.add_argument("--output", help="where to write the executed notebook (one source only)")
+    parser.add_argument("--check", action="store_true", help="only check that each .ipynb matches its .py")
+    args = parser.parse_args(argv)
+    if args.output and len(args.sources) > 1:
+        parser.error("--output takes one source")
+    status = 0
+    for source in args.sources:
+        if args.check:
+            for index, py, ipynb in drift(source):
+                print(f"{source}: cell {index} differs from the .ipynb:\n  {py!r}\n  {ipynb!r}", file=sys.stderr)
+                status = 1
+            continue
+        try:
+            execute(source, args.mode, args.output)
+        except (OSError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(f"executed {source} ({args.mode})")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

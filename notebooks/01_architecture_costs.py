@@ -1,0 +1,114 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Study 1: architecture and costs (Fig. 1b-d, Fig. 2)
+#
+# Every cost here is computed by `itnet_keras.costs` from the model's own layers (SPEC s.6):
+# MACs per output, the size of the computational graph (conv layers only: parameters + input
+# + output feature maps, float32; the shared network's loop collapsed, the independent one
+# unrolled), the depth (conv layers on the longest path, the latency proxy) and the state
+# size. The latency per output is then measured with LiteRT on the exported `.tflite` files.
+# No training: the weights do not change any of these numbers.
+#
+# Run it: `python -m itnet_keras.notebooks notebooks/01_architecture_costs.py --mode full`.
+
+# %%
+import tempfile
+from pathlib import Path
+
+from IPython.display import Image, Markdown, display
+
+from itnet_keras import studies
+from itnet_keras.costs import format_table
+from itnet_keras.export.latency import measure, preset_files
+
+MODE = studies.mode_from_env()
+REPEATS = 5 if MODE == "full" else 1  # LiteRT timings: median of REPEATS calls
+THREADS = 2
+study = studies.Study("01_architecture_costs", MODE, repo="..")
+size = study.settings.input_size
+print(f"mode {MODE}: costs and latency at {size[1]}x{size[0]}")
+
+# %% [markdown]
+# ## Costs per output (Fig. 1b-d)
+
+# %%
+VARIANTS = {"shared": f"shared, f={study.settings.widths['shared']}",
+            "independent": f"independent, f={study.settings.widths['independent']}"}
+costs = {label: study.costs(variant) for variant, label in VARIANTS.items()}
+studies.plot_costs_per_output(costs, study.path("costs_per_output.png"))
+display(Image(filename=str(study.path("costs_per_output.png"))))
+for label, rows in costs.items():
+    display(Markdown(f"**{label}**\n\n" + format_table(rows)))
+
+# %% [markdown]
+# ## The MAC calibration (Sec. 3.1, SPEC s.6)
+# The architecture search gives each network the largest f whose last output costs less than
+# 2.2 billion MACs on a 480x360 image. The paper found f=29 without sharing, and about 6.2e9
+# MACs for the shared f=51 (3x).
+
+# %%
+budget = study.settings.mac_budget
+network = {k: v for k, v in study.network("independent").items() if k != "width"}
+width = studies.largest_width(budget, size, **network)
+calibration = {"budget_macs": budget, "largest_width": width,
+               "macs_at_width": studies.macs_of(size, width=width, **network),
+               "macs_at_width_plus_1": studies.macs_of(size, width=width + 1, **network),
+               "macs_shared": costs[VARIANTS["shared"]][-1]["macs"],
+               "macs_independent": costs[VARIANTS["independent"]][-1]["macs"]}
+calibration["shared_over_independent"] = calibration["macs_shared"] / calibration["macs_independent"]
+print(f"largest f under {budget:.3g} MACs: {width} ({calibration['macs_at_width']:.4g}; "
+      f"f={width + 1}: {calibration['macs_at_width_plus_1']:.4g}); paper: 29")
+print(f"shared / independent MACs: {calibration['shared_over_independent']:.2f} (paper: about 3)")
+
+# %% [markdown]
+# ## Latency per output on LiteRT (Fig. 2)
+# Float32 files with random weights, batch 1, the default CPU delegate, `THREADS` threads.
+# `anytime(n)` is one call that runs n iterations; `encode + n x step` is the path an app
+# drives itself (cumulative time to output n). The unrolled file has no run-time iteration
+# count: it is compared on the call that computes all N outputs.
+
+# %%
+latency = {}
+with tempfile.TemporaryDirectory() as work:
+    for variant, label in VARIANTS.items():
+        folder = Path(work) / variant
+        folder.mkdir()
+        loop_file, unrolled_file = preset_files(studies.PRESET_OF[variant], size, folder, **study.network(variant))
+        latency[label] = measure(loop_file, unrolled_file, [THREADS], REPEATS)[0]
+studies.plot_latency_per_output(latency, study.path("latency_per_output.png"))
+display(Image(filename=str(study.path("latency_per_output.png"))))
+for label, row in latency.items():
+    print(f"{label}: output 1 {row['anytime_s'][0] * 1e3:.1f} ms, output N {row['anytime_s'][-1] * 1e3:.1f} ms; "
+          f"all N outputs: loop {row['loop_outputs_s'] * 1e3:.1f} ms, unrolled {row['unrolled_outputs_s'] * 1e3:.1f} ms "
+          f"(loop / unrolled {row['loop_outputs_s'] / row['unrolled_outputs_s']:.2f})")
+study.save({"input_size": size, "costs": costs, "calibration": calibration, "latency": latency,
+            "threads": THREADS, "repeats": REPEATS})
+
+# %% [markdown]
+# ## Conclusion (full mode), next to the paper
+
+# %%
+committed = study.committed_results()
+if committed:
+    c = committed["calibration"]
+    print(f"largest f: {c['largest_width']} (paper 29); shared/independent MACs {c['shared_over_independent']:.2f} "
+          "(paper about 3)")
+    for label, rows in committed["costs"].items():
+        last = rows[-1]
+        print(f"{label}: {last['macs'] / 1e9:.2f}e9 MACs, graph {last['graph_bytes_collapsed'] / 1e6:.1f} MB collapsed "
+              f"/ {last['graph_bytes_unrolled'] / 1e6:.1f} MB unrolled, depth {last['depth']}")
+
+# %% [markdown]
+# CONCLUSION

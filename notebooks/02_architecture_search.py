@@ -1,0 +1,79 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Study 2: architecture search (Sec. 3.1, Fig. 6/7)
+#
+# The paper searches over the number of iterations N, of scales L and of bottleneck blocks K.
+# For each (N, L, K) the width f is the largest whose last output costs less than 2.2 billion
+# MACs on a 480x360 image, so every candidate has the same budget. Each candidate is trained
+# with and without weight sharing, ranked by the normalized area under its mIoU-over-MACs
+# curve (AUC'), after discarding networks whose peak mIoU is more than 0.02 below the best
+# peak; the lowest average rank over both variants wins. The paper found N=16, L=3, K=1.
+#
+# Run it: `python -m itnet_keras.notebooks notebooks/02_architecture_search.py --mode full`.
+
+# %%
+from IPython.display import Image, Markdown, display
+
+from itnet_keras import studies
+
+MODE = studies.mode_from_env()
+study = studies.Study("02_architecture_search", MODE, repo="..")
+# (N, L, K): a reduced grid (the paper's is larger) and few epochs, to fit the CPU budget.
+GRID = [(16, 3, 1), (8, 3, 1), (16, 2, 1)] if MODE == "full" else [(4, 2, 1), (2, 2, 1)]
+EPOCHS = 5 if MODE == "full" else None  # None: the mode's epochs
+print(f"mode {MODE}: {study.settings.description}; search runs use {EPOCHS or 'the mode''s'} epochs")
+
+# %% [markdown]
+# ## The width of each candidate under the MAC budget
+
+# %%
+size, budget = study.settings.input_size, study.settings.mac_budget
+candidates = {}
+for n, l, k in GRID:
+    shape = dict(num_iterations=n, num_scales=l, num_blocks=k)
+    base = {key: v for key, v in study.network("independent", **shape).items() if key not in ("width", "weight_sharing")}
+    candidates[f"N{n} L{l} K{k}"] = {**shape, "width": studies.largest_width(budget, size, **base)}
+display(Markdown("| N L K | f | MACs of the last output |\n|---|---:|---:|\n" + "\n".join(
+    f"| {a} | {c['width']} | {studies.macs_of(size, **{**study.network('independent', **c)}):.3g} |"
+    for a, c in candidates.items())))
+
+# %% [markdown]
+# ## Train every candidate, shared and independent
+
+# %%
+rows = []
+for architecture, shape in candidates.items():
+    for variant in ("shared", "independent"):
+        result = study.train(variant, epochs=EPOCHS, **shape)
+        rows.append({"architecture": architecture, "variant": variant, **shape, **studies.summary(result)})
+winner, ranks = studies.select_architecture(rows)
+display(Markdown("| N L K | variant | f | AUC' | peak mIoU | rank |\n|---|---|---:|---:|---:|---:|\n" + "\n".join(
+    f"| {r['architecture']} | {r['variant']} | {r['width']} | {r['normalized_auc']:.3f} | {r['miou_peak']:.3f} | "
+    f"{ranks[r['architecture']][r['variant']] or 'discarded'} |" for r in rows)))
+print(f"selected: {winner} (the paper: N16 L3 K1)")
+studies.plot_search(rows, study.path("search.png"))
+display(Image(filename=str(study.path("search.png"))))
+study.save({"grid": GRID, "epochs": EPOCHS, "rows": rows, "ranks": ranks, "winner": winner})
+
+# %% [markdown]
+# ## Conclusion (full mode), next to the paper
+
+# %%
+committed = study.committed_results()
+if committed:
+    print(f"budget: {committed['budget']}, {committed['epochs']} epochs per run; selected {committed['winner']}")
+
+# %% [markdown]
+# CONCLUSION

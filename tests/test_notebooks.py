@@ -1,0 +1,54 @@
+"""Every study notebook runs in smoke mode, and each .ipynb holds the cells of its .py."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from itnet_keras import notebooks
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.py"))
+
+
+def test_there_is_a_notebook_per_study():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"]
+
+
+@pytest.mark.parametrize("source", NOTEBOOKS, ids=lambda p: p.stem)
+def test_ipynb_matches_its_py(source):
+    assert notebooks.drift(source) == []
+
+
+def test_drift_is_reported(tmp_path, capsys):
+    source = tmp_path / "n.py"
+    source.write_text(NOTEBOOKS[0].read_text())
+    assert notebooks.main([str(source), "--check"]) == 1  # no .ipynb yet
+    paired = nbformat.read(NOTEBOOKS[0].with_suffix(".ipynb"), as_version=4)
+    paired.cells[1].source += "\nprint('edited in the notebook only')"
+    nbformat.write(paired, tmp_path / "n.ipynb")
+    assert notebooks.main([str(source), "--check"]) == 1
+    assert "cell 1 differs" in capsys.readouterr().err
+    assert notebooks.main([str(NOTEBOOKS[0]), "--check"]) == 0
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    """One run folder for all notebooks: the same smoke network is trained once."""
+    return tmp_path_factory.mktemp("smoke_runs")
+
+
+@pytest.mark.parametrize("source", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_in_smoke_mode(source, tmp_path, smoke_runs, monkeypatch):
+    monkeypatch.setenv("ITNET_SMOKE_RUNS", str(smoke_runs))
+    executed = notebooks.execute(source, "smoke", output=tmp_path / source.with_suffix(".ipynb").name)
+    outputs = [o for cell in executed.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the notebook shows no figure"
+    assert (tmp_path / source.with_suffix(".ipynb").name).is_file()
+
+
+def test_bad_mode_and_missing_source_are_named(tmp_path, capsys):
+    assert notebooks.main([str(NOTEBOOKS[0]), "--mode", "huge"]) == 2
+    assert "--mode 'huge'" in capsys.readouterr().err
+    assert notebooks.main([str(tmp_path / "none.py")]) == 2
+    assert "none.py does not exist" in capsys.readouterr().err

@@ -1,0 +1,97 @@
+"""The ablation helpers the notebooks call: the width rule, the selection rule, run reuse."""
+
+import dataclasses
+import json
+
+import pytest
+
+from itnet_keras import studies
+from itnet_keras.presets import resolve_model_args
+
+SMALL = dict(num_iterations=4, num_scales=2, expansion=2)
+
+
+def test_largest_width_is_the_paper_calibration():
+    # SPEC s.6: f=29 is the largest width under 2.2e9 MACs at 480x360 (N=16, L=3, K=1).
+    assert studies.largest_width(2.2e9, (360, 480), weight_sharing=False) == 29
+
+
+def test_largest_width_stops_just_under_the_budget():
+    macs_10 = studies.macs_of((32, 32), width=10, **SMALL)
+    assert studies.largest_width(macs_10 + 1, (32, 32), **SMALL) == 10
+    assert studies.largest_width(macs_10, (32, 32), **SMALL) == 9  # "less than" the budget
+    with pytest.raises(ValueError, match="f=7"):
+        studies.largest_width(10, (32, 32), **SMALL)
+
+
+def row(architecture, variant, auc, peak):
+    return {"architecture": architecture, "variant": variant, "normalized_auc": auc, "miou_peak": peak}
+
+
+def test_selection_rule_discards_low_peaks_then_averages_ranks():
+    rows = [
+        row("A", "shared", 0.50, 0.70), row("A", "independent", 0.40, 0.70),
+        row("B", "shared", 0.45, 0.71), row("B", "independent", 0.45, 0.71),
+        # best AUC' in both variants, but its peak is 0.03 below the best: discarded
+        row("C", "shared", 0.60, 0.68), row("C", "independent", 0.60, 0.68),
+    ]
+    winner, ranks = studies.select_architecture(rows)
+    assert ranks["C"] == {"shared": None, "independent": None}
+    assert ranks["A"] == {"shared": 1, "independent": 2} and ranks["B"] == {"shared": 2, "independent": 1}
+    assert winner == "A"  # a tie in average rank goes to the first architecture listed
+    rows[1]["normalized_auc"] = 0.30
+    rows[3]["normalized_auc"] = 0.46
+    rows[0]["normalized_auc"] = 0.44  # now B ranks first in both variants
+    assert studies.select_architecture(rows)[0] == "B"
+
+
+def test_selection_rule_needs_a_survivor():
+    rows = [row("A", "shared", 0.5, 0.70), row("A", "independent", 0.5, 0.60),
+            row("B", "shared", 0.5, 0.60), row("B", "independent", 0.5, 0.70)]
+    with pytest.raises(ValueError, match="peak-mIoU"):
+        studies.select_architecture(rows)
+
+
+def test_mode_from_env_names_the_variable(monkeypatch):
+    monkeypatch.setenv("ITNET_NOTEBOOK_MODE", "huge")
+    with pytest.raises(ValueError, match="ITNET_NOTEBOOK_MODE='huge'"):
+        studies.mode_from_env()
+    monkeypatch.setenv("ITNET_NOTEBOOK_MODE", "full")
+    assert studies.mode_from_env() == "full"
+
+
+def write_run(study, config, evaluation=None):
+    """A run folder as `fit.run` leaves it (config.json, and evaluation.json when finished)."""
+    folder = study.runs / config.output.rsplit("/", 1)[-1]
+    folder.mkdir(parents=True)
+    model = resolve_model_args(config.preset, **config.model_overrides())
+    (folder / "config.json").write_text(json.dumps({"fit": dataclasses.asdict(config), "model": model}))
+    if evaluation is not None:
+        (folder / "evaluation.json").write_text(json.dumps(evaluation))
+    return folder
+
+
+def test_a_finished_run_is_reused_and_a_different_one_refused(tmp_path):
+    study = studies.Study("t", "smoke", repo=tmp_path)
+    config = study.config("independent", "single:4")
+    assert config.output.endswith("independent_f8_single4")
+    assert study.config("independent", bn_placement="between").output.endswith("independent_f8_all")
+    assert study.config("independent", bn_placement="every_conv", epochs=3).output.endswith(
+        "independent_f8_all_bn_placementevery_conv_e3")
+    evaluation = {"outputs": [{"miou": 0.5}], "normalized_auc": 0.4}
+    write_run(study, config, evaluation)
+    result = study.train("independent", "single:4")  # reused: no training happens
+    assert result["outputs"] == evaluation["outputs"] and result["config"]["output_weights"] == "single:4"
+    other = dataclasses.replace(study.config("independent"), epochs=7)
+    folder = write_run(study, other)
+    with pytest.raises(ValueError, match=f"{folder}.*differs in \\['epochs'\\]"):
+        study.train("independent")
+
+
+def test_save_records_mode_budget_and_command(tmp_path):
+    study = studies.Study("01_x", "smoke", repo=tmp_path)
+    path = study.save({"value": 1.5})
+    data = json.loads(path.read_text())
+    assert data["mode"] == "smoke" and data["value"] == 1.5 and data["wall_s"] >= 0
+    assert data["command"] == "python -m itnet_keras.notebooks notebooks/01_x.py --mode smoke"
+    assert str(path).startswith(str(study.results)) and not str(path).startswith(str(tmp_path))
