@@ -110,7 +110,8 @@ def plot_miou_over_macs(results, path, title=None):
                     markeredgecolor=line.get_color(), label=hollow_label)
             hollow_label = None
     any_result = next(iter(results.values()))
-    ax.set_xlabel("multiply-accumulates per image (billions)")
+    height, width = any_result["input_size"]
+    ax.set_xlabel(f"multiply-accumulates per {width}x{height} image (billions)")
     ax.set_ylabel(f"mIoU ({any_result['dataset']} {any_result['split']})")
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)

@@ -305,6 +305,16 @@ def _axes(columns=1, width=5.5, height=3.8):
     return fig, list(axes.flat)
 
 
+def _dress(ax, xlabel, ylabel, integer_x=False):
+    """Axis labels (with units), a light grid and the legend."""
+    if integer_x:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def plot_costs_per_output(costs, path):
     """Fig. 1b-d: MACs, graph size (both views) and depth over the output n, per network."""
     fig, (macs, graph, depth) = _axes(3, width=4.2, height=3.4)
@@ -318,11 +328,7 @@ def plot_costs_per_output(costs, path):
         depth.plot(n, [r["depth"] for r in rows], "o-", markersize=3, label=label)
     for ax, ylabel in ((macs, "MACs per image (billions)"), (graph, "computational graph (MB)"),
                        (depth, "depth (conv layers on the longest path)")):
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_xlabel("output n (iterations)")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _dress(ax, "output n (iterations)", ylabel, integer_x=True)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -335,28 +341,19 @@ def plot_latency_per_output(latency, path):
         line, = ax.plot(n, np.array(row["anytime_s"]) * 1e3, "o-", markersize=3, label=f"{label}: anytime(n)")
         ax.plot(n, np.array(row["step_s"]) * 1e3, "s--", markersize=3, color=line.get_color(),
                 label=f"{label}: encode + n x step")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_xlabel("output n (iterations)")
-    ax.set_ylabel("latency (ms, LiteRT CPU, batch 1)")
     ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _dress(ax, "output n (iterations)", "latency (ms, LiteRT CPU, batch 1)", integer_x=True)
     fig.tight_layout()
     save_figure(fig, path)
 
 
-def plot_metric_over(points, path, xlabel, ylabel, logx=False):
+def plot_metric_over(points, path, xlabel, ylabel):
     """One line per {label: [(x, y), ...]}."""
     fig, (ax,) = _axes()
     for label, xy in points.items():
         x, y = zip(*xy)
         ax.plot(x, y, "o-", markersize=4, label=label)
-    if logx:
-        ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _dress(ax, xlabel, ylabel)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -372,8 +369,6 @@ def plot_search(rows, path):
         peak.bar(x, [group[a]["miou_peak"] for a in names if a in group], width=0.3, label=variant)
     for ax, ylabel in ((auc, "normalized AUC' of mIoU over MACs"), (peak, "peak mIoU over the outputs")):
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7)
+        _dress(ax, "architecture (iterations N, scales L, blocks K)", ylabel)
     fig.tight_layout()
     save_figure(fig, path)

@@ -16,9 +16,9 @@
 #
 # The paper's two scenarios (Sec. 1): an app with a **deadline** takes whatever output is
 # ready when time runs out, and a **budgeted batch** spends iterations where they are needed:
-# each image stops when its prediction stops changing or is confident enough. Here the
-# trained shared network (study 4's run) is exported to a float32 `.tflite` file and run with
-# LiteRT exactly as an app would: `encode(image)`, then `step(state, n)` for n = 1, 2, ...,
+# each image stops when its prediction stops changing or is confident enough. Here both
+# trained networks of study 4 are exported to float32 `.tflite` files and run with LiteRT
+# exactly as an app would: `encode(image)`, then `step(state, n)` for n = 1, 2, ...,
 # deciding after every step whether to go on (`itnet_keras.export.anytime_device`).
 #
 # Run it: `python -m itnet_keras.notebooks notebooks/06_anytime_device.py --mode full`.
@@ -27,6 +27,7 @@
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from IPython.display import Image, Markdown, display
 
 from itnet_keras import studies
@@ -39,80 +40,71 @@ study = studies.Study("06_anytime_device", MODE, repo="..")
 print(f"mode {MODE}: {study.settings.description}")
 
 # %% [markdown]
-# ## Export the trained shared network and open it as an app would
+# ## Export both trained networks (study 4's runs) and drive them as an app would
+# For each network, every policy runs over the val images, one image at a time:
+# - **fixed budgets**: every image gets n iterations, n = 1..N;
+# - **scenario 1, a deadline**: the app goes on while one more step (as long as the last one)
+#   still fits; deadlines are fractions of the mean time of all N iterations, so they mean
+#   the same on any device;
+# - **scenario 2, a budgeted batch**: each image stops when at most a fraction of its pixels
+#   changed class in the last step (`stable`), or when its mean top-class probability reaches
+#   a level (`confident`). Better than fixed budgets means more mIoU for the same average
+#   number of iterations.
 
 # %%
-model = study.trained_model(study.train("shared"))
 val = study.dataset("val", batch_size=1)
 size = tuple(val[0][0].shape[1:3])
 work = Path(tempfile.mkdtemp())
-convert_tflite(model, work / "itnet.tflite", "float32", spec=val.spec, input_size=size)
-runner = device.StepRunner(work / "itnet.tflite", threads=THREADS)
-N = runner.num_iterations
-print(f"{work / 'itnet.tflite'}: {N} iterations, input {size[1]}x{size[0]}, {len(val)} val images")
+sweeps = {}
+for variant in ("shared", "independent"):
+    model = study.trained_model(study.train(variant))
+    convert_tflite(model, work / f"{variant}.tflite", "float32", spec=val.spec, input_size=size)
+    runner = device.StepRunner(work / f"{variant}.tflite", threads=THREADS)
+    label = f"{variant}, f={study.settings.widths[variant]}"
+    sweeps[label] = device.sweep(runner, val)
+    print(f"{label}: {runner.num_iterations} iterations at {size[1]}x{size[0]}, {len(val)} val images, "
+          f"{sweeps[label]['full_ms']:.1f} ms per image for all of them")
 
 # %% [markdown]
-# ## Fixed budgets: every image gets n iterations
+# ## Fixed budgets and deadlines
 
 # %%
-fixed = {n: device.evaluate_policy(runner, val, device.fixed(n)) for n in range(1, N + 1)}
-full_ms = fixed[N]["mean_ms"]
-display(Markdown("| n | mIoU | mean ms per image |\n|---:|---:|---:|\n" + "\n".join(
-    f"| {n} | {r['miou']:.3f} | {r['mean_ms']:.1f} |" for n, r in fixed.items())))
+for label, result in sweeps.items():
+    display(Markdown(f"**{label}**\n\n| n | mIoU | mean ms |\n|---:|---:|---:|\n" + "\n".join(
+        f"| {n} | {r['miou']:.3f} | {r['mean_ms']:.1f} |" for n, r in result["fixed"].items())))
+    display(Markdown("| deadline | mIoU | mean iterations | mean ms | max ms |\n|---:|---:|---:|---:|---:|\n" + "\n".join(
+        f"| {f * result['full_ms']:.1f} ms ({f:.0%}) | {r['miou']:.3f} | {r['mean_iterations']:.1f} | "
+        f"{r['mean_ms']:.1f} | {r['max_ms']:.1f} |" for f, r in result["deadline"].items())))
 
 # %% [markdown]
-# ## Scenario 1: a deadline
-# The app goes on while one more step (as long as the last one) still fits. Deadlines are set as
-# fractions of the mean time for all N iterations, so the cell means the same on any device.
+# ## The budgeted batch against fixed budgets
 
 # %%
-deadlines = {fraction: device.evaluate_policy(runner, val, device.deadline(fraction * full_ms / 1e3))
-             for fraction in (0.1, 0.2, 0.35, 0.5, 0.75, 1.0)}
-display(Markdown("| deadline | mIoU | mean iterations | mean ms | max ms |\n|---:|---:|---:|---:|---:|\n" + "\n".join(
-    f"| {f * full_ms:.1f} ms ({f:.0%}) | {r['miou']:.3f} | {r['mean_iterations']:.1f} | {r['mean_ms']:.1f} | "
-    f"{r['max_ms']:.1f} |" for f, r in deadlines.items())))
-
-# %% [markdown]
-# ## Scenario 2: a budgeted batch
-# Each image stops when at most a fraction of its pixels changed class in the last step
-# (`stable`), or when the mean top-class probability reaches a level (`confident`), or at
-# whichever comes first. Better than fixed budgets means more mIoU for the same average number
-# of iterations.
-
-# %%
-adaptive = {}
-for fraction in (0.05, 0.02, 0.01, 0.005, 0.002):
-    adaptive[f"stable {fraction}"] = device.evaluate_policy(runner, val, device.until_stable(fraction))
-for probability in (0.8, 0.85, 0.9, 0.95):
-    adaptive[f"confident {probability}"] = device.evaluate_policy(runner, val, device.until_confident(probability))
-for fraction, probability in ((0.01, 0.9), (0.005, 0.95)):
-    policy = device.either(device.until_stable(fraction), device.until_confident(probability))
-    adaptive[f"stable {fraction} or confident {probability}"] = device.evaluate_policy(runner, val, policy)
-
-
-def fixed_at(iterations):
+def fixed_at(result, iterations):
     """mIoU of fixed budgets, interpolated at a mean number of iterations."""
-    import numpy as np
-
-    return float(np.interp(iterations, list(fixed), [r["miou"] for r in fixed.values()]))
+    return float(np.interp(iterations, list(result["fixed"]), [r["miou"] for r in result["fixed"].values()]))
 
 
-display(Markdown("| policy | mIoU | mean iterations | fixed budget at that mean | gain |\n|---|---:|---:|---:|---:|\n"
-                 + "\n".join(f"| {name} | {r['miou']:.3f} | {r['mean_iterations']:.2f} | "
-                             f"{fixed_at(r['mean_iterations']):.3f} | {r['miou'] - fixed_at(r['mean_iterations']):+.3f} |"
-                             for name, r in adaptive.items())))
+gains = {}
+for label, result in sweeps.items():
+    gains[label] = {name: r["miou"] - fixed_at(result, r["mean_iterations"]) for name, r in result["adaptive"].items()}
+    display(Markdown(f"**{label}**\n\n| policy | mIoU | mean iterations | fixed budget at that mean | gain |\n"
+                     "|---|---:|---:|---:|---:|\n" + "\n".join(
+                         f"| {name} | {r['miou']:.3f} | {r['mean_iterations']:.2f} | "
+                         f"{fixed_at(result, r['mean_iterations']):.3f} | {gains[label][name]:+.3f} |"
+                         for name, r in result["adaptive"].items())))
 
-points = {"fixed n (every image)": [(n, r["miou"]) for n, r in fixed.items()],
-          "deadline": [(r["mean_iterations"], r["miou"]) for r in deadlines.values()],
-          "stable (changed pixels)": [(r["mean_iterations"], r["miou"]) for k, r in adaptive.items()
-                                      if k.startswith("stable") and "or" not in k],
-          "confident (top-class probability)": [(r["mean_iterations"], r["miou"]) for k, r in adaptive.items()
-                                                if k.startswith("confident")]}
+points = {}
+for label, result in sweeps.items():
+    points[f"{label}: fixed n"] = [(n, r["miou"]) for n, r in result["fixed"].items()]
+    points[f"{label}: deadline"] = [(r["mean_iterations"], r["miou"]) for r in result["deadline"].values()]
+    for kind in ("stable", "confident"):
+        points[f"{label}: {kind}"] = sorted((r["mean_iterations"], r["miou"]) for name, r in result["adaptive"].items()
+                                            if name.startswith(kind) and " or " not in name)
 studies.plot_metric_over(points, study.path("miou_over_iterations.png"), "mean iterations per image",
-                         f"mIoU ({val.spec.name} val)")
+                         f"mIoU ({val.spec.name} val, {size[1]}x{size[0]})")
 display(Image(filename=str(study.path("miou_over_iterations.png"))))
-study.save({"input_size": size, "threads": THREADS, "fixed": fixed, "deadline_fraction_of_full": deadlines,
-            "adaptive": adaptive, "full_ms": full_ms})
+study.save({"input_size": size, "threads": THREADS, "sweeps": sweeps, "gains_over_fixed": gains})
 
 # %% [markdown]
 # ## Conclusion (full mode)
@@ -120,9 +112,11 @@ study.save({"input_size": size, "threads": THREADS, "fixed": fixed, "deadline_fr
 # %%
 committed = study.committed_results()
 if committed:
-    print(f"budget: {committed['budget']}; all N iterations: {committed['full_ms']:.1f} ms per image")
-    for name, r in committed["adaptive"].items():
-        print(f"{name:>32}: mIoU {r['miou']:.3f} at {r['mean_iterations']:.2f} iterations")
+    print(f"budget: {committed['budget']}")
+    for label, result in committed["sweeps"].items():
+        best = max(committed["gains_over_fixed"][label].items(), key=lambda item: item[1])
+        print(f"{label}: all N iterations {result['full_ms']:.1f} ms per image; best adaptive policy {best[0]} "
+              f"({best[1]:+.3f} mIoU over fixed budgets at the same mean iterations)")
 
 # %% [markdown]
 # CONCLUSION

@@ -95,3 +95,21 @@ def evaluate_policy(runner, dataset, policy):
     return {"miou": mean_iou(matrix), "mean_iterations": float(np.mean(iterations)),
             "iterations": np.bincount(iterations, minlength=runner.num_iterations + 1)[1:].tolist(),
             "mean_ms": 1e3 * float(np.mean(seconds)), "max_ms": 1e3 * float(np.max(seconds))}
+
+
+def sweep(runner, dataset, deadline_fractions=(0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5),
+          stable_fractions=(0.05, 0.02, 0.01, 0.005, 0.002), confidence_levels=(0.8, 0.85, 0.9, 0.95),
+          either_pairs=((0.01, 0.9), (0.005, 0.95))):
+    """Every policy of this module over a split: `fixed` for n = 1..N, `deadline` at fractions
+    of the mean time of all N iterations (`full_ms`), and the adaptive policies (`stable`,
+    `confident`, and `either` of a (stable, confident) pair)."""
+    n_max = runner.num_iterations
+    fixed_budgets = {n: evaluate_policy(runner, dataset, fixed(n)) for n in range(1, n_max + 1)}
+    full_ms = fixed_budgets[n_max]["mean_ms"]
+    deadlines = {f: evaluate_policy(runner, dataset, deadline(f * full_ms / 1e3)) for f in deadline_fractions}
+    adaptive = {f"stable {f}": evaluate_policy(runner, dataset, until_stable(f)) for f in stable_fractions}
+    adaptive.update({f"confident {p}": evaluate_policy(runner, dataset, until_confident(p)) for p in confidence_levels})
+    for f, p in either_pairs:
+        policy = either(until_stable(f), until_confident(p))
+        adaptive[f"stable {f} or confident {p}"] = evaluate_policy(runner, dataset, policy)
+    return {"fixed": fixed_budgets, "full_ms": full_ms, "deadline": deadlines, "adaptive": adaptive}
