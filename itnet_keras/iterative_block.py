@@ -129,14 +129,14 @@ class IterativeBlock(keras.layers.Layer):
 
     # -- one iteration -------------------------------------------------------------
 
-    def _pick(self, name, n):
-        """The slice of weight `name` that 0-based iteration `n` reads."""
+    def _pick(self, name, n, value=None):
+        """The slice of weight `name` (or of `value`, a tensor shaped like it) that
+        0-based iteration `n` reads."""
         variable, rows, first = self._usage[name]
-        if rows is None:
-            value = ops.convert_to_tensor(variable)
-        else:
+        value = ops.convert_to_tensor(variable if value is None else value)
+        if rows is not None:
             index = n - first
-            value = variable[index] if isinstance(index, int) else ops.take(variable, index, axis=0)
+            value = value[index] if isinstance(index, int) else ops.take(value, index, axis=0)
         if self._static_weight_shapes:
             value = ops.reshape(value, tuple(variable.shape[1:] if rows else variable.shape))
         return value
@@ -171,14 +171,21 @@ class IterativeBlock(keras.layers.Layer):
         return y
 
     def _norm(self, x, key, n, training, stats):
-        """Batch norm `key` of iteration n; in training, record the batch statistics."""
-        gamma, beta = self._pick(key + "_gamma", n), self._pick(key + "_beta", n)
+        """Batch norm `key` of iteration n; in training, record the batch statistics.
+
+        In inference the norm is folded into a scale and a shift for all N iterations
+        first, then iteration n's row is picked: an exported loop body then reads two
+        constant rows instead of computing the norm from four (and an int8 file never
+        quantizes a variance)."""
         if training:
+            gamma, beta = self._pick(key + "_gamma", n), self._pick(key + "_beta", n)
             mean, var = ops.moments(x, axes=[0, 1, 2])
             stats = self._record(stats, key, n, mean, var)
-        else:
-            mean, var = self._pick(key + "_moving_mean", n), self._pick(key + "_moving_var", n)
-        return (x - mean) * ops.rsqrt(var + self.epsilon) * gamma + beta, stats
+            return (x - mean) * ops.rsqrt(var + self.epsilon) * gamma + beta, stats
+        gamma, beta, mean, var = (self._usage[f"{key}_{p}"][0] for p in ("gamma", "beta", "moving_mean", "moving_var"))
+        scale = gamma * ops.rsqrt(var + self.epsilon)
+        shift = beta - mean * scale
+        return x * self._pick(key + "_gamma", n, scale) + self._pick(key + "_beta", n, shift), stats
 
     def _record(self, stats, key, n, mean, var):
         _, _, first = self._usage[key + "_moving_mean"]
@@ -258,22 +265,23 @@ class IterativeBlock(keras.layers.Layer):
         seed = None
         if training and self.dropout > 0:
             seed = ops.cast(ops.mod(self.seed_generator.next(), 2**30), "int32")
-        batch, height, width = ops.shape(state[0])[:3]
-        logits_shape = (batch, height, width, self.num_classes)
-        out = ops.zeros(((self.num_iterations,) if collect else ()) + logits_shape, self.compute_dtype)
+
+        def keep(out, logits):
+            """Append `logits` to the stack `out`, dropping its first row (without `collect`,
+            the latest logits replace `out`). A shift rather than a scatter: in an int8 file
+            the converter's scatter fills with int8 zeros that ignore the zero point, which
+            garbles the stack."""
+            return ops.concatenate([out[1:], logits[None]], axis=0) if collect else logits
 
         def body(n, state, out, stats):
             state, logits, stats = self._iteration(state, n, training, stats, seed, mixes=True)
-            if collect:
-                index = ops.reshape(ops.convert_to_tensor(n, "int32"), (1, 1))
-                out = ops.scatter_update(out, index, logits[None])
-            else:
-                out = logits
-            return n + 1, state, out, stats
+            return n + 1, state, keep(out, logits), stats
 
         # Iteration 1 (no mixing) runs before the loop, so the loop body has no branch.
         state, logits, stats = self._iteration(state, 0, training, stats, seed)
-        out = ops.scatter_update(out, [[0]], logits[None]) if collect else logits
+        # The stack starts as N copies of output 1; after the N - 1 shifts of the loop,
+        # row n holds output n + 1. (`collect` runs all N iterations.)
+        out = ops.broadcast_to(logits[None], (self.num_iterations, *ops.shape(logits))) if collect else logits
         if self.num_iterations == 1:
             pass  # nothing left to iterate
         elif self.unroll:

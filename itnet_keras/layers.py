@@ -85,13 +85,27 @@ class DataBlock(keras.layers.Layer):
     def call(self, images, training=None):
         x = images
         for index in range(2):
-            x = ops.concatenate([self.convs[index](x), self.pool(x)], axis=-1)
-            x = ops.relu(self.norms[index](x, training=training))
+            x = self._stage(x, index, training)
         scales = []
         for conv_layer, norm in zip(self.convs[2:], self.norms[2:]):
             x = ops.relu(norm(conv_layer(x), training=training))
             scales.append(x)
         return scales
+
+    def _stage(self, x, index, training):
+        """Stage 1 or 2: concat[conv(x), maxpool(x)] -> BN -> ReLU.
+
+        In inference the norm is applied to each branch before the concatenation, so that
+        its conv part folds into the conv in an exported file; an int8 file would otherwise
+        multiply the concatenated tensor by one vector quantized over both branches."""
+        conv, pool, norm = self.convs[index](x), self.pool(x), self.norms[index]
+        if training:
+            return ops.relu(norm(ops.concatenate([conv, pool], axis=-1), training=True))
+        scale = norm.gamma * ops.rsqrt(norm.moving_variance + norm.epsilon)
+        shift = norm.beta - norm.moving_mean * scale
+        k = conv.shape[-1]
+        return ops.concatenate([ops.relu(conv * scale[:k] + shift[:k]), ops.relu(pool * scale[k:] + shift[k:])],
+                               axis=-1)
 
     def compute_output_shape(self, input_shape):
         return [shape_out for _, shape_out in self._shapes(input_shape)[2:]]

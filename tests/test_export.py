@@ -14,8 +14,10 @@ from itnet_keras import build_itnet
 from itnet_keras.datasets import get_spec
 from itnet_keras.export import anytime_device as device
 from itnet_keras.export.accuracy import tflite_mious
-from itnet_keras.export.flatbuffer import count_buffers_holding, signature_ops
-from itnet_keras.export.tflite import ExportError, calibration_sample, convert_tflite
+from itnet_keras.export.flatbuffer import (count_buffers_holding, loop_body_dtypes, loop_carried_types,
+                                          signature_ops)
+from itnet_keras.export.signatures import SIGNATURES
+from itnet_keras.export.tflite import ExportError, calibration_sample, check_tflite, convert_tflite
 from itnet_keras.losses import MaskedCrossEntropy
 from itnet_keras.metrics import confusion_matrix, mean_iou
 from itnet_keras.model import iterative_block
@@ -148,11 +150,25 @@ def test_int8_agrees_per_pixel_and_in_miou(tiny, val_images, tmp_path):
     summary = convert_tflite(model, path, "int8", SPEC, SIZE, images, record)
     assert summary["ops"]["WHILE"] == 2 and summary["flex_ops"] == []
     assert json.loads(path.with_suffix(".json").read_text())["calibration"]["indices"] == record["indices"]
+    # A truly integer loop: the WHILE carries int8 state, its body computes nothing in float32.
+    assert all(set(carried) == {"int8", "int32"} for carried in loop_carried_types(path))
+    assert all("float32" not in dtypes for dtypes in loop_body_dtypes(path).values())
     val, labels = val_images
-    got, want = run_outputs(path, val, 4)[-1].argmax(-1), keras_outputs(model, val)[-1].argmax(-1)
-    assert np.mean(got == want) > 0.9
-    miou = [mean_iou(confusion_matrix(labels, p, SPEC.num_classes, SPEC.ignore_label)) for p in (got, want)]
-    assert abs(miou[0] - miou[1]) < 0.05
+    for n, (got, want) in enumerate(zip(run_outputs(path, val, 4), keras_outputs(model, val)), start=1):
+        got, want = got.argmax(-1), want.argmax(-1)
+        assert np.mean(got == want) > 0.9, f"output {n}"
+        miou = [mean_iou(confusion_matrix(labels, p, SPEC.num_classes, SPEC.ignore_label)) for p in (got, want)]
+        assert abs(miou[0] - miou[1]) < 0.05, f"output {n}"
+    anytime, outputs = runner(path, "anytime"), runner(path, "outputs")
+    for n in (1, 3):  # each signature has its own calibrated scales: equal classes, not equal logits
+        got = anytime(image=val[:1], iterations=np.int32(n))["logits"].argmax(-1)
+        assert np.mean(got == outputs(image=val[:1])[f"output_{n}"].argmax(-1)) > 0.95
+
+
+def test_integer_loop_check_refuses_a_float_loop(float32_file):
+    path, _ = float32_file
+    with pytest.raises(ExportError, match="WHILE carries"):
+        check_tflite(path, SIGNATURES, integer_loop=True)
 
 
 def test_onnx_loop_matches_keras(tiny, val_images, tmp_path):

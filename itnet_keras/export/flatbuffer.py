@@ -94,3 +94,27 @@ def count_buffers_holding(path, array):
         if buffer.data is not None and len(buffer.data) == array.nbytes:
             found += np.asarray(buffer.data).tobytes() in candidates
     return found
+
+
+def loop_carried_types(path):
+    """The dtypes each `WHILE` op of the file carries, one list per `WHILE`."""
+    model = load(path)
+    codes = [_op_name(c) for c in model.operatorCodes]
+    return [[_TYPE_NAMES[graph.tensors[t].type] for t in op.inputs]
+            for graph in model.subgraphs for op in graph.operators or [] if codes[op.opcodeIndex] == "WHILE"]
+
+
+def loop_body_dtypes(path):
+    """{body subgraph name: {dtype: number of op outputs of that dtype}} of every `WHILE`
+    body: what the loop computes in."""
+    model = load(path)
+    codes = [_op_name(c) for c in model.operatorCodes]
+    bodies = {op.builtinOptions.bodySubgraphIndex for graph in model.subgraphs for op in graph.operators or []
+              if codes[op.opcodeIndex] == "WHILE"}
+    result = {}
+    for index in sorted(bodies):
+        graph = model.subgraphs[index]
+        counts = collections.Counter(_TYPE_NAMES[graph.tensors[t].type] for op in graph.operators for t in op.outputs)
+        result[_text(graph.name)] = dict(counts)
+    return result
+

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from itnet_keras.export.flatbuffer import inspect_tflite, signature_ops
+from itnet_keras.export.flatbuffer import inspect_tflite, loop_carried_types, signature_ops
+from itnet_keras.export.int8_loop import carry_int8
 from itnet_keras.export.signatures import signatures_of, write_saved_model
 from itnet_keras.model import encode, iterative_block, model_args, step
 
@@ -64,9 +65,10 @@ def _converter(saved_model, signatures, quant, representative):
     return converter
 
 
-def check_tflite(path, signatures, loop=True):
+def check_tflite(path, signatures, loop=True, integer_loop=False):
     """Raise ExportError unless the file has `signatures`, is builtins-only and keeps its
-    loops as `WHILE`s (none when `loop=False`: an unrolled model)."""
+    loops as `WHILE`s (none when `loop=False`: an unrolled model); with `integer_loop`,
+    unless every `WHILE` carries int8 tensors besides its int32 counters."""
     summary = inspect_tflite(path)
     if summary["flex_ops"] or summary["custom_ops"]:
         raise ExportError(f"{path}: ops the builtin runtime cannot run: "
@@ -77,6 +79,9 @@ def check_tflite(path, signatures, loop=True):
         expected = 1 if loop and key in LOOPING_SIGNATURES else 0
         if ops.get("WHILE", 0) != expected:
             raise ExportError(f"{path}: signature {key!r} has {ops.get('WHILE', 0)} WHILE ops, expected {expected}")
+    for carried in loop_carried_types(path) if integer_loop else ():
+        if set(carried) - {"int8", "int32"}:
+            raise ExportError(f"{path}: a WHILE carries {carried}, expected int8 tensors and int32 counters")
     return summary
 
 
@@ -133,9 +138,12 @@ def convert_tflite(model, path, quant="float32", spec=None, input_size=None, cal
     with tempfile.TemporaryDirectory() as work:
         saved_model = write_saved_model(model, Path(work) / "saved_model", input_size)
         data = _converter(saved_model, signatures, quant, representative).convert()
+        if quant == "int8":
+            data, _ = carry_int8(data)
         candidate = Path(work) / "model.tflite"
         candidate.write_bytes(data)
-        summary = check_tflite(candidate, signatures, loop=not iterative_block(model).unroll)
+        summary = check_tflite(candidate, signatures, loop=not iterative_block(model).unroll,
+                               integer_loop=quant == "int8")
         write_atomic(path, data, "wb")
     if spec is not None:
         meta = metadata(model, spec, input_size, quant, calibration=calibration)
