@@ -4,8 +4,9 @@ app drives it), and all N outputs of the loop file beside the unrolled file.
     python export/benchmark.py FILE.tflite [--unrolled UNROLLED.tflite] [--threads 1 2] [--repeats 5]
     python export/benchmark.py --preset camvid_shared [--input-size 360x480] [--output docs/latency.md]
 
-With `--preset` both files are converted first (float32, random weights: latency does not
-depend on them). Batch 1, LiteRT's default CPU delegate, median of `--repeats` calls.
+With `--preset` the files are converted first (float32, random weights: latency does not
+depend on them): the loop file, the unrolled file, and unrolled graphs that stop at each
+output n (the per-output baseline). Batch 1, LiteRT's default CPU delegate, median of `--repeats` calls.
 See `itnet_keras.export.latency` for what each column measures.
 """
 
@@ -25,10 +26,17 @@ from itnet_keras.presets import PRESET_DATASET
 def format_rows(rows):
     lines = []
     for row in rows:
-        lines += [f"\n{row['threads']} thread(s):\n", "| output n | loop `anytime` ms | app `encode`+`step` ms |",
-                  "|---:|---:|---:|"]
-        lines += [f"| {n} | {a * 1e3:.1f} | {s * 1e3:.1f} |"
-                  for n, (a, s) in enumerate(zip(row["anytime_s"], row["step_s"]), start=1)]
+        unrolled = row.get("unrolled_s")
+        header = "| output n | loop `anytime` ms | app `encode`+`step` ms |"
+        if unrolled:
+            header += " unrolled (n iterations) ms | `anytime` / unrolled | `step` / unrolled |"
+        lines += [f"\n{row['threads']} thread(s):\n", header, "|" + "---:|" * (header.count("|") - 1)]
+        for n, (a, s) in enumerate(zip(row["anytime_s"], row["step_s"]), start=1):
+            line = f"| {n} | {a * 1e3:.1f} | {s * 1e3:.1f} |"
+            if unrolled:
+                u = unrolled[n - 1]
+                line += f" {u * 1e3:.1f} | {a / u:.2f} | {s / u:.2f} |"
+            lines.append(line)
         lines.append(f"\nall N outputs (`outputs`, N full-resolution maps): loop {row['loop_outputs_s'] * 1e3:.1f} ms")
         if row["unrolled_outputs_s"] is not None:
             unrolled = row["unrolled_outputs_s"]
@@ -50,14 +58,14 @@ def main(argv=None):
     if (args.file is None) == (args.preset is None):
         parser.error("give a .tflite file or --preset, not both")
     with tempfile.TemporaryDirectory() as work:
-        loop_file, unrolled_file = args.file, args.unrolled
+        loop_file, unrolled_file, unrolled_anytime = args.file, args.unrolled, None
         if args.preset:
             size = args.input_size or DATASETS[PRESET_DATASET[args.preset]].image_size
-            loop_file, unrolled_file = preset_files(args.preset, size, work)
+            loop_file, unrolled_file, unrolled_anytime = preset_files(args.preset, size, work)
         elif not Path(loop_file).is_file():
             print(f"error: {loop_file} does not exist", file=sys.stderr)
             return 2
-        rows = measure(loop_file, unrolled_file, args.threads, args.repeats)
+        rows = measure(loop_file, unrolled_file, args.threads, args.repeats, unrolled_anytime)
     table = format_rows(rows)
     print(table)
     if args.output:

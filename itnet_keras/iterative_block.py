@@ -226,8 +226,8 @@ class IterativeBlock(keras.layers.Layer):
             x = x + h
         return x, stats
 
-    def _iteration(self, state, n, training, stats, seed, mixes=None):
-        """0-based iteration n: (state, logits of head n, stats).
+    def _iteration(self, state, n, training, stats, seed, mixes=None, head=True):
+        """0-based iteration n: (state, logits of head n or None without `head`, stats).
 
         Iteration 0 skips the mixing block. `mixes=True` says n > 0 is known (inside the
         loop, which starts at 1); otherwise a tensor n decides at run time (`step`).
@@ -247,7 +247,7 @@ class IterativeBlock(keras.layers.Layer):
             if self.bn_placement == "between":
                 x, stats = self._norm(x, f"scale{l}_bn", n, training, stats)
             new_state.append(x)
-        return new_state, self._conv(new_state[0], "head", n), stats
+        return new_state, self._conv(new_state[0], "head", n) if head else None, stats
 
     # -- the loop ------------------------------------------------------------------
 
@@ -266,22 +266,19 @@ class IterativeBlock(keras.layers.Layer):
         if training and self.dropout > 0:
             seed = ops.cast(ops.mod(self.seed_generator.next(), 2**30), "int32")
 
-        def keep(out, logits):
-            """Append `logits` to the stack `out`, dropping its first row (without `collect`,
-            the latest logits replace `out`). A shift rather than a scatter: in an int8 file
-            the converter's scatter fills with int8 zeros that ignore the zero point, which
-            garbles the stack."""
-            return ops.concatenate([out[1:], logits[None]], axis=0) if collect else logits
-
         def body(n, state, out, stats):
-            state, logits, stats = self._iteration(state, n, training, stats, seed, mixes=True)
-            return n + 1, state, keep(out, logits), stats
+            state, logits, stats = self._iteration(state, n, training, stats, seed, mixes=True, head=collect)
+            if collect:  # a shift, not a scatter: the converter's int8 scatter fills with raw
+                # int8 zeros that ignore the zero point, which garbled the stack
+                out = ops.concatenate([out[1:], logits[None]], axis=0)
+            return n + 1, state, out, stats
 
         # Iteration 1 (no mixing) runs before the loop, so the loop body has no branch.
-        state, logits, stats = self._iteration(state, 0, training, stats, seed)
+        state, logits, stats = self._iteration(state, 0, training, stats, seed, head=collect)
         # The stack starts as N copies of output 1; after the N - 1 shifts of the loop,
-        # row n holds output n + 1. (`collect` runs all N iterations.)
-        out = ops.broadcast_to(logits[None], (self.num_iterations, *ops.shape(logits))) if collect else logits
+        # row n holds output n + 1. (`collect` runs all N iterations.) Without `collect`
+        # only the last iteration's head runs, after the loop.
+        out = ops.broadcast_to(logits[None], (self.num_iterations, *ops.shape(logits))) if collect else ()
         if self.num_iterations == 1:
             pass  # nothing left to iterate
         elif self.unroll:
@@ -301,6 +298,8 @@ class IterativeBlock(keras.layers.Layer):
             )
         if training:
             self._update_moving_stats(stats, count)
+        if not collect:
+            out = self._conv(state[0], "head", count - 1)
         return out, state
 
     def _empty_stats(self):

@@ -341,6 +341,9 @@ def plot_latency_per_output(latency, path):
         line, = ax.plot(n, np.array(row["anytime_s"]) * 1e3, "o-", markersize=3, label=f"{label}: anytime(n)")
         ax.plot(n, np.array(row["step_s"]) * 1e3, "s--", markersize=3, color=line.get_color(),
                 label=f"{label}: encode + n x step")
+        if row.get("unrolled_s"):
+            ax.plot(n, np.array(row["unrolled_s"]) * 1e3, "^:", markersize=3, color=line.get_color(),
+                    label=f"{label}: unrolled, n iterations")
     ax.set_ylim(bottom=0)
     _dress(ax, "output n (iterations)", "latency (ms, LiteRT CPU, batch 1)", integer_x=True)
     fig.tight_layout()

@@ -91,11 +91,12 @@ def test_float32_matches_keras_on_every_signature(tiny, float32_file, val_images
         np.testing.assert_allclose(anytime(image=image, iterations=np.int32(n))["logits"],
                                    expected[clamped - 1][:1], atol=1e-4)
     state = runner(path, "encode")(image=image)
-    step = runner(path, "step")
-    for n in range(1, n_out + 1):  # n step calls equal output n
+    step, upsample = runner(path, "step"), runner(path, "upsample")
+    for n in range(1, n_out + 1):  # n step calls (then one upsample) equal output n
         result = step(**state, n=np.int32(n))
         state = {k: v for k, v in result.items() if k.startswith("state_")}
-        np.testing.assert_allclose(result["logits"], expected[n - 1][:1], atol=1e-4)
+        assert result["logits"].shape == (1, SIZE[0] // 8, SIZE[1] // 8, SPEC.num_classes)
+        np.testing.assert_allclose(upsample(logits=result["logits"])["logits"], expected[n - 1][:1], atol=1e-4)
     result = step(**state, n=np.int32(99))  # clamped to the last iteration's weights
     assert np.all(np.isfinite(result["logits"]))
 
@@ -106,7 +107,7 @@ def test_flatbuffer_keeps_one_loop_and_stores_shared_kernels_once(tiny, float32_
     assert summary["flex_ops"] == [] and summary["custom_ops"] == []
     ops = signature_ops(path)
     assert ops["outputs"]["WHILE"] == ops["anytime"]["WHILE"] == 1
-    assert "WHILE" not in ops["encode"] and "WHILE" not in ops["step"]
+    assert all("WHILE" not in ops[key] for key in ("encode", "step", "upsample"))
     kernels = [v for v in iterative_block(model).weights if v.name.endswith("_kernel") and "head" not in v.name]
     assert kernels
     for kernel in kernels:  # read by 4 signatures and every iteration, stored once
@@ -266,9 +267,10 @@ def test_latency_benchmark_command(tmp_path):
     assert benchmark.main(["--preset", "tiny", "--input-size", "32x32", "--threads", "1", "--repeats", "2",
                            "--output", str(out)]) == 0
     (row,) = json.loads(out.with_suffix(".json").read_text())
-    assert len(row["anytime_s"]) == len(row["step_s"]) == 4
+    assert len(row["anytime_s"]) == len(row["step_s"]) == len(row["unrolled_s"]) == 4
+    assert min(row["anytime_s"] + row["unrolled_s"]) > 0
     assert row["unrolled_outputs_s"] > 0 and row["loop_outputs_s"] > 0
-    assert all(a < b for a, b in zip(row["step_s"], row["step_s"][1:]))  # cumulative
+    assert "`step` / unrolled" in out.read_text()
 
 
 def test_export_evaluation_command(tiny, float32_file, tmp_path):

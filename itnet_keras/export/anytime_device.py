@@ -2,8 +2,9 @@
 `.tflite` file with LiteRT and decides after every iteration whether to go on.
 
 A *policy* makes that decision: `policy(n, logits, previous, elapsed_s, step_s) -> bool`
-(go on?), called after iteration n with the logits of output n (and of output n-1, or
-None), the seconds spent on this image so far and on the last step. Policies here:
+(go on?), called after iteration n with the logits of output n at the head's resolution
+(H/8 x W/8; and those of output n-1, or None), the seconds spent on this image so far and
+on the last step. Policies here:
 
 - `fixed(n)`: every image gets n iterations;
 - `deadline(seconds)`: go on while one more step (as long as the last) fits the deadline;
@@ -58,11 +59,15 @@ class StepRunner:
         interpreter = Interpreter(model_path=str(path), num_threads=threads)
         self.encode = interpreter.get_signature_runner("encode")
         self.step = interpreter.get_signature_runner("step")
+        self.upsample = interpreter.get_signature_runner("upsample")
         self.state_names = sorted(k for k in self.step.get_output_details() if k.startswith("state_"))
         self.num_iterations = iterations_of(path)
 
     def run(self, image, policy):
-        """(logits of the last output computed, iterations done, seconds) for one image [H, W, 3]."""
+        """(logits of the last output computed, iterations done, seconds) for one image [H, W, 3].
+
+        Policies see the head's logits (H/8 x W/8, as `step` returns them); the kept logits
+        are upsampled to H x W once, and that counts in the seconds."""
         start = time.perf_counter()
         state = self.encode(image=image[None].astype(np.float32))
         logits, previous, done = None, None, 0
@@ -71,10 +76,11 @@ class StepRunner:
             out = self.step(**state, n=np.int32(done + 1))
             done += 1
             state = {k: out[k] for k in self.state_names}
-            previous, logits = logits, out["logits"][0]
+            previous, logits = logits, out["logits"]
             now = time.perf_counter()
-            if not policy(done, logits, previous, now - start, now - before):
+            if not policy(done, logits[0], None if previous is None else previous[0], now - start, now - before):
                 break
+        logits = self.upsample(logits=logits)["logits"][0]
         return logits, done, time.perf_counter() - start
 
 

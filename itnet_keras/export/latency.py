@@ -1,16 +1,21 @@
 """Latency of exported files under LiteRT (default CPU delegate, batch 1), per output n.
 
 - loop file, `anytime(image, n)`: one call that runs n iterations;
-- loop file, app-driven: `encode`, then `step` 1..n (the time to output n, cumulative);
-- `outputs` of the loop file and of the unrolled file: all N outputs in one call (the
-  unrolled graph has no run-time iteration count, so this is where the two compare).
+- loop file, app-driven: `encode`, `step` 1..n, then `upsample` of the last logits;
+- unrolled, per output n: signature `anytime_n` of a file of unrolled graphs, one per n,
+  each running n iterations and returning output n (`unrolled_anytime_file`): what a
+  feed-forward network that stops at output n costs, the baseline of both loop paths;
+- `outputs` of the loop file and of the unrolled file: all N outputs in one call.
 
-Each number is the median of `repeats` timed calls after one untimed call.
+Each number is the median of `repeats` timed calls after one untimed call; the calls that
+are compared take turns (see `_medians`).
 """
 
 import json
 import statistics
+import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +24,19 @@ from ai_edge_litert.interpreter import Interpreter
 from itnet_keras.export.flatbuffer import load, signature_subgraphs
 
 
-def _median_seconds(call, repeats):
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _medians(calls, repeats):
+    """{name: median seconds} of `calls` ({name: call}), after one untimed call each. The
+    calls take turns, `repeats` rounds, so that a slow spell of the machine hits all alike
+    and their ratios hold even when the absolute times drift."""
+    for call in calls.values():
         call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _image(interpreter, signature="outputs"):
@@ -34,36 +44,44 @@ def _image(interpreter, signature="outputs"):
     return np.random.default_rng(0).random(details["shape"], dtype=np.float32)
 
 
-def loop_latency(path, threads, repeats, iterations):
-    """{'anytime': [s per n], 'step': [cumulative s per n]} for n = 1..iterations."""
+def per_output_latency(path, threads, repeats, iterations, unrolled_anytime=None):
+    """{'anytime', 'step' (and 'unrolled'): [seconds to output n for n = 1..iterations]}.
+
+    `step` is the time an app takes to output n when it drives the loop: `encode`, n `step`
+    calls, one `upsample`; `unrolled` is signature `anytime_n` of an `unrolled_anytime_file`."""
     interpreter = Interpreter(model_path=str(path), num_threads=threads)
     image = _image(interpreter)
     anytime = interpreter.get_signature_runner("anytime")
     encode, step = interpreter.get_signature_runner("encode"), interpreter.get_signature_runner("step")
-    result = {"anytime": [_median_seconds(lambda n=n: anytime(image=image, iterations=np.int32(n)), repeats)
-                          for n in range(1, iterations + 1)]}
+    upsample = interpreter.get_signature_runner("upsample")
+    unrolled = None if unrolled_anytime is None else Interpreter(model_path=str(unrolled_anytime),
+                                                                 num_threads=threads)
 
-    def app_driven():
-        marks, start = [], time.perf_counter()
+    def app_driven(n):
         state = encode(image=image)
-        for n in range(1, iterations + 1):
-            out = step(**state, n=np.int32(n))
+        for done in range(1, n + 1):
+            out = step(**state, n=np.int32(done))
             state = {k: v for k, v in out.items() if k.startswith("state_")}
-            marks.append(time.perf_counter() - start)
-        return marks
+        return upsample(logits=out["logits"])
 
-    app_driven()
-    runs = np.array([app_driven() for _ in range(repeats)])
-    result["step"] = np.median(runs, axis=0).tolist()
+    result = {"anytime": [], "step": []} if unrolled is None else {"anytime": [], "step": [], "unrolled": []}
+    for n in range(1, iterations + 1):
+        calls = {"anytime": lambda: anytime(image=image, iterations=np.int32(n)), "step": lambda: app_driven(n)}
+        if unrolled is not None:
+            calls["unrolled"] = partial(unrolled.get_signature_runner(f"anytime_{n}"), image=image)
+        for name, seconds in _medians(calls, repeats).items():
+            result[name].append(seconds)
     return result
 
 
-def outputs_latency(path, threads, repeats):
-    """Seconds of one `outputs` call (all N outputs)."""
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
-    image = _image(interpreter)
-    run = interpreter.get_signature_runner("outputs")
-    return _median_seconds(lambda: run(image=image), repeats)
+def outputs_latency(loop_file, unrolled_file, threads, repeats):
+    """{'loop', 'unrolled'}: seconds of one `outputs` call (all N outputs) of each file."""
+    calls = {}
+    for name, path in (("loop", loop_file), ("unrolled", unrolled_file)):
+        if path is not None:
+            interpreter = Interpreter(model_path=str(path), num_threads=threads)
+            calls[name] = partial(interpreter.get_signature_runner("outputs"), image=_image(interpreter))
+    return _medians(calls, repeats)
 
 
 def iterations_of(path):
@@ -75,27 +93,57 @@ def iterations_of(path):
     return len(model.signatureDefs[list(signature_subgraphs(model)).index("outputs")].outputs)
 
 
+def unrolled_anytime_file(unrolled, path, input_size):
+    """A float32 file with signatures `anytime_1` .. `anytime_N`: image -> logits of
+    output n, each an unrolled graph of n iterations (`unrolled`: a model built with
+    `unroll=True`)."""
+    import keras
+    import tensorflow as tf
+
+    from itnet_keras.evaluate import write_atomic
+    from itnet_keras.export.tflite import _converter, check_tflite
+    from itnet_keras.model import anytime, iterative_block
+
+    keys = [f"anytime_{n}" for n in range(1, iterative_block(unrolled).num_iterations + 1)]
+    archive = keras.export.ExportArchive()
+    archive.track(unrolled)
+    spec = tf.TensorSpec((1, *input_size, 3), tf.float32, name="image")
+    for n, key in enumerate(keys, start=1):
+        archive.add_endpoint(key, lambda image, n=n: {"logits": anytime(unrolled, image, n)}, [spec])
+    with tempfile.TemporaryDirectory() as work:
+        archive.write_out(str(Path(work) / "saved_model"), verbose=False)
+        candidate = Path(work) / "model.tflite"
+        candidate.write_bytes(_converter(Path(work) / "saved_model", keys, "float32", None).convert())
+        check_tflite(candidate, keys, loop=False)
+        write_atomic(path, candidate.read_bytes(), "wb")
+    return path
+
+
 def preset_files(preset, input_size, folder, **model_args):
-    """A loop and an unrolled float32 file of `preset` (same random weights) in `folder`."""
+    """Float32 files of `preset` with the same random weights in `folder`: the loop file,
+    the unrolled file, and the unrolled per-output file (`unrolled_anytime_file`)."""
     from itnet_keras.export.tflite import convert_tflite
     from itnet_keras.model import build_itnet
 
-    loop_file, unrolled_file = Path(folder) / "loop.tflite", Path(folder) / "unrolled.tflite"
+    folder = Path(folder)
     model = build_itnet(preset, input_shape=(*input_size, 3), **model_args)
-    convert_tflite(model, loop_file, "float32", input_size=input_size)
+    convert_tflite(model, folder / "loop.tflite", "float32", input_size=input_size)
     unrolled = build_itnet(preset, input_shape=(*input_size, 3), unroll=True, **model_args)
     unrolled.set_weights(model.get_weights())
-    convert_tflite(unrolled, unrolled_file, "float32", input_size=input_size)
-    return loop_file, unrolled_file
+    convert_tflite(unrolled, folder / "unrolled.tflite", "float32", input_size=input_size)
+    unrolled_anytime_file(unrolled, folder / "unrolled_anytime.tflite", input_size)
+    return folder / "loop.tflite", folder / "unrolled.tflite", folder / "unrolled_anytime.tflite"
 
 
-def measure(loop_file, unrolled_file, threads, repeats):
-    """One row per thread count: `anytime_s` and `step_s` per n, `loop_outputs_s`, `unrolled_outputs_s`."""
+def measure(loop_file, unrolled_file, threads, repeats, unrolled_anytime=None):
+    """One row per thread count: `anytime_s`, `step_s` (and `unrolled_s` with an
+    `unrolled_anytime_file`) per n, `loop_outputs_s`, `unrolled_outputs_s`."""
     n = iterations_of(loop_file)
     rows = []
     for count in threads:
-        loop = loop_latency(loop_file, count, repeats, n)
-        unrolled = outputs_latency(unrolled_file, count, repeats) if unrolled_file else None
-        rows.append({"threads": count, "anytime_s": loop["anytime"], "step_s": loop["step"],
-                     "loop_outputs_s": outputs_latency(loop_file, count, repeats), "unrolled_outputs_s": unrolled})
+        per_output = per_output_latency(loop_file, count, repeats, n, unrolled_anytime)
+        outputs = outputs_latency(loop_file, unrolled_file, count, repeats)
+        rows.append({"threads": count, "anytime_s": per_output["anytime"], "step_s": per_output["step"],
+                     "unrolled_s": per_output.get("unrolled"), "loop_outputs_s": outputs["loop"],
+                     "unrolled_outputs_s": outputs.get("unrolled")})
     return rows

@@ -5,17 +5,21 @@
 | `outputs` | `image` [B, H, W, 3] float32 | `output_1` .. `output_N` logits [B, H, W, C] |
 | `anytime` | `image`, `iterations` int32 scalar (clamped to 1..N) | `logits` of output `iterations` |
 | `encode` | `image` | `state_1` .. `state_L` (the data block's scales) |
-| `step` | `state_1` .. `state_L`, `n` int32 scalar (1-based, clamped) | `state_1` .. `state_L`, `logits` of output n |
+| `step` | `state_1` .. `state_L`, `n` int32 scalar (1-based, clamped) | `state_1` .. `state_L`, `logits` of output n at the head's resolution (H/8, W/8) |
+| `upsample` | `logits` [B, H/8, W/8, C] (from `step`) | `logits` [B, H, W, C]: output n |
 
-Images are normalized as the model was trained (see the sidecar metadata).
+Images are normalized as the model was trained (see the sidecar metadata). `step` returns
+the head's logits before the 8x bilinear upsampling, so that an app driving the loop pays
+for one full-resolution map (`upsample` of the last step it keeps), not one per step.
 """
 
 import keras
 import tensorflow as tf
+from keras import ops
 
-from itnet_keras.model import anytime, data_block, encode, iterative_block, output_names, step
+from itnet_keras.model import anytime, data_block, encode, iterative_block, output_names
 
-SIGNATURES = ("outputs", "anytime", "encode", "step")
+SIGNATURES = ("outputs", "anytime", "encode", "step", "upsample")
 
 
 def signatures_of(model):
@@ -51,20 +55,25 @@ def export_archive(model, input_size, batch_size=1):
 
     def step_fn(*args):
         *state, n = args
-        state, logits = step(model, state, n, output_size=(height, width))
+        state, logits = iterative_block(model).step(state, n)
         return {**{f"state_{l}": s for l, s in enumerate(state, start=1)}, "logits": logits}
+
+    def upsample_fn(logits):
+        return {"logits": ops.image.resize(logits, (height, width), interpolation="bilinear")}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     states = [tf.TensorSpec(s, tf.float32, name=f"state_{l}") for l, s in enumerate(shapes, start=1)]
+    head = tf.TensorSpec((batch_size, *shapes[0][1:3], iterative_block(model).num_classes), tf.float32, name="logits")
     endpoints = {"outputs": (all_outputs, [image]), "anytime": (anytime_fn, [image, scalar("iterations")]),
-                 "encode": (encode_fn, [image]), "step": (step_fn, [*states, scalar("n")])}
+                 "encode": (encode_fn, [image]), "step": (step_fn, [*states, scalar("n")]),
+                 "upsample": (upsample_fn, [head])}
     for name in signatures_of(model):
         archive.add_endpoint(name, *endpoints[name])
     return archive
 
 
 def write_saved_model(model, folder, input_size, batch_size=1):
-    """Write the SavedModel with the four signatures to `folder`."""
+    """Write the SavedModel with the signatures (`signatures_of(model)`) to `folder`."""
     export_archive(model, input_size, batch_size).write_out(str(folder), verbose=False)
     return folder

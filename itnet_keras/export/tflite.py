@@ -16,7 +16,7 @@ import tensorflow as tf
 from itnet_keras.export.flatbuffer import inspect_tflite, loop_carried_types, signature_ops
 from itnet_keras.export.int8_loop import carry_int8
 from itnet_keras.export.signatures import signatures_of, write_saved_model
-from itnet_keras.model import encode, iterative_block, model_args, step
+from itnet_keras.model import encode, iterative_block, model_args
 
 QUANT_MODES = ("float32", "float16", "dynamic", "int8")
 LOOPING_SIGNATURES = ("outputs", "anytime")
@@ -42,7 +42,8 @@ def calibration_batches(model, images):
             for n in range(1, num_iterations + 1):
                 inputs = {f"state_{l}": np.asarray(s) for l, s in enumerate(state, start=1)}
                 yield "step", {**inputs, "n": np.int32(n)}
-                state, _ = step(model, state, n)
+                state, logits = iterative_block(model).step(state, n)
+                yield "upsample", {"logits": np.asarray(logits)}
 
     return generate
 
@@ -99,7 +100,9 @@ def metadata(model, spec, input_size, quant, batch_size=1, calibration=None):
             "outputs": "image -> output_1 .. output_N logits [B, H, W, C]",
             "anytime": "image, iterations (int32, clamped to 1..N) -> logits",
             "encode": "image -> state_1 .. state_L",
-            "step": "state_1 .. state_L, n (int32, 1-based, clamped) -> state_1 .. state_L, logits",
+            "step": "state_1 .. state_L, n (int32, 1-based, clamped) -> state_1 .. state_L, "
+                    "logits [B, H/8, W/8, C] (the head's resolution)",
+            "upsample": "logits [B, H/8, W/8, C] from step -> logits [B, H, W, C] (output n)",
         },
         "calibration": calibration,
     }
