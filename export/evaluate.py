@@ -1,6 +1,6 @@
-"""mIoU per output of exported `.tflite` files on a split, beside the Keras model's.
+"""mIoU per output of exported `.tflite` and `.onnx` files on a split, beside the Keras model's.
 
-    python export/evaluate.py MODEL.keras FILE.tflite [FILE.tflite ...] --data camvid --scale 2 \
+    python export/evaluate.py MODEL.keras FILE.tflite|FILE.onnx [...] --data camvid --scale 2 \
         [--split val] [--output docs/export_accuracy.md]
 """
 
@@ -9,14 +9,14 @@ import sys
 from pathlib import Path
 
 from itnet_keras.evaluate import evaluate_model, load_itnet, write_result_files
-from itnet_keras.export.accuracy import tflite_mious
+from itnet_keras.export.accuracy import exported_mious
 from itnet_keras.pipeline import make_dataset
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python export/evaluate.py", description=__doc__.split("\n")[0])
     parser.add_argument("model", help="the .keras model the files were exported from")
-    parser.add_argument("files", nargs="+", help=".tflite files")
+    parser.add_argument("files", nargs="+", help=".tflite or .onnx files")
     parser.add_argument("--data", default="builtin", choices=("builtin", "camvid", "cityscapes"))
     parser.add_argument("--data-dir")
     parser.add_argument("--split", default="val")
@@ -31,7 +31,7 @@ def main(argv=None):
         for path in args.files:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{path} does not exist")
-            results[Path(path).name] = tflite_mious(path, dataset)
+            results[Path(path).name] = exported_mious(path, dataset)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

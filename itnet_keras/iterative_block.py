@@ -268,8 +268,9 @@ class IterativeBlock(keras.layers.Layer):
 
         def body(n, state, out, stats):
             state, logits, stats = self._iteration(state, n, training, stats, seed, mixes=True, head=collect)
-            if collect:  # a shift, not a scatter: the converter's int8 scatter fills with raw
-                # int8 zeros that ignore the zero point, which garbled the stack
+            if collect:
+                # A shift, not a scatter update: the converter's int8 SCATTER_ND fills with
+                # raw int8 zeros that ignore the zero point, which garbled the stack.
                 out = ops.concatenate([out[1:], logits[None]], axis=0)
             return n + 1, state, out, stats
 

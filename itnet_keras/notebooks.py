@@ -4,7 +4,8 @@ Each notebook is kept twice: `NAME.py`, the source to edit (jupytext percent for
 `NAME.ipynb`, the executed notebook to read. This command executes the `.py` with nbclient
 (working folder `notebooks/`, `ITNET_NOTEBOOK_MODE` set to the mode) and writes the
 executed notebook to `NAME.ipynb`, or to `--output`. `--check` only reports whether each
-`.ipynb` still holds the cells of its `.py`.
+`.ipynb` still holds the cells of its `.py`; `--markdown` copies edited prose (markdown
+cells) into the executed `.ipynb` without running it again, and refuses if code changed.
 """
 
 import argparse
@@ -85,12 +86,33 @@ def drift(source):
     return differ
 
 
+def update_markdown(source):
+    """Copy the markdown cells of `source` (.py) into its executed .ipynb, keeping the code
+    cells and their outputs: for prose edits after a long run. Refused when a code cell
+    changed, since its outputs would no longer be the code's."""
+    source = Path(source)
+    paired = source.with_suffix(".ipynb")
+    new, executed = jupytext.read(source), nbformat.read(paired, as_version=4)
+    kinds = lambda notebook: [cell.cell_type for cell in notebook.cells]  # noqa: E731
+    code = lambda notebook: [c.source.strip() for c in notebook.cells if c.cell_type == "code"]  # noqa: E731
+    if kinds(new) != kinds(executed) or code(new) != code(executed):
+        raise ValueError(f"{source}: its code cells differ from {paired}; execute it instead")
+    for cell, edited in zip(executed.cells, new.cells):
+        if cell.cell_type == "markdown":
+            cell.source = edited.source
+    from itnet_keras.evaluate import write_atomic
+
+    write_atomic(paired, nbformat.writes(executed))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m itnet_keras.notebooks", description=__doc__.split("\n")[0])
     parser.add_argument("sources", nargs="+", help="notebook sources (notebooks/*.py)")
     parser.add_argument("--mode", default="smoke", help="smoke (minutes, built-in data) or full (CamVid)")
     parser.add_argument("--output", help="where to write the executed notebook (one source only)")
     parser.add_argument("--check", action="store_true", help="only check that each .ipynb matches its .py")
+    parser.add_argument("--markdown", action="store_true",
+                        help="only copy the markdown cells of each .py into its executed .ipynb")
     args = parser.parse_args(argv)
     if args.output and len(args.sources) > 1:
         parser.error("--output takes one source")
@@ -102,6 +124,10 @@ def main(argv=None):
                 status = 1
             continue
         try:
+            if args.markdown:
+                update_markdown(source)
+                print(f"updated the markdown cells of {Path(source).with_suffix('.ipynb')}")
+                continue
             execute(source, args.mode, args.output)
         except (OSError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)

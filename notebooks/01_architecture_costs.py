@@ -123,13 +123,21 @@ if committed:
 # independent network's 1.75 M (the paper: 44%). Our reading of the architecture gives
 # smaller graphs than the paper's; `docs/architecture.md` lists where the reading may differ.
 #
-# Latency (Fig. 2; LiteRT, 2 threads on this 2-core CPU, median of 5 calls, one run, the
-# notebook took 2 minutes): the shared network's output 1 comes after 9.6 ms and output 16
-# after 118 ms, 12x later. Driving the loop from the app (`encode` + 16 `step` calls) took
-# 165 ms, 1.4x the single `anytime` call: each call crosses the interpreter boundary and
-# copies the state. The independent network, with a third of the MACs, is *slower* as a loop
-# file (297 ms to output 16) and 2.25x slower than its unrolled file on all 16 outputs, while
-# the shared loop file is 1.13x its unrolled file. Our explanation, not verified: the
-# independent loop picks each iteration's kernels with a run-time `GATHER`, so the runtime
-# cannot treat them as constants (no pre-packed weights). The paper reports no on-device
-# latency; its latency proxy, the depth, is the same for both networks.
+# Latency (Fig. 2; LiteRT, 2 threads on this 2-core CPU, median of 5 calls taken in turns
+# with the unrolled baseline; the notebook took 3.3 minutes): the shared network's first
+# output comes after 6.5 ms and its last after 86 ms, 13x later. Its loop file takes 0.97x
+# to 1.18x the time of an unrolled graph that stops at the same output (output 16: 86.2 vs
+# 85.7 ms; all 16 outputs in one call: 116 vs 112 ms), and driving the loop from the app
+# (`encode` + n `step` + one `upsample`) 0.99x to 1.25x (5 calls per point here; the
+# benchmark in `export/README.md`, with 9, is steadier). Early outputs pay a fixed
+# cost of about 1 ms (the `WHILE` op and its condition), later ones about 0.3 ms per
+# iteration; see `export/README.md`.
+#
+# The independent network is the exception: from output 2 on its loop file is 3x to 6x
+# slower than unrolled (output 16: 146 vs 30 ms), although it has a third of the MACs. Its loop picks
+# each iteration's kernels with a run-time `GATHER`; LiteRT's default CPU delegate (XNNPACK)
+# wants constant weights, so those convolutions fall back to the slower builtin kernels.
+# Without weight sharing nothing is gained by a loop on a CPU: export such a network
+# unrolled (`build_itnet(..., unroll=True)`), where it runs 3x faster than the shared one,
+# as its MACs say. The paper reports no on-device latency; its latency proxy, the depth,
+# is the same for both networks.

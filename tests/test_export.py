@@ -13,7 +13,7 @@ from ai_edge_litert.interpreter import Interpreter
 from itnet_keras import build_itnet
 from itnet_keras.datasets import get_spec
 from itnet_keras.export import anytime_device as device
-from itnet_keras.export.accuracy import tflite_mious
+from itnet_keras.export.accuracy import exported_mious
 from itnet_keras.export.flatbuffer import (count_buffers_holding, loop_body_dtypes, loop_carried_types,
                                           signature_ops)
 from itnet_keras.export.signatures import SIGNATURES
@@ -274,13 +274,18 @@ def test_latency_benchmark_command(tmp_path):
 
 
 def test_export_evaluation_command(tiny, float32_file, tmp_path):
+    from itnet_keras.export.onnx import convert_onnx
+
     evaluate = export_script("evaluate")
-    _, model_path = tiny
+    model, model_path = tiny
     path, _ = float32_file
+    onnx_path = tmp_path / "tiny.onnx"
+    convert_onnx(model, onnx_path, SPEC, SIZE)
     out = tmp_path / "accuracy.md"
-    assert evaluate.main([str(model_path), str(path), "--limit", "8", "--output", str(out)]) == 0
+    assert evaluate.main([str(model_path), str(path), str(onnx_path), "--limit", "8", "--output", str(out)]) == 0
     results = json.loads(out.with_suffix(".json").read_text())
-    np.testing.assert_allclose(results[path.name], results["keras"], atol=1e-3)  # float32: same argmax
+    for name in (path.name, onnx_path.name):  # float32 and ONNX: the same argmax as Keras
+        np.testing.assert_allclose(results[name], results["keras"], atol=1e-3)
     assert evaluate.main([str(model_path), str(tmp_path / "none.tflite")]) == 2
 
 
@@ -310,4 +315,4 @@ def test_policy_evaluation_matches_the_outputs_signature(float32_file):
     dataset = make_dataset("builtin", "val", batch_size=4, limit=8)
     result = device.evaluate_policy(runner, dataset, device.fixed(2))
     assert result["mean_iterations"] == 2 and result["iterations"] == [0, 8, 0, 0]
-    assert result["miou"] == pytest.approx(tflite_mious(path, dataset)[1], abs=1e-9)
+    assert result["miou"] == pytest.approx(exported_mious(path, dataset)[1], abs=1e-9)

@@ -52,3 +52,20 @@ def test_bad_mode_and_missing_source_are_named(tmp_path, capsys):
     assert "--mode 'huge'" in capsys.readouterr().err
     assert notebooks.main([str(tmp_path / "none.py")]) == 2
     assert "none.py does not exist" in capsys.readouterr().err
+
+
+def test_markdown_edits_reach_the_ipynb_and_code_edits_are_refused(tmp_path, capsys):
+    source, paired = tmp_path / "n.py", tmp_path / "n.ipynb"
+    text = NOTEBOOKS[0].read_text()
+    paired.write_text(NOTEBOOKS[0].with_suffix(".ipynb").read_text())
+    outputs = [c.outputs for c in nbformat.read(paired, as_version=4).cells if c.cell_type == "code"]
+    source.write_text(text.replace("# # Study 1", "# # Study 1 (edited prose)", 1))
+    assert notebooks.drift(source) != []
+    assert notebooks.main([str(source), "--markdown"]) == 0
+    assert notebooks.drift(source) == []
+    updated = nbformat.read(paired, as_version=4)
+    assert "(edited prose)" in updated.cells[0].source
+    assert [c.outputs for c in updated.cells if c.cell_type == "code"] == outputs  # outputs kept
+    source.write_text(text.replace("import tempfile", "import tempfile  # edited code", 1))
+    assert notebooks.main([str(source), "--markdown"]) == 2
+    assert "code cells differ" in capsys.readouterr().err

@@ -1,18 +1,36 @@
-"""mIoU per output of an exported `.tflite` file on a dataset split, run with LiteRT."""
+"""mIoU per output of an exported file (`.tflite` with LiteRT, `.onnx` with onnxruntime)
+on a dataset split, one image at a time through its `outputs` function."""
+
+from pathlib import Path
 
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter
 
 from itnet_keras.evaluate import split_confusion_matrices
 from itnet_keras.metrics import mean_iou
 
 
-def tflite_mious(path, dataset, threads=2):
-    """mIoU of each output (`outputs` signature, one image at a time) over the split."""
-    run = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner("outputs")
+def _outputs_function(path, threads):
+    """image [1, H, W, 3] -> {output_n: logits}, for a `.tflite` or an `.onnx` file."""
+    if Path(path).suffix == ".onnx":
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        return lambda image: dict(zip(names, session.run(None, {"image": image})))
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner("outputs")
+    return lambda image: runner(image=image)
+
+
+def exported_mious(path, dataset, threads=2):
+    """mIoU of each output of the exported file over the split."""
+    run = _outputs_function(path, threads)
 
     def predict(images):
-        results = [run(image=image[None]) for image in images]
+        results = [run(image[None]) for image in images]
         names = sorted(results[0], key=lambda name: int(name.rsplit("_", 1)[1]))
         return np.stack([np.concatenate([r[n] for r in results]).argmax(-1) for n in names])
 
