@@ -93,9 +93,10 @@ def update_markdown(source):
     source = Path(source)
     paired = source.with_suffix(".ipynb")
     new, executed = jupytext.read(source), nbformat.read(paired, as_version=4)
-    kinds = lambda notebook: [cell.cell_type for cell in notebook.cells]  # noqa: E731
-    code = lambda notebook: [c.source.strip() for c in notebook.cells if c.cell_type == "code"]  # noqa: E731
-    if kinds(new) != kinds(executed) or code(new) != code(executed):
+    same_kinds = [c.cell_type for c in new.cells] == [c.cell_type for c in executed.cells]
+    same_code = all(a.source.strip() == b.source.strip() for a, b in zip(new.cells, executed.cells)
+                    if a.cell_type == "code")
+    if not (same_kinds and same_code):
         raise ValueError(f"{source}: its code cells differ from {paired}; execute it instead")
     for cell, edited in zip(executed.cells, new.cells):
         if cell.cell_type == "markdown":

@@ -101,7 +101,7 @@ def unrolled_anytime_file(unrolled, path, input_size):
     import tensorflow as tf
 
     from itnet_keras.evaluate import write_atomic
-    from itnet_keras.export.tflite import _converter, check_tflite
+    from itnet_keras.export.tflite import check_tflite, tflite_converter
     from itnet_keras.model import anytime, iterative_block
 
     keys = [f"anytime_{n}" for n in range(1, iterative_block(unrolled).num_iterations + 1)]
@@ -113,7 +113,7 @@ def unrolled_anytime_file(unrolled, path, input_size):
     with tempfile.TemporaryDirectory() as work:
         archive.write_out(str(Path(work) / "saved_model"), verbose=False)
         candidate = Path(work) / "model.tflite"
-        candidate.write_bytes(_converter(Path(work) / "saved_model", keys, "float32", None).convert())
+        candidate.write_bytes(tflite_converter(Path(work) / "saved_model", keys, "float32", None).convert())
         check_tflite(candidate, keys, loop=False)
         write_atomic(path, candidate.read_bytes(), "wb")
     return path

@@ -48,7 +48,8 @@ def calibration_batches(model, images):
     return generate
 
 
-def _converter(saved_model, signatures, quant, representative):
+def tflite_converter(saved_model, signatures, quant, representative):
+    """The converter of a SavedModel's `signatures` in mode `quant`, builtin ops only."""
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=list(signatures))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex fallback
     if quant == "float16":
@@ -140,7 +141,7 @@ def convert_tflite(model, path, quant="float32", spec=None, input_size=None, cal
     signatures = signatures_of(model)
     with tempfile.TemporaryDirectory() as work:
         saved_model = write_saved_model(model, Path(work) / "saved_model", input_size)
-        data = _converter(saved_model, signatures, quant, representative).convert()
+        data = tflite_converter(saved_model, signatures, quant, representative).convert()
         if quant == "int8":
             data, _ = carry_int8(data)
         candidate = Path(work) / "model.tflite"
