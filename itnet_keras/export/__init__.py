@@ -1,10 +1,12 @@
 """Export of a trained ItNet: TFLite (LiteRT) and ONNX files that keep the loop a loop.
 
-- `signatures`: the functions an app calls (`outputs`, `anytime`, `encode`, `step`)
-  and the SavedModel that holds them.
+- `signatures`: the functions an app calls (`outputs`, `anytime`, `encode`, `step`,
+  `upsample`) and the SavedModel that holds them.
 - `tflite`: conversion in four quantization modes, the sidecar metadata, checks.
-- `flatbuffer`: reads a `.tflite` file (ops per subgraph, buffers) to prove the checks.
+- `int8_loop`: makes the `WHILE` of an int8 file carry int8 tensors.
+- `flatbuffer`: reads a `.tflite` file (ops per subgraph, buffers, loop dtypes) to prove the checks.
 - `onnx`: conversion with tf2onnx (a `Loop` op) and its checks.
+- `accuracy`, `latency`, `memory`, `anytime_device`: measurements of exported files.
 
 The command-line entry points live in the repository's `export/` folder.
 """
