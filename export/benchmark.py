@@ -29,13 +29,14 @@ def format_rows(rows):
         unrolled = row.get("unrolled_s")
         header = "| output n | loop `anytime` ms | app `encode`+`step` ms |"
         if unrolled:
-            header += " unrolled (n iterations) ms | `anytime` / unrolled | `step` / unrolled |"
+            header += (" unrolled (n iterations) ms | `anytime` / unrolled | `step` / unrolled |"
+                       " unrolled + state ms | `anytime` / unrolled + state |")
         lines += [f"\n{row['threads']} thread(s):\n", header, "|" + "---:|" * (header.count("|") - 1)]
         for n, (a, s) in enumerate(zip(row["anytime_s"], row["step_s"]), start=1):
             line = f"| {n} | {a * 1e3:.1f} | {s * 1e3:.1f} |"
             if unrolled:
-                u = unrolled[n - 1]
-                line += f" {u * 1e3:.1f} | {a / u:.2f} | {s / u:.2f} |"
+                u, us = unrolled[n - 1], row["unrolled_state_s"][n - 1]
+                line += f" {u * 1e3:.1f} | {a / u:.2f} | {s / u:.2f} | {us * 1e3:.1f} | {a / us:.2f} |"
             lines.append(line)
         lines.append(f"\nall N outputs (`outputs`, N full-resolution maps): loop {row['loop_outputs_s'] * 1e3:.1f} ms")
         if row["unrolled_outputs_s"] is not None:

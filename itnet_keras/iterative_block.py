@@ -324,9 +324,11 @@ class IterativeBlock(keras.layers.Layer):
         """All N outputs' logits, stacked: [N, batch, h_1, w_1, C]."""
         return self._run(scales, bool(training), None, collect=True)[0]
 
-    def anytime(self, scales, iterations):
-        """Logits after `iterations` iterations (clamped to 1..N), inference mode."""
-        return self._run(scales, False, iterations, collect=False)[0]
+    def anytime(self, scales, iterations, with_state=False):
+        """Logits after `iterations` iterations (clamped to 1..N), inference mode; with
+        `with_state`, (logits, final state)."""
+        logits, state = self._run(scales, False, iterations, collect=False)
+        return (logits, state) if with_state else logits
 
     def step(self, state, n):
         """One iteration in inference mode: 1-based n (clamped) -> (state, logits)."""

@@ -5,6 +5,7 @@
 - unrolled, per output n: signature `anytime_n` of a file of unrolled graphs, one per n,
   each running n iterations and returning output n (`unrolled_anytime_file`): what a
   feed-forward network that stops at output n costs, the baseline of both loop paths;
+  and `state_n`, which also returns the state (the same work as the loop's);
 - `outputs` of the loop file and of the unrolled file: all N outputs in one call.
 
 Each number is the median of `repeats` timed calls after one untimed call; the calls that
@@ -48,7 +49,8 @@ def per_output_latency(path, threads, repeats, iterations, unrolled_anytime=None
     """{'anytime', 'step' (and 'unrolled'): [seconds to output n for n = 1..iterations]}.
 
     `step` is the time an app takes to output n when it drives the loop: `encode`, n `step`
-    calls, one `upsample`; `unrolled` is signature `anytime_n` of an `unrolled_anytime_file`."""
+    calls, one `upsample`; `unrolled` and `unrolled_state` are signatures `anytime_n` and
+    `state_n` of an `unrolled_anytime_file`."""
     interpreter = Interpreter(model_path=str(path), num_threads=threads)
     image = _image(interpreter)
     anytime = interpreter.get_signature_runner("anytime")
@@ -64,11 +66,14 @@ def per_output_latency(path, threads, repeats, iterations, unrolled_anytime=None
             state = {k: v for k, v in out.items() if k.startswith("state_")}
         return upsample(logits=out["logits"])
 
-    result = {"anytime": [], "step": []} if unrolled is None else {"anytime": [], "step": [], "unrolled": []}
+    result = {"anytime": [], "step": []}
+    if unrolled is not None:
+        result.update(unrolled=[], unrolled_state=[])
     for n in range(1, iterations + 1):
         calls = {"anytime": lambda: anytime(image=image, iterations=np.int32(n)), "step": lambda: app_driven(n)}
         if unrolled is not None:
             calls["unrolled"] = partial(unrolled.get_signature_runner(f"anytime_{n}"), image=image)
+            calls["unrolled_state"] = partial(unrolled.get_signature_runner(f"state_{n}"), image=image)
         for name, seconds in _medians(calls, repeats).items():
             result[name].append(seconds)
     return result
@@ -94,22 +99,32 @@ def iterations_of(path):
 
 
 def unrolled_anytime_file(unrolled, path, input_size):
-    """A float32 file with signatures `anytime_1` .. `anytime_N`: image -> logits of
-    output n, each an unrolled graph of n iterations (`unrolled`: a model built with
-    `unroll=True`)."""
+    """A float32 file of unrolled graphs (`unrolled`: a model built with `unroll=True`):
+    `anytime_n`: image -> logits of output n, n iterations; the converter prunes what output
+    n does not need (the coarser scales of the last iteration), as a network that stops at
+    n would. `state_n`: the same, also returning the state: the work a loop must do."""
     import keras
     import tensorflow as tf
 
     from itnet_keras.evaluate import write_atomic
     from itnet_keras.export.tflite import check_tflite, tflite_converter
-    from itnet_keras.model import anytime, iterative_block
+    from itnet_keras.layers import resize_like
+    from itnet_keras.model import anytime, encode, iterative_block
 
-    keys = [f"anytime_{n}" for n in range(1, iterative_block(unrolled).num_iterations + 1)]
+    block = iterative_block(unrolled)
     archive = keras.export.ExportArchive()
     archive.track(unrolled)
     spec = tf.TensorSpec((1, *input_size, 3), tf.float32, name="image")
-    for n, key in enumerate(keys, start=1):
-        archive.add_endpoint(key, lambda image, n=n: {"logits": anytime(unrolled, image, n)}, [spec])
+
+    def with_state(image, n):
+        logits, state = block.anytime(encode(unrolled, image), n, with_state=True)
+        return {"logits": resize_like(logits, image), **{f"state_{l}": s for l, s in enumerate(state, start=1)}}
+
+    keys = []
+    for n in range(1, block.num_iterations + 1):
+        archive.add_endpoint(f"anytime_{n}", lambda image, n=n: {"logits": anytime(unrolled, image, n)}, [spec])
+        archive.add_endpoint(f"state_{n}", lambda image, n=n: with_state(image, n), [spec])
+        keys += [f"anytime_{n}", f"state_{n}"]
     with tempfile.TemporaryDirectory() as work:
         archive.write_out(str(Path(work) / "saved_model"), verbose=False)
         candidate = Path(work) / "model.tflite"
@@ -144,6 +159,7 @@ def measure(loop_file, unrolled_file, threads, repeats, unrolled_anytime=None):
         per_output = per_output_latency(loop_file, count, repeats, n, unrolled_anytime)
         outputs = outputs_latency(loop_file, unrolled_file, count, repeats)
         rows.append({"threads": count, "anytime_s": per_output["anytime"], "step_s": per_output["step"],
-                     "unrolled_s": per_output.get("unrolled"), "loop_outputs_s": outputs["loop"],
+                     "unrolled_s": per_output.get("unrolled"), "unrolled_state_s": per_output.get("unrolled_state"),
+                     "loop_outputs_s": outputs["loop"],
                      "unrolled_outputs_s": outputs.get("unrolled")})
     return rows
