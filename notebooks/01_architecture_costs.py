@@ -129,9 +129,10 @@ if committed:
 # to 1.18x the time of an unrolled graph that stops at the same output (output 16: 86.2 vs
 # 85.7 ms; all 16 outputs in one call: 116 vs 112 ms), and driving the loop from the app
 # (`encode` + n `step` + one `upsample`) 0.99x to 1.25x (5 calls per point here; the
-# benchmark in `export/README.md`, with 9, is steadier). Early outputs pay a fixed
-# cost of about 1 ms (the `WHILE` op and its condition), later ones about 0.3 ms per
-# iteration; see `export/README.md`.
+# benchmark in `export/README.md`, with 9, is steadier). The extra millisecond at early
+# outputs is work, not loop overhead: the loop computes the full state of its last
+# iteration, which the unrolled graph, pruned to output n, drops; against an unrolled graph
+# that also returns the state the loop is within 1.05x (`export/README.md`).
 #
 # The independent network is the exception: from output 2 on its loop file is 3x to 6x
 # slower than unrolled (output 16: 146 vs 30 ms), although it has a third of the MACs. Its loop picks
