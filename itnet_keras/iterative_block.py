@@ -6,7 +6,7 @@ import contextlib
 import keras
 from keras import ops
 
-from itnet_keras.layers import l2_regularizer, register, resize_like
+from itnet_keras.layers import fold_norm, l2_regularizer, register, resize_like
 
 
 def _stacked(initializer, count):
@@ -182,9 +182,8 @@ class IterativeBlock(keras.layers.Layer):
             mean, var = ops.moments(x, axes=[0, 1, 2])
             stats = self._record(stats, key, n, mean, var)
             return (x - mean) * ops.rsqrt(var + self.epsilon) * gamma + beta, stats
-        gamma, beta, mean, var = (self._usage[f"{key}_{p}"][0] for p in ("gamma", "beta", "moving_mean", "moving_var"))
-        scale = gamma * ops.rsqrt(var + self.epsilon)
-        shift = beta - mean * scale
+        parts = (self._usage[f"{key}_{p}"][0] for p in ("gamma", "beta", "moving_mean", "moving_var"))
+        scale, shift = fold_norm(*parts, self.epsilon)
         return x * self._pick(key + "_gamma", n, scale) + self._pick(key + "_beta", n, shift), stats
 
     def _record(self, stats, key, n, mean, var):

@@ -33,6 +33,12 @@ def resize_like(x, like):
     return ops.image.resize(x, size, interpolation="bilinear")
 
 
+def fold_norm(gamma, beta, mean, variance, epsilon):
+    """A batch norm in inference as (scale, shift), to apply as `x * scale + shift`."""
+    scale = gamma * ops.rsqrt(variance + epsilon)
+    return scale, beta - mean * scale
+
+
 def l2_regularizer(l2):
     return keras.regularizers.L2(l2) if l2 else None
 
@@ -101,8 +107,7 @@ class DataBlock(keras.layers.Layer):
         conv, pool, norm = self.convs[index](x), self.pool(x), self.norms[index]
         if training:
             return ops.relu(norm(ops.concatenate([conv, pool], axis=-1), training=True))
-        scale = norm.gamma * ops.rsqrt(norm.moving_variance + norm.epsilon)
-        shift = norm.beta - norm.moving_mean * scale
+        scale, shift = fold_norm(norm.gamma, norm.beta, norm.moving_mean, norm.moving_variance, norm.epsilon)
         k = conv.shape[-1]
         return ops.concatenate([ops.relu(conv * scale[:k] + shift[:k]), ops.relu(pool * scale[k:] + shift[k:])],
                                axis=-1)

@@ -96,25 +96,25 @@ def count_buffers_holding(path, array):
     return found
 
 
+def _while_ops(model):
+    """(graph, op) of every `WHILE` op of a loaded model."""
+    codes = [_op_name(c) for c in model.operatorCodes]
+    return [(graph, op) for graph in model.subgraphs for op in graph.operators or []
+            if codes[op.opcodeIndex] == "WHILE"]
+
+
 def loop_carried_types(path):
     """The dtypes each `WHILE` op of the file carries, one list per `WHILE`."""
-    model = load(path)
-    codes = [_op_name(c) for c in model.operatorCodes]
-    return [[_TYPE_NAMES[graph.tensors[t].type] for t in op.inputs]
-            for graph in model.subgraphs for op in graph.operators or [] if codes[op.opcodeIndex] == "WHILE"]
+    return [[_TYPE_NAMES[graph.tensors[t].type] for t in op.inputs] for graph, op in _while_ops(load(path))]
 
 
 def loop_body_dtypes(path):
     """{body subgraph name: {dtype: number of op outputs of that dtype}} of every `WHILE`
     body: what the loop computes in."""
     model = load(path)
-    codes = [_op_name(c) for c in model.operatorCodes]
-    bodies = {op.builtinOptions.bodySubgraphIndex for graph in model.subgraphs for op in graph.operators or []
-              if codes[op.opcodeIndex] == "WHILE"}
     result = {}
-    for index in sorted(bodies):
+    for index in sorted({op.builtinOptions.bodySubgraphIndex for _, op in _while_ops(model)}):
         graph = model.subgraphs[index]
         counts = collections.Counter(_TYPE_NAMES[graph.tensors[t].type] for op in graph.operators for t in op.outputs)
         result[_text(graph.name)] = dict(counts)
     return result
-
