@@ -5,8 +5,9 @@ app drives it), and all N outputs of the loop file beside the unrolled file.
     python export/benchmark.py --preset camvid_shared [--input-size 360x480] [--output docs/latency.md]
 
 With `--preset` the files are converted first (float32, random weights: latency does not
-depend on them): the loop file, the unrolled file, and unrolled graphs that stop at each
-output n (the per-output baseline). Batch 1, LiteRT's default CPU delegate, median of `--repeats` calls.
+depend on them): the loop file, the unrolled file, and unrolled graphs of each output n
+(the per-output baselines). Batch 1, LiteRT's default CPU delegate, median of `--repeats`
+calls.
 See `itnet_keras.export.latency` for what each column measures.
 """
 

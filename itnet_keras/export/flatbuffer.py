@@ -27,10 +27,14 @@ def _op_name(code):
     return _BUILTIN_NAMES.get(builtin, f"BUILTIN_{builtin}")
 
 
+def parse(data):
+    """A `.tflite` flatbuffer (bytes) as the flatbuffer object API (`schema.ModelT`)."""
+    return schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
+
+
 def load(path):
     """The file as the flatbuffer object API (`schema.ModelT`)."""
-    data = Path(path).read_bytes()
-    return schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
+    return parse(Path(path).read_bytes())
 
 
 def inspect_tflite(path):

@@ -20,7 +20,7 @@ import copy
 import flatbuffers
 from tensorflow.lite.python import schema_py_generated as schema
 
-from itnet_keras.export.flatbuffer import _op_name
+from itnet_keras.export.flatbuffer import _op_name, _while_ops, parse
 
 FLOAT32, INT8 = schema.TensorType.FLOAT32, schema.TensorType.INT8
 
@@ -48,18 +48,18 @@ def _new_op(opcode, inputs, outputs):
 
 
 def _carry(model, parent, loop, k, codes):
-    """Make loop-carried tensor k of the `WHILE` op `loop` int8; True when rewritten."""
+    """Make loop-carried tensor k of the `WHILE` op `loop` int8, when the pattern above holds."""
     options = loop.builtinOptions
     body, cond = model.subgraphs[options.bodySubgraphIndex], model.subgraphs[options.condSubgraphIndex]
     outer_in, outer_out = loop.inputs[k], loop.outputs[k]
     body_in, body_out = body.inputs[k], body.outputs[k]
     if parent.tensors[outer_in].type != FLOAT32 or body_in == body_out:
-        return False
+        return
     readers, maker = _uses(body, body_in), _producer(body, body_out)
     if maker is None or codes[maker.opcodeIndex] != "DEQUANTIZE" or _uses(body, body_out):
-        return False
+        return
     if len(readers) > 1 or (readers and codes[readers[0].opcodeIndex] != "QUANTIZE"):
-        return False
+        return
     if readers:  # the body's first QUANTIZE sets the scale of the carried tensor
         quantize = readers[0]
         quantized = quantize.outputs[0]
@@ -82,21 +82,18 @@ def _carry(model, parent, loop, k, codes):
     parent.operators.insert(at + 2, _new_op(codes.index("DEQUANTIZE"), [outer_out_q], [outer_out]))
     loop.inputs, loop.outputs = list(loop.inputs), list(loop.outputs)
     loop.inputs[k], loop.outputs[k] = outer_in_q, outer_out_q
-    return True
 
 
 def carry_int8(data):
     """Rewrite a full-integer `.tflite` flatbuffer (bytes) so that its `WHILE` ops carry
-    int8 tensors. Returns (new bytes, {body subgraph index: [carried positions]})."""
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
+    int8 tensors; returns the new bytes."""
+    model = parse(data)
     codes = [_op_name(c) for c in model.operatorCodes]
     if "QUANTIZE" not in codes or "DEQUANTIZE" not in codes:
-        return data, {}
-    rewritten = {}
-    for parent in model.subgraphs:
-        for loop in [op for op in parent.operators if codes[op.opcodeIndex] == "WHILE"]:
-            carried = [k for k in range(len(loop.inputs)) if _carry(model, parent, loop, k, codes)]
-            rewritten[loop.builtinOptions.bodySubgraphIndex] = carried
+        return data
+    for parent, loop in _while_ops(model):
+        for k in range(len(loop.inputs)):
+            _carry(model, parent, loop, k, codes)
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output()), rewritten
+    return bytes(builder.Output())

@@ -143,7 +143,7 @@ def convert_tflite(model, path, quant="float32", spec=None, input_size=None, cal
         saved_model = write_saved_model(model, Path(work) / "saved_model", input_size)
         data = tflite_converter(saved_model, signatures, quant, representative).convert()
         if quant == "int8":
-            data, _ = carry_int8(data)
+            data = carry_int8(data)
         candidate = Path(work) / "model.tflite"
         candidate.write_bytes(data)
         summary = check_tflite(candidate, signatures, loop=not iterative_block(model).unroll,
