@@ -1,5 +1,5 @@
-"""Latency per output under LiteRT: the loop file (`anytime`, and `encode` + `step` as an
-app drives it), and all N outputs of the loop file beside the unrolled file.
+"""Latency per output under LiteRT: the loop file (`anytime`, and `encode` + `step` /
+`finish` as an app drives it), and all N outputs of the loop file beside the unrolled file.
 
     python export/benchmark.py FILE.tflite [--unrolled UNROLLED.tflite] [--threads 1 2] [--repeats 5]
     python export/benchmark.py --preset camvid_shared [--input-size 360x480] [--output docs/latency.md]
@@ -25,19 +25,23 @@ from itnet_keras.presets import PRESET_DATASET
 
 
 def format_rows(rows):
+    """One table per thread count: ms per output n, and each path over its baseline."""
     lines = []
     for row in rows:
-        unrolled = row.get("unrolled_s")
-        header = "| output n | loop `anytime` ms | app `encode`+`step` ms |"
+        unrolled, with_state = row.get("unrolled_s"), row.get("unrolled_state_s")
+        paths = (("loop `anytime`", row["anytime_s"]), ("app, `finish` last", row["finish_s"]),
+                 ("app, `step` only", row["step_s"]))
+        header = "| output n |" + "".join(f" {name} ms |" + (" / unrolled |" if unrolled else "") for name, _ in paths)
         if unrolled:
-            header += (" unrolled (n iterations) ms | `anytime` / unrolled | `step` / unrolled |"
-                       " unrolled + state ms | `anytime` / unrolled + state |")
+            header += " unrolled ms | unrolled + state ms | `step` only / unrolled + state |"
         lines += [f"\n{row['threads']} thread(s):\n", header, "|" + "---:|" * (header.count("|") - 1)]
-        for n, (a, s) in enumerate(zip(row["anytime_s"], row["step_s"]), start=1):
-            line = f"| {n} | {a * 1e3:.1f} | {s * 1e3:.1f} |"
+        for i in range(len(row["anytime_s"])):
+            line = f"| {i + 1} |"
+            for _, seconds in paths:
+                line += f" {seconds[i] * 1e3:.1f} |" + (f" {seconds[i] / unrolled[i]:.2f} |" if unrolled else "")
             if unrolled:
-                u, us = unrolled[n - 1], row["unrolled_state_s"][n - 1]
-                line += f" {u * 1e3:.1f} | {a / u:.2f} | {s / u:.2f} | {us * 1e3:.1f} | {a / us:.2f} |"
+                line += (f" {unrolled[i] * 1e3:.1f} | {with_state[i] * 1e3:.1f} |"
+                         f" {row['step_s'][i] / with_state[i]:.2f} |")
             lines.append(line)
         lines.append(f"\nall N outputs (`outputs`, N full-resolution maps): loop {row['loop_outputs_s'] * 1e3:.1f} ms")
         if row["unrolled_outputs_s"] is not None:

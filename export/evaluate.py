@@ -1,7 +1,10 @@
 """mIoU per output of exported `.tflite` and `.onnx` files on a split, beside the Keras model's.
 
     python export/evaluate.py MODEL.keras FILE.tflite|FILE.onnx [...] --data camvid --scale 2 \
-        [--split val] [--output docs/export_accuracy.md]
+        [--split val] [--signature {outputs,anytime,finish}] [--output docs/export_accuracy.md]
+
+`--signature` picks how a `.tflite` file computes output n: all outputs in one `outputs`
+call (the default), `anytime(image, n)`, or `encode`, n - 1 `step` calls and `finish`.
 """
 
 import argparse
@@ -9,7 +12,7 @@ import sys
 from pathlib import Path
 
 from itnet_keras.evaluate import evaluate_model, load_itnet, write_result_files
-from itnet_keras.export.accuracy import exported_mious
+from itnet_keras.export.accuracy import SIGNATURES, exported_mious
 from itnet_keras.pipeline import make_dataset
 
 
@@ -22,6 +25,8 @@ def main(argv=None):
     parser.add_argument("--split", default="val")
     parser.add_argument("--scale", type=int, default=1)
     parser.add_argument("--limit", type=int)
+    parser.add_argument("--signature", default="outputs", choices=SIGNATURES,
+                        help="how each output of a .tflite file is computed")
     parser.add_argument("--output", help="also write the table (markdown) and OUTPUT.json there")
     args = parser.parse_args(argv)
     try:
@@ -31,7 +36,7 @@ def main(argv=None):
         for path in args.files:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{path} does not exist")
-            results[Path(path).name] = exported_mious(path, dataset)
+            results[Path(path).name] = exported_mious(path, dataset, signature=args.signature)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -43,7 +48,8 @@ def main(argv=None):
     print(table)
     if args.output:
         command = "python export/evaluate.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_result_files(args.output, command, f"{args.data} {args.split}, {len(dataset.split)} images\n\n{table}",
+        write_result_files(args.output, command, f"{args.data} {args.split}, {len(dataset.split)} images, "
+                           f"signature {args.signature}\n\n{table}",
                            results)
     return 0
 

@@ -202,14 +202,19 @@ class IterativeBlock(keras.layers.Layer):
         return y, stats
 
     def _mix(self, state, n, training, stats):
-        """Mixing residual block: all scales resized to scale l, conv3x3 + 1x1 projection."""
+        """Mixing residual block at every scale."""
         mixed = []
-        for l, x in enumerate(state, start=1):
-            both = ops.concatenate([resize_like(s, x) for s in state], axis=-1)
-            a, stats = self._conv_norm(both, f"scale{l}_mix_conv", n, training, stats)
-            b, stats = self._conv_norm(both, f"scale{l}_mix_proj", n, training, stats)
-            mixed.append(ops.relu(a + b))
+        for l in range(1, len(state) + 1):
+            x, stats = self._mix_at(state, l, n, training, stats)
+            mixed.append(x)
         return mixed, stats
+
+    def _mix_at(self, state, l, n, training, stats):
+        """Mixing at scale l: all scales resized to scale l, conv3x3 + 1x1 projection."""
+        both = ops.concatenate([resize_like(s, state[l - 1]) for s in state], axis=-1)
+        a, stats = self._conv_norm(both, f"scale{l}_mix_conv", n, training, stats)
+        b, stats = self._conv_norm(both, f"scale{l}_mix_proj", n, training, stats)
+        return ops.relu(a + b), stats
 
     def _bottlenecks(self, x, l, n, training, stats, seed):
         """K MobileNetV2 bottleneck residual blocks at scale l."""
@@ -228,25 +233,39 @@ class IterativeBlock(keras.layers.Layer):
     def _iteration(self, state, n, training, stats, seed, mixes=None, head=True):
         """0-based iteration n: (state, logits of head n or None without `head`, stats).
 
-        Iteration 0 skips the mixing block. `mixes=True` says n > 0 is known (inside the
-        loop, which starts at 1); otherwise a tensor n decides at run time (`step`).
+        Iteration 0 skips the mixing block (see `_if_mixing` for `mixes`).
         """
-        if self.num_iterations > 1:
-            if mixes or (isinstance(n, int) and n > 0):
-                state, stats = self._mix(state, n, training, stats)
-            elif not isinstance(n, int):
-                state, stats = ops.cond(
-                    n > 0,
-                    lambda: self._mix(state, n, training, stats),
-                    lambda: (list(state), stats),
-                )
+        state, stats = self._if_mixing(n, mixes, lambda: self._mix(state, n, training, stats),
+                                       lambda: (list(state), stats))
         new_state = []
         for l, x in enumerate(state, start=1):
-            x, stats = self._bottlenecks(x, l, n, training, stats, seed)
-            if self.bn_placement == "between":
-                x, stats = self._norm(x, f"scale{l}_bn", n, training, stats)
+            x, stats = self._scale_end(x, l, n, training, stats, seed)
             new_state.append(x)
         return new_state, self._conv(new_state[0], "head", n) if head else None, stats
+
+    def _scale_end(self, x, l, n, training, stats, seed=None):
+        """The bottlenecks at scale l, then (with `between` placement) its batch norm."""
+        x, stats = self._bottlenecks(x, l, n, training, stats, seed)
+        if self.bn_placement == "between":
+            x, stats = self._norm(x, f"scale{l}_bn", n, training, stats)
+        return x, stats
+
+    def _if_mixing(self, n, mixes, mixed, unmixed):
+        """`mixed()` if 0-based iteration n mixes (n > 0), else `unmixed()`. `mixes=True`
+        says n > 0 is known (inside the loop, which starts at 1); otherwise a tensor n
+        decides at run time (`step`, `finish`: an `IF` in an exported file)."""
+        if self.num_iterations == 1 or (isinstance(n, int) and n == 0):
+            return unmixed()
+        if mixes or isinstance(n, int):
+            return mixed()
+        return ops.cond(n > 0, mixed, unmixed)
+
+    def _finest(self, state, n, mixes=None):
+        """Logits of head n (0-based) from the state before iteration n, computing iteration
+        n at the finest scale only, the one the head reads (inference)."""
+        x = self._if_mixing(n, mixes, lambda: self._mix_at(state, 1, n, False, {})[0], lambda: state[0])
+        x, _ = self._scale_end(x, 1, n, False, {})
+        return self._conv(x, "head", n)
 
     # -- the loop ------------------------------------------------------------------
 
@@ -255,6 +274,22 @@ class IterativeBlock(keras.layers.Layer):
         if isinstance(iterations, int):
             return min(max(iterations, 1), self.num_iterations)
         return ops.clip(ops.cast(iterations, "int32"), 1, self.num_iterations)
+
+    def _loop(self, body, count, loop_vars):
+        """`loop_vars = body(n, *loop_vars)` for n = 1 .. count - 1: a `tf.while_loop`, a
+        Python loop with `unroll=True`, a differentiable scan on JAX with a Python count."""
+        if (isinstance(count, int) and count <= 1) or self.num_iterations == 1:
+            return loop_vars
+        if self.unroll:
+            if not isinstance(count, int):
+                raise ValueError("unroll=True needs a Python int iteration count")
+            for n in range(1, count):
+                loop_vars = body(n, *loop_vars)
+            return loop_vars
+        if keras.backend.backend() == "jax" and isinstance(count, int):
+            return ops.fori_loop(1, count, lambda n, v: body(n, *v), loop_vars)
+        return ops.while_loop(lambda n, *_: n < count, lambda n, *v: (n + 1, *body(n, *v)), (1, *loop_vars),
+                              maximum_iterations=self.num_iterations - 1)[1:]
 
     def _run(self, state, training, iterations, collect):
         """Run the loop; returns (all logits [N, ...] or the latest logits, final state)."""
@@ -271,7 +306,7 @@ class IterativeBlock(keras.layers.Layer):
                 # A shift, not a scatter update: the converter's int8 SCATTER_ND fills with
                 # raw int8 zeros that ignore the zero point, which garbled the stack.
                 out = ops.concatenate([out[1:], logits[None]], axis=0)
-            return n + 1, state, out, stats
+            return state, out, stats
 
         # Iteration 1 (no mixing) runs before the loop, so the loop body has no branch.
         state, logits, stats = self._iteration(state, 0, training, stats, seed, head=collect)
@@ -279,28 +314,33 @@ class IterativeBlock(keras.layers.Layer):
         # row n holds output n + 1. (`collect` runs all N iterations.) Without `collect`
         # only the last iteration's head runs, after the loop.
         out = ops.broadcast_to(logits[None], (self.num_iterations, *ops.shape(logits))) if collect else ()
-        if self.num_iterations == 1:
-            pass  # nothing left to iterate
-        elif self.unroll:
-            if not isinstance(count, int):
-                raise ValueError("unroll=True needs a Python int iteration count")
-            n, loop_vars = 1, (state, out, stats)
-            while n < count:
-                n, *loop_vars = body(n, *loop_vars)
-            state, out, stats = loop_vars
-        elif keras.backend.backend() == "jax" and isinstance(count, int):
-            # fori_loop with static bounds lowers to a scan: reverse-mode differentiable.
-            state, out, stats = ops.fori_loop(1, count, lambda n, v: body(n, *v)[1:], (state, out, stats))
-        else:
-            _, state, out, stats = ops.while_loop(
-                lambda n, *_: n < count, body, (1, state, out, stats),
-                maximum_iterations=self.num_iterations - 1,
-            )
+        state, out, stats = self._loop(body, count, (state, out, stats))
         if training:
             self._update_moving_stats(stats, count)
         if not collect:
             out = self._conv(state[0], "head", count - 1)
         return out, state
+
+    def _last_output(self, state, count, coarser=None):
+        """Logits of output `count` (clamped), inference. The last iteration runs at the
+        finest scale only (`_finest`): the coarser scales would feed only an iteration that
+        does not come. Output 1 needs no loop; a run-time count picks a branch (an `IF`
+        whose second branch holds the `WHILE` in an exported file). With `coarser` (S_1 ->
+        S_2 .. S_L, the data block's), `state` may be [S_1] alone: the coarser scales are
+        computed in that branch only."""
+        count = self.clamp(count)
+
+        def later():  # count >= 2: iteration 1, the loop to count - 1, the finest scale of count
+            scales = list(state) if coarser is None else [state[0], *coarser(state[0])]
+            full, _, _ = self._iteration(scales, 0, False, {}, None, head=False)
+            body = lambda n, full: (self._iteration(full, n, False, {}, None, mixes=True, head=False)[0],)  # noqa: E731
+            (full,) = self._loop(body, count - 1, (full,))
+            return self._finest(full, count - 1, mixes=True)
+
+        first = lambda: self._finest(list(state), 0)  # noqa: E731
+        if isinstance(count, int):
+            return first() if count == 1 else later()
+        return ops.cond(count > 1, later, first)
 
     def _empty_stats(self):
         stats = {}
@@ -323,17 +363,26 @@ class IterativeBlock(keras.layers.Layer):
         """All N outputs' logits, stacked: [N, batch, h_1, w_1, C]."""
         return self._run(scales, bool(training), None, collect=True)[0]
 
-    def anytime(self, scales, iterations, with_state=False):
-        """Logits after `iterations` iterations (clamped to 1..N), inference mode; with
-        `with_state`, (logits, final state)."""
-        logits, state = self._run(scales, False, iterations, collect=False)
-        return (logits, state) if with_state else logits
+    def anytime(self, scales, iterations, with_state=False, coarser=None):
+        """Logits after `iterations` iterations (clamped to 1..N), inference mode. With
+        `with_state`, (logits, final state), which needs every scale of the last iteration;
+        without, the last iteration runs at the finest scale only, and with `coarser`,
+        `scales` may be [S_1] alone (see `_last_output`)."""
+        if with_state:
+            return self._run(scales, False, iterations, collect=False)
+        return self._last_output(scales, iterations, coarser)
 
     def step(self, state, n):
         """One iteration in inference mode: 1-based n (clamped) -> (state, logits)."""
         n = self.clamp(n) - 1
         state, logits, _ = self._iteration(list(state), n, False, {}, None)
         return state, logits
+
+    def finish(self, state, n):
+        """Iteration n (1-based, clamped) at the finest scale only -> logits of output n, the
+        same as `step`'s. For the last step of an app that knows it is the last: it skips the
+        coarser scales, which only a further step would read."""
+        return self._finest(list(state), self.clamp(n) - 1)
 
     def compute_output_shape(self, input_shape):
         batch, height, width = input_shape[0][:3]

@@ -89,14 +89,26 @@ class DataBlock(keras.layers.Layer):
         ]
 
     def call(self, images, training=None):
+        finest = self.finest(images, training)
+        return [finest, *self.coarser(finest, training)]
+
+    def finest(self, images, training=None):
+        """S_1 alone."""
         x = images
         for index in range(2):
             x = self._stage(x, index, training)
-        scales = []
-        for conv_layer, norm in zip(self.convs[2:], self.norms[2:]):
-            x = ops.relu(norm(conv_layer(x), training=training))
-            scales.append(x)
-        return scales
+        return self._scale(x, 0, training)
+
+    def coarser(self, finest, training=None):
+        """S_2 .. S_L from S_1 (each is a stride-2 conv of the one before)."""
+        scales = [finest]
+        for index in range(1, self.num_scales):
+            scales.append(self._scale(scales[-1], index, training))
+        return scales[1:]
+
+    def _scale(self, x, index, training):
+        conv_layer, norm = self.convs[2 + index], self.norms[2 + index]
+        return ops.relu(norm(conv_layer(x), training=training))
 
     def _stage(self, x, index, training):
         """Stage 1 or 2: concat[conv(x), maxpool(x)] -> BN -> ReLU.

@@ -1,7 +1,7 @@
 """The ItNet model: `build_itnet`, and the anytime entry points over a built model.
 
 The functional model has one input `image` [batch, H, W, 3] and N outputs
-`output_1 .. output_N` (logits at the input resolution). `encode`, `step` and
+`output_1 .. output_N` (logits at the input resolution). `encode`, `step`, `finish` and
 `anytime` reuse the model's own layers for anytime inference, as export does.
 """
 
@@ -56,19 +56,33 @@ def encode(model, images):
     return data_block(model)(images, training=False)
 
 
-def step(model, state, n, output_size=None):
-    """Iteration n (1-based, clamped to 1..N): state -> (state, logits).
-
-    The logits are resized to `output_size` (default: 8x the finest scale, the
-    input size whenever it is a multiple of 8).
-    """
-    state, logits = iterative_block(model).step(state, n)
+def upsample(logits, output_size=None):
+    """Head logits -> `output_size` (default: 8x their size, the input size whenever it is
+    a multiple of 8), bilinear, as the model's outputs are."""
     if output_size is None:
         output_size = (8 * logits.shape[1], 8 * logits.shape[2])
-    return state, ops.image.resize(logits, output_size, interpolation="bilinear")
+    return ops.image.resize(logits, output_size, interpolation="bilinear")
+
+
+def step(model, state, n, output_size=None):
+    """Iteration n (1-based, clamped to 1..N): state -> (state, logits of output n), the
+    logits resized by `upsample`."""
+    state, logits = iterative_block(model).step(state, n)
+    return state, upsample(logits, output_size)
+
+
+def finish(model, state, n, output_size=None):
+    """Output n from the state after n - 1 steps, without the state a further step would
+    need (`IterativeBlock.finish`): the cheaper last step."""
+    return upsample(iterative_block(model).finish(state, n), output_size)
 
 
 def anytime(model, images, iterations):
-    """Logits of output n = `iterations` (clamped to 1..N), computing only n iterations."""
-    logits = iterative_block(model).anytime(encode(model, images), iterations)
+    """Logits of output n = `iterations` (clamped to 1..N), computing only what output n
+    reads: n iterations, the last at the finest scale, and for output 1 the data block's
+    finest scale alone."""
+    data = data_block(model)
+    finest = data.finest(images, training=False)
+    logits = iterative_block(model).anytime([finest], iterations,
+                                            coarser=lambda s: data.coarser(s, training=False))
     return resize_like(logits, images)

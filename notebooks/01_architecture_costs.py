@@ -76,7 +76,8 @@ print(f"shared / independent MACs: {calibration['shared_over_independent']:.2f} 
 # ## Latency per output on LiteRT (Fig. 2)
 # Float32 files with random weights, batch 1, the default CPU delegate, `THREADS` threads.
 # `anytime(n)` is one call that runs n iterations; `encode + n x step` is the path an app
-# drives itself (cumulative time to output n). The baseline is an unrolled graph that
+# drives itself (cumulative time to output n; `finish_s` in the results: n - 1 steps and
+# `finish`). The baseline is an unrolled graph that
 # stops at output n (no loop); all N outputs are also compared in one call each.
 
 # %%
@@ -124,18 +125,19 @@ if committed:
 # smaller graphs than the paper's; `docs/architecture.md` lists where the reading may differ.
 #
 # Latency (Fig. 2; LiteRT, 2 threads on this 2-core CPU, median of 5 calls taken in turns
-# with the unrolled baseline; the notebook took 3.3 minutes): the shared network's first
-# output comes after 6.5 ms and its last after 86 ms, 13x later. Its loop file takes 0.97x
-# to 1.18x the time of an unrolled graph that stops at the same output (output 16: 86.2 vs
-# 85.7 ms; all 16 outputs in one call: 116 vs 112 ms), and driving the loop from the app
-# (`encode` + n `step` + one `upsample`) 0.99x to 1.25x (5 calls per point here; the
-# benchmark in `export/README.md`, with 9, is steadier). The extra millisecond at early
-# outputs is work, not loop overhead: the loop computes the full state of its last
-# iteration, which the unrolled graph, pruned to output n, drops; against an unrolled graph
-# that also returns the state the loop is within 1.05x (`export/README.md`).
+# with the unrolled baselines; the notebook took 6.4 minutes): the shared network's first
+# output comes after 5.3 ms and its last after 91.5 ms, 17x later. Its loop file's `anytime`
+# takes 0.97x to 1.14x the time of an unrolled graph that stops at the same output (output
+# 16: 91.5 vs 89.9 ms; all 16 outputs in one call: 150 vs 155 ms); only output 9 is above
+# 1.08x, the noise of 5 calls per point (the benchmark in `export/README.md`, with 15, stays
+# within 1.07x). `anytime` computes its last iteration at the finest scale only, as the
+# pruned unrolled graph does. An app that drives the loop and ends with `finish` takes
+# 1.05x to 1.16x; one that decides after each step (`encode` + n `step` + one `upsample`)
+# 1.03x to 1.23x: each interpreter call costs about 0.3 ms, and `step` computes the coarser
+# scales that a further step would read.
 #
-# The independent network is the exception: from output 2 on its loop file is 3x to 6x
-# slower than unrolled (output 16: 146 vs 30 ms), although it has a third of the MACs. Its loop picks
+# The independent network is the exception: from output 2 on its loop file is 2.6x to 5.5x
+# slower than unrolled (output 16: 129 vs 30 ms), although it has a third of the MACs. Its loop picks
 # each iteration's kernels with a run-time `GATHER`; LiteRT's default CPU delegate (XNNPACK)
 # wants constant weights, so those convolutions fall back to the slower builtin kernels.
 # Without weight sharing nothing is gained by a loop on a CPU: export such a network

@@ -92,8 +92,9 @@ def test_float32_matches_keras_on_every_signature(tiny, float32_file, val_images
         np.testing.assert_allclose(anytime(image=image, iterations=np.int32(n))["logits"],
                                    expected[clamped - 1][:1], atol=1e-4)
     state = runner(path, "encode")(image=image)
-    step, upsample = runner(path, "step"), runner(path, "upsample")
-    for n in range(1, n_out + 1):  # n step calls (then one upsample) equal output n
+    step, upsample, finish = runner(path, "step"), runner(path, "upsample"), runner(path, "finish")
+    for n in range(1, n_out + 1):  # n step calls (then one upsample) equal output n, as does finish
+        np.testing.assert_allclose(finish(**state, n=np.int32(n))["logits"], expected[n - 1][:1], atol=1e-4)
         result = step(**state, n=np.int32(n))
         state = {k: v for k, v in result.items() if k.startswith("state_")}
         assert result["logits"].shape == (1, SIZE[0] // 8, SIZE[1] // 8, SPEC.num_classes)
@@ -108,7 +109,7 @@ def test_flatbuffer_keeps_one_loop_and_stores_shared_kernels_once(tiny, float32_
     assert summary["flex_ops"] == [] and summary["custom_ops"] == []
     ops = signature_ops(path)
     assert ops["outputs"]["WHILE"] == ops["anytime"]["WHILE"] == 1
-    assert all("WHILE" not in ops[key] for key in ("encode", "step", "upsample"))
+    assert all("WHILE" not in ops[key] for key in ("encode", "step", "upsample", "finish"))
     kernels = [v for v in iterative_block(model).weights if v.name.endswith("_kernel") and "head" not in v.name]
     assert kernels
     for kernel in kernels:  # read by 4 signatures and every iteration, stored once
@@ -167,6 +168,9 @@ def test_int8_agrees_per_pixel_and_in_miou(tiny, val_images, tmp_path):
     for n in (1, 3):  # the anytime signature (its own calibrated scales) against Keras as well
         got = np.concatenate([anytime(image=image[None], iterations=np.int32(n))["logits"] for image in val])
         assert np.mean(got.argmax(-1) == want[n - 1].argmax(-1)) > 0.85, f"anytime({n})"
+    encode, finish = runner(path, "encode"), runner(path, "finish")
+    got = np.concatenate([finish(**encode(image=image[None]), n=np.int32(1))["logits"] for image in val])
+    assert np.mean(got.argmax(-1) == want[0].argmax(-1)) > 0.85, "finish(1)"
 
 
 def test_integer_loop_check_refuses_a_float_loop(float32_file):
@@ -270,10 +274,10 @@ def test_latency_benchmark_command(tmp_path):
     assert benchmark.main(["--preset", "tiny", "--input-size", "32x32", "--threads", "1", "--repeats", "2",
                            "--output", str(out)]) == 0
     (row,) = json.loads(out.with_suffix(".json").read_text())
-    assert len(row["anytime_s"]) == len(row["step_s"]) == len(row["unrolled_s"]) == 4
-    assert min(row["anytime_s"] + row["unrolled_s"]) > 0
+    paths = ("anytime_s", "step_s", "finish_s", "unrolled_s", "unrolled_state_s")
+    assert all(len(row[p]) == 4 and min(row[p]) > 0 for p in paths)
     assert row["unrolled_outputs_s"] > 0 and row["loop_outputs_s"] > 0
-    assert "`step` / unrolled" in out.read_text()
+    assert "| app, `finish` last ms | / unrolled |" in out.read_text()
 
 
 def test_export_evaluation_command(tiny, float32_file, tmp_path):
@@ -289,7 +293,13 @@ def test_export_evaluation_command(tiny, float32_file, tmp_path):
     results = json.loads(out.with_suffix(".json").read_text())
     for name in (path.name, onnx_path.name):  # float32 and ONNX: the same argmax as Keras
         np.testing.assert_allclose(results[name], results["keras"], atol=1e-3)
+    for signature in ("anytime", "finish"):  # each output computed alone, as an app does
+        assert evaluate.main([str(model_path), str(path), "--limit", "8", "--signature", signature,
+                              "--output", str(out)]) == 0
+        results = json.loads(out.with_suffix(".json").read_text())
+        np.testing.assert_allclose(results[path.name], results["keras"], atol=1e-3)
     assert evaluate.main([str(model_path), str(tmp_path / "none.tflite")]) == 2
+    assert evaluate.main([str(model_path), str(onnx_path), "--signature", "anytime"]) == 2  # ONNX: outputs only
 
 
 def test_app_driven_policies_stop_where_they_should(tiny, float32_file, val_images):

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from itnet_keras import build_itnet
 from itnet_keras.costs import output_costs
-from itnet_keras.model import anytime, encode, iterative_block, step
+from itnet_keras.model import anytime, encode, finish, iterative_block, step
 
 SMALL = dict(num_classes=3, width=8, num_scales=2, num_iterations=3, expansion=2)
 VARIANTS = [
@@ -112,17 +112,23 @@ def test_training_lowers_loss_and_moves_every_batch_norm(variant):
             assert np.all(changed > 0), variable.name  # every iteration's statistics moved
 
 
-@pytest.mark.parametrize("sharing", [True, False])
-def test_anytime_and_steps_equal_the_full_model(sharing):
-    model = build_itnet(**SMALL, weight_sharing=sharing)
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+def test_anytime_and_steps_equal_the_full_model(variant):
+    model = build_itnet(**SMALL, **variant)
     images, _ = random_batch(height=32, width=48)
     outputs = [np.asarray(o) for o in model(images, training=False)]
     state = encode(model, images)
     for n in range(1, 4):
         np.testing.assert_allclose(anytime(model, images, n), outputs[n - 1], atol=1e-5)
         np.testing.assert_allclose(anytime(model, images, tf.constant(n)), outputs[n - 1], atol=1e-5)
+        for count in (n, tf.constant(n)):  # the last step without the state
+            np.testing.assert_allclose(finish(model, state, count), outputs[n - 1], atol=1e-5)
         state, logits = step(model, state, n)
         np.testing.assert_allclose(logits, outputs[n - 1], atol=1e-5)
+    logits, last = iterative_block(model).anytime(encode(model, images), 3, with_state=True)
+    np.testing.assert_allclose(tf.image.resize(logits, images.shape[1:3]), outputs[2], atol=1e-5)
+    for a, b in zip(last, state):
+        np.testing.assert_allclose(a, b, atol=1e-5)
     np.testing.assert_allclose(anytime(model, images, 0), outputs[0], atol=1e-5)  # clamped
     np.testing.assert_allclose(anytime(model, images, tf.constant(99)), outputs[-1], atol=1e-5)
 

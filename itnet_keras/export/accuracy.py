@@ -1,5 +1,7 @@
 """mIoU per output of an exported file (`.tflite` with LiteRT, `.onnx` with onnxruntime)
-on a dataset split, one image at a time through its `outputs` function."""
+on a dataset split, one image at a time: through its `outputs` function, or (`.tflite`)
+through the paths an app takes to output n: `anytime(image, n)`, or `encode`, n - 1
+`step` calls and `finish`."""
 
 from pathlib import Path
 
@@ -25,9 +27,39 @@ def _outputs_function(path, threads):
     return lambda image: runner(image=image)
 
 
-def exported_mious(path, dataset, threads=2):
-    """mIoU of each output of the exported file over the split."""
-    run = _outputs_function(path, threads)
+def _app_function(path, threads, signature):
+    """image [1, H, W, 3] -> {output_n: logits}, every output n computed as an app computes
+    it alone: `anytime(image, n)`, or (`finish`) `finish(state after n - 1 steps, n)`."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from itnet_keras.export.latency import iterations_of
+
+    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    run = {name: interpreter.get_signature_runner(name) for name in ("anytime", "encode", "step", "finish")}
+    count = iterations_of(path)
+
+    def outputs(image):
+        if signature == "anytime":
+            return {f"output_{n}": run["anytime"](image=image, iterations=np.int32(n))["logits"]
+                    for n in range(1, count + 1)}
+        result, state = {}, run["encode"](image=image)
+        for n in range(1, count + 1):
+            result[f"output_{n}"] = run["finish"](**state, n=np.int32(n))["logits"]
+            state = {k: v for k, v in run["step"](**state, n=np.int32(n)).items() if k.startswith("state_")}
+        return result
+
+    return outputs
+
+
+SIGNATURES = ("outputs", "anytime", "finish")
+
+
+def exported_mious(path, dataset, threads=2, signature="outputs"):
+    """mIoU of each output of the exported file over the split, through `signature` (one of
+    `SIGNATURES`; `.onnx` files have `outputs` only)."""
+    if signature not in SIGNATURES or (signature != "outputs" and Path(path).suffix == ".onnx"):
+        raise ValueError(f"--signature {signature!r}: not one of {SIGNATURES} for {path}")
+    run = _outputs_function(path, threads) if signature == "outputs" else _app_function(path, threads, signature)
 
     def predict(images):
         results = [run(image[None]) for image in images]

@@ -80,10 +80,34 @@ def signature_subgraphs(model):
     return {_text(s.signatureKey): s.subgraphIndex for s in model.signatureDefs or []}
 
 
+def nested_subgraphs(op, codes):
+    """Subgraphs that `op` runs: a WHILE's condition and body, an IF's branches."""
+    name, options = codes[op.opcodeIndex], op.builtinOptions
+    if name == "WHILE":
+        return [options.condSubgraphIndex, options.bodySubgraphIndex]
+    if name == "IF":
+        return [options.thenSubgraphIndex, options.elseSubgraphIndex]
+    return []
+
+
 def signature_ops(path):
-    """{signature: op counts of its own (top-level) subgraph}."""
-    subgraphs = inspect_tflite(path)["subgraphs"]
-    return {key: subgraphs[index]["ops"] for key, index in signature_subgraphs(load(path)).items()}
+    """{signature: op counts over the subgraphs it runs}: its own, and those its control-flow
+    ops run (a WHILE's body, an IF's branches), each counted once."""
+    model = load(path)
+    codes = [_op_name(c) for c in model.operatorCodes]
+    result = {}
+    for key, index in signature_subgraphs(model).items():
+        seen, pending, ops = set(), [index], collections.Counter()
+        while pending:
+            graph = pending.pop()
+            if graph in seen:
+                continue
+            seen.add(graph)
+            for op in model.subgraphs[graph].operators or []:
+                ops[codes[op.opcodeIndex]] += 1
+                pending += nested_subgraphs(op, codes)
+        result[key] = dict(ops)
+    return result
 
 
 def count_buffers_holding(path, array):

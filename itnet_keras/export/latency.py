@@ -1,7 +1,9 @@
 """Latency of exported files under LiteRT (default CPU delegate, batch 1), per output n.
 
 - loop file, `anytime(image, n)`: one call that runs n iterations;
-- loop file, app-driven: `encode`, `step` 1..n, then `upsample` of the last logits;
+- loop file, app-driven: `encode`, `step` 1..n, then `upsample` of the last logits (an
+  app that decides after each step); and `encode`, `step` 1..n-1, then `finish` n (an app
+  that knows which step is its last, as a deadline tells it);
 - unrolled, per output n: signature `anytime_n` of a file of unrolled graphs, one per n,
   each running n iterations and returning output n (`unrolled_anytime_file`): what a
   feed-forward network that stops at output n costs, the baseline of both loop paths;
@@ -46,31 +48,36 @@ def _image(interpreter, signature="outputs"):
 
 
 def per_output_latency(path, threads, repeats, iterations, unrolled_anytime=None):
-    """{'anytime', 'step' (and 'unrolled'): [seconds to output n for n = 1..iterations]}.
+    """{'anytime', 'step', 'finish' (and 'unrolled', 'unrolled_state'): [seconds to output n
+    for n = 1..iterations]}.
 
-    `step` is the time an app takes to output n when it drives the loop: `encode`, n `step`
-    calls, one `upsample`; `unrolled` and `unrolled_state` are signatures `anytime_n` and
-    `state_n` of an `unrolled_anytime_file`."""
+    `step` and `finish` are the times an app takes to output n when it drives the loop:
+    `encode`, n `step` calls and one `upsample`, or n - 1 `step` calls and `finish`;
+    `unrolled` and `unrolled_state` are signatures `anytime_n` and `state_n` of an
+    `unrolled_anytime_file`."""
     interpreter = Interpreter(model_path=str(path), num_threads=threads)
     image = _image(interpreter)
     anytime = interpreter.get_signature_runner("anytime")
     encode, step = interpreter.get_signature_runner("encode"), interpreter.get_signature_runner("step")
-    upsample = interpreter.get_signature_runner("upsample")
+    upsample, finish = interpreter.get_signature_runner("upsample"), interpreter.get_signature_runner("finish")
     unrolled = None if unrolled_anytime is None else Interpreter(model_path=str(unrolled_anytime),
                                                                  num_threads=threads)
 
-    def app_driven(n):
+    def app_driven(n, last_known):
         state = encode(image=image)
-        for done in range(1, n + 1):
+        for done in range(1, n if last_known else n + 1):
             out = step(**state, n=np.int32(done))
             state = {k: v for k, v in out.items() if k.startswith("state_")}
+        if last_known:
+            return finish(**state, n=np.int32(n))
         return upsample(logits=out["logits"])
 
-    result = {"anytime": [], "step": []}
+    result = {"anytime": [], "step": [], "finish": []}
     if unrolled is not None:
         result.update(unrolled=[], unrolled_state=[])
     for n in range(1, iterations + 1):
-        calls = {"anytime": lambda: anytime(image=image, iterations=np.int32(n)), "step": lambda: app_driven(n)}
+        calls = {"anytime": partial(anytime, image=image, iterations=np.int32(n)),
+                 "step": partial(app_driven, n, False), "finish": partial(app_driven, n, True)}
         if unrolled is not None:
             calls["unrolled"] = partial(unrolled.get_signature_runner(f"anytime_{n}"), image=image)
             calls["unrolled_state"] = partial(unrolled.get_signature_runner(f"state_{n}"), image=image)
@@ -151,14 +158,15 @@ def preset_files(preset, input_size, folder, **model_args):
 
 
 def measure(loop_file, unrolled_file, threads, repeats, unrolled_anytime=None):
-    """One row per thread count: `anytime_s`, `step_s` (and `unrolled_s` with an
-    `unrolled_anytime_file`) per n, `loop_outputs_s`, `unrolled_outputs_s`."""
+    """One row per thread count: `anytime_s`, `step_s`, `finish_s` (and `unrolled_s`,
+    `unrolled_state_s` with an `unrolled_anytime_file`) per n, `loop_outputs_s`, `unrolled_outputs_s`."""
     n = iterations_of(loop_file)
     rows = []
     for count in threads:
         per_output = per_output_latency(loop_file, count, repeats, n, unrolled_anytime)
         outputs = outputs_latency(loop_file, unrolled_file, count, repeats)
         rows.append({"threads": count, "anytime_s": per_output["anytime"], "step_s": per_output["step"],
+                     "finish_s": per_output["finish"],
                      "unrolled_s": per_output.get("unrolled"), "unrolled_state_s": per_output.get("unrolled_state"),
                      "loop_outputs_s": outputs["loop"],
                      "unrolled_outputs_s": outputs.get("unrolled")})

@@ -11,7 +11,7 @@ planner may add alignment and fragmentation.
 import math
 
 import numpy as np
-from itnet_keras.export.flatbuffer import _TYPE_NAMES, _op_name, load, signature_subgraphs
+from itnet_keras.export.flatbuffer import _TYPE_NAMES, _op_name, load, nested_subgraphs, signature_subgraphs
 
 _ITEM_BYTES = {"float32": 4, "float16": 2, "int32": 4, "int64": 8, "int8": 1, "uint8": 1, "bool": 1, "int16": 2}
 
@@ -19,16 +19,6 @@ _ITEM_BYTES = {"float32": 4, "float16": 2, "int32": 4, "int64": 8, "int8": 1, "u
 def _tensor_bytes(tensor):
     shape = [] if tensor.shape is None else [max(int(d), 1) for d in tensor.shape]
     return math.prod(shape) * _ITEM_BYTES.get(_TYPE_NAMES[tensor.type], 4)
-
-
-def _subgraph_indices(op, codes):
-    """Subgraphs that `op` runs: a WHILE's condition and body, an IF's branches."""
-    name, options = codes[op.opcodeIndex], op.builtinOptions
-    if name == "WHILE":
-        return [options.condSubgraphIndex, options.bodySubgraphIndex]
-    if name == "IF":
-        return [options.thenSubgraphIndex, options.elseSubgraphIndex]
-    return []
 
 
 def subgraph_peak(model, index, codes, _memo=None, outputs=True):
@@ -61,7 +51,7 @@ def subgraph_peak(model, index, codes, _memo=None, outputs=True):
     peak = sum(sizes[t] for t in first if first[t] == -1)
     for position, op in enumerate(operators):
         live = sum(size for t, size in sizes.items() if first[t] <= position <= last[t])
-        nested = _subgraph_indices(op, codes)
+        nested = nested_subgraphs(op, codes)
         inner = [subgraph_peak(model, i, codes, memo) for i in nested]
         extra = max(inner, default=0)  # condition and body (or branches) run one at a time
         peak = max(peak, live + extra)

@@ -7,19 +7,22 @@
 | `encode` | `image` | `state_1` .. `state_L` (the data block's scales) |
 | `step` | `state_1` .. `state_L`, `n` int32 scalar (1-based, clamped) | `state_1` .. `state_L`, `logits` of output n at the head's resolution (H/8, W/8) |
 | `upsample` | `logits` [B, H/8, W/8, C] (from `step`) | `logits` [B, H, W, C]: output n |
+| `finish` | `state_1` .. `state_L`, `n` (as `step`) | `logits` [B, H, W, C]: output n |
 
 Images are normalized as the model was trained (see the sidecar metadata). `step` returns
 the head's logits before the 8x bilinear upsampling, so that an app driving the loop pays
 for one full-resolution map (`upsample` of the last step it keeps), not one per step.
+`finish` is the last step of an app that knows it is the last (its deadline leaves no room
+for another): iteration n at the finest scale, the head, the upsampling; it skips the
+coarser scales, which only a further step would read.
 """
 
 import keras
 import tensorflow as tf
-from keras import ops
 
-from itnet_keras.model import anytime, data_block, encode, iterative_block, output_names
+from itnet_keras.model import anytime, data_block, encode, finish, iterative_block, output_names, upsample
 
-SIGNATURES = ("outputs", "anytime", "encode", "step", "upsample")
+SIGNATURES = ("outputs", "anytime", "encode", "step", "upsample", "finish")
 
 
 def signatures_of(model):
@@ -59,7 +62,11 @@ def export_archive(model, input_size, batch_size=1):
         return {**{f"state_{l}": s for l, s in enumerate(state, start=1)}, "logits": logits}
 
     def upsample_fn(logits):
-        return {"logits": ops.image.resize(logits, (height, width), interpolation="bilinear")}
+        return {"logits": upsample(logits, (height, width))}
+
+    def finish_fn(*args):
+        *state, n = args
+        return {"logits": finish(model, state, n, (height, width))}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -67,7 +74,7 @@ def export_archive(model, input_size, batch_size=1):
     head = tf.TensorSpec((batch_size, *shapes[0][1:3], iterative_block(model).num_classes), tf.float32, name="logits")
     endpoints = {"outputs": (all_outputs, [image]), "anytime": (anytime_fn, [image, scalar("iterations")]),
                  "encode": (encode_fn, [image]), "step": (step_fn, [*states, scalar("n")]),
-                 "upsample": (upsample_fn, [head])}
+                 "upsample": (upsample_fn, [head]), "finish": (finish_fn, [*states, scalar("n")])}
     for name in signatures_of(model):
         archive.add_endpoint(name, *endpoints[name])
     return archive

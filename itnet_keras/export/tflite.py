@@ -28,7 +28,8 @@ class ExportError(ValueError):
 
 def calibration_batches(model, images):
     """The representative dataset of full-integer quantization: every signature, fed the
-    calibration images (one at a time) and, for `step`, the states of every iteration."""
+    calibration images (one at a time) and, for `step` and `finish`, the states of every
+    iteration."""
     num_iterations = iterative_block(model).num_iterations
 
     def generate():
@@ -42,6 +43,7 @@ def calibration_batches(model, images):
             for n in range(1, num_iterations + 1):
                 inputs = {f"state_{l}": np.asarray(s) for l, s in enumerate(state, start=1)}
                 yield "step", {**inputs, "n": np.int32(n)}
+                yield "finish", {**inputs, "n": np.int32(n)}
                 state, logits = iterative_block(model).step(state, n)
                 yield "upsample", {"logits": np.asarray(logits)}
 
@@ -104,6 +106,8 @@ def metadata(model, spec, input_size, quant, batch_size=1, calibration=None):
             "step": "state_1 .. state_L, n (int32, 1-based, clamped) -> state_1 .. state_L, "
                     "logits [B, H/8, W/8, C] (the head's resolution)",
             "upsample": "logits [B, H/8, W/8, C] from step -> logits [B, H, W, C] (output n)",
+            "finish": "state_1 .. state_L after n - 1 steps, n -> logits [B, H, W, C] (output n; "
+                      "no state: the cheaper last step)",
         },
         "calibration": calibration,
     }
