@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from itnet_keras.evaluate import evaluate_model, load_itnet, write_result_files
-from itnet_keras.export.accuracy import SIGNATURES, exported_mious
+from itnet_keras.export.accuracy import EVALUATED_SIGNATURES, exported_mious
 from itnet_keras.pipeline import make_dataset
 
 
@@ -25,7 +25,7 @@ def main(argv=None):
     parser.add_argument("--split", default="val")
     parser.add_argument("--scale", type=int, default=1)
     parser.add_argument("--limit", type=int)
-    parser.add_argument("--signature", default="outputs", choices=SIGNATURES,
+    parser.add_argument("--signature", default="outputs", choices=EVALUATED_SIGNATURES,
                         help="how each output of a .tflite file is computed")
     parser.add_argument("--output", help="also write the table (markdown) and OUTPUT.json there")
     args = parser.parse_args(argv)

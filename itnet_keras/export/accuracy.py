@@ -45,20 +45,21 @@ def _app_function(path, threads, signature):
         result, state = {}, run["encode"](image=image)
         for n in range(1, count + 1):
             result[f"output_{n}"] = run["finish"](**state, n=np.int32(n))["logits"]
-            state = {k: v for k, v in run["step"](**state, n=np.int32(n)).items() if k.startswith("state_")}
+            if n < count:
+                state = {k: v for k, v in run["step"](**state, n=np.int32(n)).items() if k.startswith("state_")}
         return result
 
     return outputs
 
 
-SIGNATURES = ("outputs", "anytime", "finish")
+EVALUATED_SIGNATURES = ("outputs", "anytime", "finish")
 
 
 def exported_mious(path, dataset, threads=2, signature="outputs"):
     """mIoU of each output of the exported file over the split, through `signature` (one of
-    `SIGNATURES`; `.onnx` files have `outputs` only)."""
-    if signature not in SIGNATURES or (signature != "outputs" and Path(path).suffix == ".onnx"):
-        raise ValueError(f"--signature {signature!r}: not one of {SIGNATURES} for {path}")
+    `EVALUATED_SIGNATURES`; `.onnx` files have `outputs` only)."""
+    if signature not in EVALUATED_SIGNATURES or (signature != "outputs" and Path(path).suffix == ".onnx"):
+        raise ValueError(f"--signature {signature!r}: not one of {EVALUATED_SIGNATURES} for {path}")
     run = _outputs_function(path, threads) if signature == "outputs" else _app_function(path, threads, signature)
 
     def predict(images):
