@@ -330,11 +330,9 @@ class IterativeBlock(keras.layers.Layer):
         computed in that branch only."""
         count = self.clamp(count)
 
-        def later():  # count >= 2: iteration 1, the loop to count - 1, the finest scale of count
+        def later():  # count >= 2: count - 1 full iterations (`_run`), the finest scale of count
             scales = list(state) if coarser is None else [state[0], *coarser(state[0])]
-            full, _, _ = self._iteration(scales, 0, False, {}, None, head=False)
-            body = lambda n, full: (self._iteration(full, n, False, {}, None, mixes=True, head=False)[0],)  # noqa: E731
-            (full,) = self._loop(body, count - 1, (full,))
+            _, full = self._run(scales, False, count - 1, collect=False)  # its head: unused, pruned
             return self._finest(full, count - 1, mixes=True)
 
         first = lambda: self._finest(list(state), 0)  # noqa: E731
