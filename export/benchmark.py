@@ -17,11 +17,30 @@ import sys
 import tempfile
 from pathlib import Path
 
+from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.costs import parse_size
 from itnet_keras.datasets import DATASETS
-from itnet_keras.evaluate import write_result_files
-from itnet_keras.export.latency import measure, preset_files
 from itnet_keras.presets import PRESET_DATASET
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python export/benchmark.py", description=__doc__.split("\n")[0])
+    parser.add_argument("file", nargs="?", help="a loop .tflite file from export/convert.py")
+    parser.add_argument("--unrolled", help="the unrolled .tflite file to compare with")
+    parser.add_argument("--preset", choices=sorted(PRESET_DATASET), help="convert this preset first")
+    parser.add_argument("--input-size", type=parse_size)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output", help="also write the table (markdown) and OUTPUT.json there")
+    add_verbose_flag(parser)
+    return parser
+
+
+if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
+    quiet_startup(build_parser().parse_args().verbose)
+
+from itnet_keras.evaluate import write_result_files  # noqa: E402
+from itnet_keras.export.latency import measure, preset_files  # noqa: E402
 
 
 def format_rows(rows):
@@ -52,15 +71,9 @@ def format_rows(rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python export/benchmark.py", description=__doc__.split("\n")[0])
-    parser.add_argument("file", nargs="?", help="a loop .tflite file from export/convert.py")
-    parser.add_argument("--unrolled", help="the unrolled .tflite file to compare with")
-    parser.add_argument("--preset", choices=sorted(PRESET_DATASET), help="convert this preset first")
-    parser.add_argument("--input-size", type=parse_size)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--output", help="also write the table (markdown) and OUTPUT.json there")
+    parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_startup(args.verbose)
     if (args.file is None) == (args.preset is None):
         parser.error("give a .tflite file or --preset, not both")
     with tempfile.TemporaryDirectory() as work:

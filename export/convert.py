@@ -12,11 +12,33 @@ sidecar `OUTPUT.json` holds what an app needs beside the file. See export/README
 import argparse
 import sys
 
+from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.costs import parse_size
 from itnet_keras.datasets import DATASETS, DatasetError, get_spec
-from itnet_keras.evaluate import load_itnet
-from itnet_keras.export.tflite import QUANT_MODES, ExportError, calibration_sample, convert_tflite
-from itnet_keras.model import model_args
+from itnet_keras.export import QUANT_MODES
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python export/convert.py", description=__doc__.split("\n")[0])
+    parser.add_argument("model", help="a trained ItNet .keras file")
+    parser.add_argument("--format", choices=("tflite", "onnx"), default="tflite")
+    parser.add_argument("--quant", choices=QUANT_MODES, default="float32", help="TFLite only")
+    parser.add_argument("--data", choices=sorted(DATASETS), help="the model's dataset")
+    parser.add_argument("--data-dir", help="dataset folder (int8 calibration images)")
+    parser.add_argument("--input-size", type=parse_size, help="HEIGHTxWIDTH (default: the dataset's)")
+    parser.add_argument("--calibration-images", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
+    parser.add_argument("--output", required=True, help="the file to write")
+    add_verbose_flag(parser)
+    return parser
+
+
+if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
+    quiet_startup(build_parser().parse_args().verbose)
+
+from itnet_keras.evaluate import load_itnet  # noqa: E402
+from itnet_keras.export.tflite import ExportError, calibration_sample, convert_tflite  # noqa: E402
+from itnet_keras.model import model_args  # noqa: E402
 
 
 def dataset_for(model, name):
@@ -46,17 +68,8 @@ def run(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python export/convert.py", description=__doc__.split("\n")[0])
-    parser.add_argument("model", help="a trained ItNet .keras file")
-    parser.add_argument("--format", choices=("tflite", "onnx"), default="tflite")
-    parser.add_argument("--quant", choices=QUANT_MODES, default="float32", help="TFLite only")
-    parser.add_argument("--data", choices=sorted(DATASETS), help="the model's dataset")
-    parser.add_argument("--data-dir", help="dataset folder (int8 calibration images)")
-    parser.add_argument("--input-size", type=parse_size, help="HEIGHTxWIDTH (default: the dataset's)")
-    parser.add_argument("--calibration-images", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
-    parser.add_argument("--output", required=True, help="the file to write")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    quiet_startup(args.verbose)
     try:
         summary = run(args)
     except (OSError, ValueError, DatasetError) as error:

@@ -11,12 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from itnet_keras.evaluate import evaluate_model, load_itnet, write_result_files
-from itnet_keras.export.accuracy import EVALUATED_SIGNATURES, exported_mious
-from itnet_keras.pipeline import make_dataset
+from itnet_keras.console import add_verbose_flag, quiet_startup
+from itnet_keras.export import EVALUATED_SIGNATURES
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(prog="python export/evaluate.py", description=__doc__.split("\n")[0])
     parser.add_argument("model", help="the .keras model the files were exported from")
     parser.add_argument("files", nargs="+", help=".tflite or .onnx files")
@@ -28,7 +27,21 @@ def main(argv=None):
     parser.add_argument("--signature", default="outputs", choices=EVALUATED_SIGNATURES,
                         help="how each output of a .tflite file is computed")
     parser.add_argument("--output", help="also write the table (markdown) and OUTPUT.json there")
-    args = parser.parse_args(argv)
+    add_verbose_flag(parser)
+    return parser
+
+
+if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
+    quiet_startup(build_parser().parse_args().verbose)
+
+from itnet_keras.evaluate import evaluate_model, load_itnet, write_result_files  # noqa: E402
+from itnet_keras.export.accuracy import exported_mious  # noqa: E402
+from itnet_keras.pipeline import make_dataset  # noqa: E402
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    quiet_startup(args.verbose)
     try:
         dataset = make_dataset(args.data, args.split, data_dir=args.data_dir, batch_size=4, scale=args.scale,
                                limit=args.limit)

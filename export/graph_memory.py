@@ -17,13 +17,31 @@ import sys
 import tempfile
 from pathlib import Path
 
+from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.costs import parse_size
 from itnet_keras.datasets import DATASETS
-from itnet_keras.evaluate import load_itnet, write_result_files
-from itnet_keras.export.memory import file_row, format_rows, model_rows
-from itnet_keras.export.tflite import QUANT_MODES
-from itnet_keras.model import build_itnet
+from itnet_keras.export import QUANT_MODES
 from itnet_keras.presets import PRESET_DATASET
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python export/graph_memory.py", description=__doc__.split("\n")[0])
+    parser.add_argument("file", nargs="?", help="a .keras model or a .tflite file")
+    parser.add_argument("--presets", nargs="+", choices=sorted(PRESET_DATASET))
+    parser.add_argument("--input-size", type=parse_size, help="HEIGHTxWIDTH")
+    parser.add_argument("--quant", nargs="+", choices=QUANT_MODES, default=["float32"])
+    parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    parser.add_argument("--output", help="also write the markdown table and JSON (OUTPUT.json) there")
+    add_verbose_flag(parser)
+    return parser
+
+
+if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
+    quiet_startup(build_parser().parse_args().verbose)
+
+from itnet_keras.evaluate import load_itnet, write_result_files  # noqa: E402
+from itnet_keras.export.memory import file_row, format_rows, model_rows  # noqa: E402
+from itnet_keras.model import build_itnet  # noqa: E402
 
 
 def rows_for(args, work):
@@ -47,14 +65,9 @@ def rows_for(args, work):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python export/graph_memory.py", description=__doc__.split("\n")[0])
-    parser.add_argument("file", nargs="?", help="a .keras model or a .tflite file")
-    parser.add_argument("--presets", nargs="+", choices=sorted(PRESET_DATASET))
-    parser.add_argument("--input-size", type=parse_size, help="HEIGHTxWIDTH")
-    parser.add_argument("--quant", nargs="+", choices=QUANT_MODES, default=["float32"])
-    parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
-    parser.add_argument("--output", help="also write the markdown table and JSON (OUTPUT.json) there")
+    parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_startup(args.verbose)
     if (args.file is None) == (args.presets is None):
         parser.error("give a .keras/.tflite file or --presets, not both")
     try:

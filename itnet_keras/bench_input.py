@@ -13,8 +13,24 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from itnet_keras.augment import input_size, training_crop
+from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.datasets import DatasetError
-from itnet_keras.pipeline import make_dataset
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m itnet_keras.bench_input", description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--max-batches", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    add_verbose_flag(parser)
+    return parser
+
+
+if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
+    quiet_startup(build_parser().parse_args().verbose)
+
+from itnet_keras.pipeline import make_dataset  # noqa: E402
 
 # (dataset, make_dataset keyword arguments)
 CONFIGS = [
@@ -66,12 +82,8 @@ def run(repeats=5, max_batches=64, workers=1, batch_size=8, configs=CONFIGS):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--max-batches", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=8)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    quiet_startup(args.verbose)
     run(args.repeats, args.max_batches, args.workers, args.batch_size)
 
 

@@ -16,10 +16,14 @@ class FitConfig:
     preset: str = _flag("model preset (itnet_keras.PRESETS)", default="tiny")
     data: str = _flag("dataset", default="builtin", choices=("builtin", "camvid", "cityscapes"))
     data_dir: typing.Optional[str] = _flag("dataset folder (default: the dataset's default location)")
-    epochs: int = _flag("number of epochs", default=30)
+    epochs: int = _flag("number of epochs", default=16)
     batch_size: int = _flag("images per batch", default=8)
     learning_rate: float = _flag("Adam learning rate; x0.1 after 70%% and 85%% of the epochs", default=1e-3)
-    output_weights: str = _flag("output-weight schedule (see itnet_keras.losses.SCHEDULE_HELP)", default="all")
+    output_weights: str = _flag(
+        "weights of the N outputs' losses, normalized to sum 1: 'all' (every output alike), 'thinned:K' "
+        "(outputs 1, 1+K, 1+2K, ... and N: the paper's final results), 'single:n' (output n only), 'last:m' "
+        "(the last m outputs), 'linear' (output n weighs n), or N comma-separated weights such as '0,0,1'",
+        default="all")
     # Model arguments: None keeps the preset's value.
     width: typing.Optional[int] = _flag("the paper's f")
     num_scales: typing.Optional[int] = _flag("L")
@@ -40,6 +44,7 @@ class FitConfig:
     output: str = _flag("run folder", default="runs/itnet")
     resume: bool = _flag("continue the run in --output from its last checkpoint", default=False)
     strategy: str = _flag("tf.distribute strategy", default="default", choices=("default", "mirrored"))
+    verbose: bool = _flag("show TensorFlow's startup logs and warnings", default=False)
 
     MODEL_FIELDS = ("width", "num_scales", "num_iterations", "num_blocks", "expansion",
                     "weight_sharing", "bn_placement", "dropout", "l2")

@@ -45,7 +45,7 @@ DATASETS = {
          "truck", "bus", "train", "motorcycle", "bicycle"),
         (512, 1024), None, (1 / 127.5, -1.0)),
     "builtin": DatasetSpec(
-        "builtin", 4, 255, ("background", "rectangle", "disk", "triangle"),
+        "builtin", 4, 255, ("background", "red-framed shape", "green-framed shape", "blue-framed shape"),
         (64, 64), None, (1 / 255, 0.0)),
 }
 
@@ -243,25 +243,36 @@ def _smooth_colors(rng, n, h, w, grid=4):
     return np.einsum("yi,nijc,xj->nyxc", weights(h), lattice, weights(w), optimize=True)
 
 
+# The colour of the frame around a built-in image; it gives the class of every shape in it.
+FRAME_COLORS = np.array([(220, 30, 30), (30, 200, 30), (40, 70, 240)], np.float32)
+FRAME_WIDTH = 1 / 16  # of the image's shorter side
+
+
 def _draw_shapes(rng, n, h, w):
     """Images [n, h, w, 3] uint8 and labels [n, h, w] uint8 (see `builtin_arrays`)."""
     scale = min(h, w)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) / scale
     rows, columns = np.mgrid[0:h, 0:w] // max(2, scale // 32) % 2
-    patterns = np.stack([0 * rows, rows, columns, rows ^ columns]).astype(bool)  # by class
+    checkerboard = (rows ^ columns).astype(bool)
     images = _smooth_colors(rng, n, h, w)
+    frame_class = rng.integers(1, 4, (n, 1, 1))
     labels = np.zeros((n, h, w), np.uint8)
     for slot in range(3):
         present = rng.random((n, 1, 1)) < (1.0 if slot == 0 else 0.7)
         kind = rng.integers(1, 4, (n, 1, 1))
-        cy = rng.uniform(0.1, 0.9, (n, 1, 1)).astype(np.float32) * h / scale
-        cx = rng.uniform(0.1, 0.9, (n, 1, 1)).astype(np.float32) * w / scale
-        r = rng.uniform(0.12, 0.25, (n, 1, 1)).astype(np.float32)
+        cy = rng.uniform(0.3, 0.7, (n, 1, 1)).astype(np.float32) * h / scale
+        cx = rng.uniform(0.3, 0.7, (n, 1, 1)).astype(np.float32) * w / scale
+        r = rng.uniform(0.1, 0.2, (n, 1, 1)).astype(np.float32)
         mask = _shape_masks(kind, cy, cx, r, yy, xx, rng) & present
         color = rng.uniform(0, 255, (n, 1, 1, 3)).astype(np.float32)
-        color = np.where(patterns[kind[:, 0, 0], ..., None], (color + 128) % 256, color)
+        color = np.where(checkerboard[..., None], (color + 128) % 256, color)
         images = np.where(mask[..., None], color, images)
-        labels = np.where(mask, kind, labels).astype(np.uint8)
+        labels = np.where(mask, frame_class, labels).astype(np.uint8)
+    margin = max(1, round(FRAME_WIDTH * scale))
+    frame = np.ones((h, w), bool)
+    frame[margin:h - margin, margin:w - margin] = False
+    images = np.where(frame[None, ..., None], FRAME_COLORS[frame_class[:, 0, 0] - 1][:, None, None], images)
+    labels[:, frame] = 0
     images += rng.normal(0, 12, images.shape).astype(np.float32)
     padded = np.pad(labels, ((0, 0), (1, 1), (1, 1)), mode="edge")
     border = np.zeros_like(labels, bool)
@@ -275,12 +286,17 @@ def _draw_shapes(rng, n, h, w):
 def builtin_arrays(split, size, num_images, seed, chunk=64):
     """Images [n, h, w, 3] uint8 and labels [n, h, w] uint8 of random shapes.
 
-    Up to three shapes per image (classes 1..3 over background 0) in random colours on a
-    smooth random background plus pixel noise, so colour alone does not give the class.
-    Each class also has its own two-colour pattern (rectangles horizontal stripes, disks
-    vertical stripes, triangles a checkerboard), so that small networks learn it quickly.
-    The one-pixel inner border of each shape is ignored (255). Drawn `chunk` images at
-    a time, each chunk from its own seed.
+    Up to three shapes per image (rectangles, disks, triangles, overlapping), centred in
+    the middle 40% of the image, in random colours with a checkerboard texture, on a
+    smooth random background plus pixel noise. A frame along the image's edge (1/16 of its
+    shorter side) is red, green or blue, and a shape's class is the colour of its image's
+    frame (1, 2, 3; frame and background are 0): told from context, not from the shape.
+    With the tiny preset at 64x64, a pixel of output 1 reads a 39x39 window of the image
+    (the data block and one iteration), so output 1 finds the shapes but for most of their
+    pixels sees the frame at the window's rim only, or not at all; the window of output 2
+    (111x111) holds the whole image (`tests/test_datasets.py` measures both). The one-pixel
+    inner border of each shape is ignored (255). Drawn `chunk` images at a time, each
+    chunk from its own seed.
     """
     h, w = size
     parts = [_draw_shapes(np.random.default_rng((seed, SPLITS.index(split), h, w, start)),

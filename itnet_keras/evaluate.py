@@ -13,10 +13,30 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
+from itnet_keras.console import add_verbose_flag, progress, quiet_startup
 
-from itnet_keras.costs import output_costs
-from itnet_keras.metrics import anytime_auc, confusion_matrix, iou_from_confusion, mean_iou
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m itnet_keras.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("model", help="a saved .keras model")
+    parser.add_argument("--data", default="builtin", choices=("builtin", "camvid", "cityscapes"))
+    parser.add_argument("--data-dir")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--scale", type=int, default=1, help="downscale images by this factor (as in training)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first LIMIT images")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--output", required=True, help="folder for the report")
+    add_verbose_flag(parser)
+    return parser
+
+
+if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
+    quiet_startup(build_parser().parse_args().verbose)
+
+import numpy as np  # noqa: E402
+
+from itnet_keras.costs import output_costs  # noqa: E402
+from itnet_keras.metrics import anytime_auc, confusion_matrix, iou_from_confusion, mean_iou  # noqa: E402
 
 
 def predict_classes(model, images):
@@ -29,7 +49,7 @@ def split_confusion_matrices(dataset, predict):
     """One confusion matrix per output over the whole split; `predict(images)` returns the
     per-output class maps [N, batch, H, W]. Also returns the input size (h, w)."""
     spec, matrices = dataset.spec, None
-    for index in range(len(dataset)):
+    for index in progress(range(len(dataset)), f"{spec.name} {dataset.split.split}", unit="batches"):
         images, labels = dataset[index]
         labels = next(iter(labels.values())) if isinstance(labels, dict) else labels
         batch = [confusion_matrix(labels, p, spec.num_classes, spec.ignore_label) for p in predict(images)]
@@ -122,6 +142,14 @@ def plot_miou_over_macs(results, path, title=None):
     save_figure(fig, path)
 
 
+def class_colors(num_classes):
+    """uint8 RGB [num_classes, 3]: the colour of each class in masks and picture strips."""
+    import matplotlib
+
+    return (255 * matplotlib.colormaps["tab20"].resampled(max(num_classes, 2))(range(num_classes))[:, :3]).astype(
+        np.uint8)
+
+
 def plot_prediction_strip(model, dataset, path, index=0):
     """Image, label and the prediction of every output for one image (the paper's Fig. 1e)."""
     import matplotlib
@@ -134,11 +162,11 @@ def plot_prediction_strip(model, dataset, path, index=0):
     k = index % dataset.batch_size
     predictions = predict_classes(model, images[k:k + 1])[:, 0]
     spec = dataset.spec
-    colors = plt.get_cmap("tab20", max(spec.num_classes, 2))
+    colors = class_colors(spec.num_classes)
     scale, offset = spec.normalization
 
     def colorize(classes):
-        rgb = colors(np.clip(classes, 0, spec.num_classes - 1))[..., :3]
+        rgb = colors[np.clip(classes, 0, spec.num_classes - 1)]
         rgb[classes == spec.ignore_label] = 0
         return rgb
 
@@ -156,11 +184,15 @@ def plot_prediction_strip(model, dataset, path, index=0):
     save_figure(fig, path, dpi=100)
 
 
-def write_report(model, dataset, output_dir, label="ItNet", loss_weights=None):
-    """Evaluate and write evaluation.json, miou_over_macs.png and predictions.png."""
+def write_report(model, dataset, output_dir, label="ItNet", loss_weights=None, source=None):
+    """Evaluate and write evaluation.json, miou_over_macs.png and predictions.png.
+
+    `source` (e.g. `{"file": "best.keras", "epoch": 27}`) is recorded as the result's `model`."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     result = evaluate_model(model, dataset, loss_weights)
+    if source is not None:
+        result["model"] = source
     write_atomic(output_dir / "evaluation.json", json.dumps(result, indent=1))
     plot_miou_over_macs({label: result}, output_dir / "miou_over_macs.png")
     plot_prediction_strip(model, dataset, output_dir / "predictions.png")
@@ -171,7 +203,7 @@ def load_itnet(path):
     """A saved ItNet `.keras` file, with errors that name the file."""
     import keras
 
-    import itnet_keras  # noqa: F401  (registers the custom layers)
+    import itnet_keras.model  # noqa: F401  (registers the custom layers)
 
     path = Path(path)
     if not path.is_file():
@@ -186,30 +218,28 @@ def load_itnet(path):
     return model
 
 
+def format_outputs(result):
+    """A short table of an evaluation: mIoU and MACs per output, then the normalized AUC."""
+    lines = ["output    mIoU            MACs"]
+    lines += [f"{o['output']:6d}  {o['miou']:.4f}  {o['macs']:14,d}" for o in result["outputs"]]
+    return "\n".join(lines + [f"normalized AUC of mIoU over MACs: {result['normalized_auc']:.4f}"])
+
+
 def main(argv=None):
+    args = build_parser().parse_args(argv)
+    quiet_startup(args.verbose)
     from itnet_keras.pipeline import make_dataset
 
-    parser = argparse.ArgumentParser(prog="python -m itnet_keras.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("model", help="a saved .keras model")
-    parser.add_argument("--data", default="builtin", choices=("builtin", "camvid", "cityscapes"))
-    parser.add_argument("--data-dir")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--scale", type=int, default=1, help="downscale images by this factor (as in training)")
-    parser.add_argument("--limit", type=int, help="evaluate only the first LIMIT images")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--output", required=True, help="folder for the report")
-    args = parser.parse_args(argv)
     try:
         model = load_itnet(args.model)
         dataset = make_dataset(args.data, args.split, data_dir=args.data_dir, batch_size=args.batch_size,
                                scale=args.scale, limit=args.limit)
-        result = write_report(model, dataset, args.output)
+        result = write_report(model, dataset, args.output, source={"file": str(args.model)})
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for o in result["outputs"]:
-        print(f"output {o['output']:2d}: mIoU {o['miou']:.4f}  MACs {o['macs'] / 1e9:.3f}e9")
-    print(f"normalized AUC {result['normalized_auc']:.4f}; report in {args.output}")
+    print(format_outputs(result))
+    print(f"report in {args.output}")
     return 0
 
 

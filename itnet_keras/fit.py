@@ -22,17 +22,22 @@ import sys
 import time
 from pathlib import Path
 
-import keras
-import numpy as np
-from keras import ops
-
 from itnet_keras.config import FitConfig, parse_config
-from itnet_keras.costs import parse_size
-from itnet_keras.evaluate import load_itnet, write_atomic, write_report
-from itnet_keras.losses import MaskedCrossEntropy, output_weights
-from itnet_keras.metrics import SegmentationMeanIoU
-from itnet_keras.model import build_itnet, model_args, output_names
-from itnet_keras.pipeline import SyncEpoch, make_dataset
+from itnet_keras.console import Progress, quiet_startup
+
+if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
+    quiet_startup(parse_config(sys.argv[1:])[0].verbose)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import ops  # noqa: E402
+
+from itnet_keras.costs import parse_size  # noqa: E402
+from itnet_keras.evaluate import format_outputs, load_itnet, write_atomic, write_report  # noqa: E402
+from itnet_keras.losses import MaskedCrossEntropy, output_weights  # noqa: E402
+from itnet_keras.metrics import SegmentationMeanIoU  # noqa: E402
+from itnet_keras.model import build_itnet, model_args, output_names  # noqa: E402
+from itnet_keras.pipeline import SyncEpoch, make_dataset  # noqa: E402
 
 
 class ConfigError(ValueError):
@@ -54,11 +59,11 @@ def prepare_folder(config, given):
         if not checkpoint.is_file():
             raise ConfigError(f"--resume: {checkpoint} does not exist (nothing to resume)")
         saved = FitConfig(**json.loads((folder / "config.json").read_text())["fit"])
-        for name in given - {"output", "resume"}:
+        for name in given - {"output", "resume", "verbose"}:
             if getattr(config, name) != getattr(saved, name):
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)!r} differs from the "
                                   f"run's saved value {getattr(saved, name)!r}; a resumed run keeps its configuration")
-        return dataclasses.replace(saved, output=config.output, resume=True)
+        return dataclasses.replace(saved, output=config.output, resume=True, verbose=config.verbose)
     if checkpoint.exists():
         raise ConfigError(f"--output {folder} already holds a run: pass --resume to continue it, "
                           "or choose another folder")
@@ -119,6 +124,26 @@ class RunCheckpoint(keras.callbacks.Callback):
             save_model(self.model, self.folder / "best.keras")
         self.state["epoch"] = epoch + 1
         save_checkpoint(self.folder / "checkpoint.npz", self.model, self.state)
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """A `console.Progress` over each epoch's training and validation batches, with the loss."""
+
+    def __init__(self, epochs, steps):
+        super().__init__()
+        self.epochs, self.steps = epochs, steps
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.bar = Progress(self.steps, f"epoch {epoch + 1}/{self.epochs}", unit="batches", leave=False)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(loss=float((logs or {}).get("loss", float("nan"))))
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.bar.update(validation=None)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.bar.close()
 
 
 class EpochSummary(keras.callbacks.Callback):
@@ -229,7 +254,8 @@ def run(config, given=frozenset(), callbacks=()):
         write_atomic(folder / "config.json", json.dumps(resolved, indent=1))
     checkpoint = RunCheckpoint(folder, f"val_{names[-1]}_miou", state)
     callbacks = [
-        SyncEpoch(train), StopOnNaN(), checkpoint, EpochSummary(config.epochs, names),
+        SyncEpoch(train), StopOnNaN(), checkpoint, EpochProgress(config.epochs, len(train) + len(val)),
+        EpochSummary(config.epochs, names),
         keras.callbacks.CSVLogger(str(folder / "log.csv"), append=config.resume),
         keras.callbacks.TensorBoard(str(folder / "tensorboard"), write_graph=False),
         *callbacks,
@@ -241,18 +267,22 @@ def run(config, given=frozenset(), callbacks=()):
         raise TrainingError(f"the loss became NaN in epoch {checkpoint.nan_epoch}; training stopped and the "
                             f"checkpoint of epoch {state['epoch']} in {folder} is kept")
     best = folder / ("best.keras" if (folder / "best.keras").is_file() else "last.keras")
-    return write_report(load_itnet(best), val, folder, label=config.preset, loss_weights=weights)
+    source = {"file": best.name, "epoch": state["best_epoch"] if best.name == "best.keras" else state["epoch"],
+              "epochs_trained": state["epoch"]}
+    return write_report(load_itnet(best), val, folder, label=config.preset, loss_weights=weights, source=source)
 
 
 def main(argv=None):
     config, given = parse_config(argv)
+    quiet_startup(config.verbose)
     try:
         result = run(config, given)
     except (ConfigError, TrainingError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    last = result["outputs"][-1]
-    print(f"val mIoU of the last output: {last['miou']:.4f}; normalized AUC {result['normalized_auc']:.4f}")
+    source = result["model"]
+    print(f"{source['file']} is from epoch {source['epoch']} of {source['epochs_trained']}; val mIoU per output:")
+    print(format_outputs(result))
     return 0
 
 

@@ -6,6 +6,7 @@ from itnet_keras.datasets import (
     CITYSCAPES_TRAIN_IDS,
     DATASETS,
     DatasetError,
+    FRAME_COLORS,
     builtin_arrays,
     default_data_dir,
     load_split,
@@ -121,6 +122,56 @@ def test_builtin_colour_does_not_give_the_class():
     for kind in (1, 2, 3):  # each class appears in dark and in bright colours
         brightness = images[labels == kind].mean(axis=-1)
         assert brightness.min() < 60 and brightness.max() > 200
+
+
+def test_builtin_class_is_the_colour_of_the_frame():
+    images, labels = builtin_arrays("val", (64, 64), 128, 0)
+    corner = images[:, :2, :2].reshape(len(images), -1, 3).mean(axis=1)  # inside the frame
+    nearest = 1 + np.argmin(((corner[:, None] - FRAME_COLORS[None]) ** 2).sum(-1), axis=1)
+    for image_labels, frame_class in zip(labels, nearest):
+        shapes = set(np.unique(image_labels)) - {0, 255}
+        assert shapes == {frame_class}
+    assert (labels[:, :4] == 0).all() and (labels[:, -4:] == 0).all()  # the frame is background
+    assert len(set(nearest)) == 3
+
+
+def _window(output, size=128):
+    """(rows above, rows below) of the input that pixel (size/2, size/2) of the tiny preset's
+    output `output` depends on, from the gradient of a random-weight model."""
+    import keras
+    import tensorflow as tf
+
+    from itnet_keras import build_itnet
+
+    keras.utils.set_random_seed(0)
+    model = build_itnet("tiny", input_shape=(size, size, 3))
+    image = tf.constant(np.random.default_rng(0).random((1, size, size, 3), np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(image)
+        total = tf.reduce_sum(model(image, training=False)[output - 1][0, size // 2, size // 2])
+    rows = np.nonzero(np.abs(tape.gradient(total, image).numpy()[0]).sum(axis=(1, 2)))[0]
+    return size // 2 - rows.min(), rows.max() - size // 2
+
+
+def test_builtin_class_needs_more_context_than_output_1_has():
+    """The frame, which gives a shape's class, is beyond output 1's window for many shape
+    pixels and at its rim for most others; output 2's window holds it for all."""
+    _, labels = builtin_arrays("val", (64, 64), 128, 0)
+    frame = np.ones((64, 64), bool)
+    frame[4:60, 4:60] = False
+    shape_pixels = (labels >= 1) & (labels <= 3)
+
+    def fraction_seeing_frame(above, below):
+        sees = np.array([[frame[max(0, r - above):r + below + 1, max(0, c - above):c + below + 1].any()
+                          for c in range(64)] for r in range(64)])
+        return sees[None].repeat(len(labels), 0)[shape_pixels].mean()
+
+    above, below = _window(1)
+    assert above + below + 1 <= 40  # 39x39
+    assert fraction_seeing_frame(above, below) < 0.7
+    assert fraction_seeing_frame(above // 2, below // 2) < 0.1  # the window's inner half
+    above, below = _window(2)
+    assert fraction_seeing_frame(above, below) == 1.0
 
 
 # ---------------------------------------------------------------- errors

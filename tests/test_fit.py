@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from itnet_keras import fit
+from itnet_keras import console, fit
 from itnet_keras.config import FitConfig, parse_config
 from itnet_keras.fit import ConfigError, TrainingError
 
@@ -52,9 +52,41 @@ def test_fit_lowers_the_loss_and_writes_every_artifact(tmp_path, capsys):
     assert [o["output"] for o in report["outputs"]] == [1, 2, 3, 4]
     for o in report["outputs"]:
         assert 0 <= o["miou"] <= 1 and o["macs"] > 0 and o["depth"] > 0
-        assert set(o["iou_per_class"]) == {"background", "rectangle", "disk", "triangle"}
+        assert set(o["iou_per_class"]) == {"background", "red-framed shape", "green-framed shape",
+                                           "blue-framed shape"}
     assert report["auc"] > 0 and "normalized_auc" in report
+    state = checkpoint_arrays(folder)[1]
+    assert report["model"] == {"file": "best.keras", "epoch": state["best_epoch"], "epochs_trained": 3}
     assert "epoch 3/3" in capsys.readouterr().out
+
+
+def test_progress_inside_each_epoch_and_the_final_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(console.Progress, "MIN_SECONDS", 0.0)
+    assert fit.main([*SMALL_RUN, "--epochs", "2", "--output", str(tmp_path / "run")]) == 0
+    captured = capsys.readouterr()
+    # 4 training and 4 validation batches per epoch; not a terminal: a line every batch.
+    lines = [line.split(",")[0] for line in captured.err.splitlines()]
+    assert lines[:16] == [f"epoch {e}/2: {b}/8 batches" for e in (1, 2) for b in range(1, 9)]
+    assert lines[16:] == [f"builtin val: {b}/4 batches" for b in range(1, 5)]  # the final evaluation
+    assert "loss" in captured.err.splitlines()[0] and "validation" in captured.err.splitlines()[15]
+    report = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    out = captured.out.splitlines()
+    assert out[-7] == f"best.keras is from epoch {report['model']['epoch']} of 2; val mIoU per output:"
+    assert out[-6].split() == ["output", "mIoU", "MACs"]
+    for line, o in zip(out[-5:-1], report["outputs"]):
+        assert line.split()[:2] == [str(o["output"]), f"{o['miou']:.4f}"]
+    assert out[-1] == f"normalized AUC of mIoU over MACs: {report['normalized_auc']:.4f}"
+
+
+def test_output_weights_help_lists_the_schedules(capsys):
+    from itnet_keras.losses import SCHEDULE_HELP
+
+    with pytest.raises(SystemExit):
+        fit.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "see itnet_keras" not in help_text
+    for schedule in ("all", "thinned:K", "single:n", "last:m", "linear", "comma"):
+        assert schedule in SCHEDULE_HELP and f"{schedule}" in help_text.split("--output-weights", 2)[2][:600]
 
 
 class Interrupt(keras.callbacks.Callback):

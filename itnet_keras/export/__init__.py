@@ -10,3 +10,6 @@
 
 The command-line entry points live in the repository's `export/` folder.
 """
+
+QUANT_MODES = ("float32", "float16", "dynamic", "int8")  # of `tflite.convert_tflite`
+EVALUATED_SIGNATURES = ("outputs", "anytime", "finish")  # how `accuracy.exported_mious` computes output n

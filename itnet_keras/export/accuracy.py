@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from itnet_keras.evaluate import split_confusion_matrices
+from itnet_keras.export import EVALUATED_SIGNATURES
 from itnet_keras.metrics import mean_iou
 
 
@@ -50,9 +51,6 @@ def _app_function(path, threads, signature):
         return result
 
     return outputs
-
-
-EVALUATED_SIGNATURES = ("outputs", "anytime", "finish")
 
 
 def exported_mious(path, dataset, threads=2, signature="outputs"):

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from itnet_keras.console import progress, quietly
+from itnet_keras.export import QUANT_MODES
 from itnet_keras.export.flatbuffer import inspect_tflite, loop_carried_types, signature_ops
 from itnet_keras.export.int8_loop import carry_int8
 from itnet_keras.export.signatures import signatures_of, write_saved_model
 from itnet_keras.model import encode, iterative_block, model_args
 
-QUANT_MODES = ("float32", "float16", "dynamic", "int8")
 LOOPING_SIGNATURES = ("outputs", "anytime")
 
 
@@ -33,7 +34,7 @@ def calibration_batches(model, images):
     num_iterations = iterative_block(model).num_iterations
 
     def generate():
-        for image in images:
+        for image in progress(images, "int8 calibration", unit="images"):
             image = np.asarray(image, np.float32)[None]
             yield "outputs", {"image": image}
             yield "encode", {"image": image}
@@ -145,7 +146,8 @@ def convert_tflite(model, path, quant="float32", spec=None, input_size=None, cal
     signatures = signatures_of(model)
     with tempfile.TemporaryDirectory() as work:
         saved_model = write_saved_model(model, Path(work) / "saved_model", input_size)
-        data = tflite_converter(saved_model, signatures, quant, representative).convert()
+        with quietly():  # the converter's C++ log lines
+            data = tflite_converter(saved_model, signatures, quant, representative).convert()
         if quant == "int8":
             data = carry_int8(data)
         candidate = Path(work) / "model.tflite"

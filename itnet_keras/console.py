@@ -1,0 +1,171 @@
+"""What a command shows while it works: TensorFlow's startup kept quiet, and progress.
+
+- `quiet_startup(verbose)`: an entry point calls it once its arguments are parsed and
+  before TensorFlow is imported; the startup lines that TensorFlow, absl, oneDNN and CUDA
+  print then stay hidden (`--verbose` shows them).
+- `quietly()`: a block whose C++ log lines (TensorFlow's converter, LiteRT) stay hidden
+  unless `--verbose`.
+- `Progress(total, label)` / `progress(items, label)`: a bar redrawn in place on a
+  terminal; elsewhere (a log file, a pipe) a line every `every` steps, at most one per
+  `MIN_SECONDS`.
+
+Imports nothing of the package, and nothing heavy at import time.
+"""
+
+import contextlib
+import importlib
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+
+# TensorFlow's C++ logs below ERROR; read by TensorFlow when it loads.
+QUIET_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "2", "GRPC_VERBOSITY": "ERROR"}
+
+
+def add_verbose_flag(parser):
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's startup logs and warnings")
+
+
+@contextlib.contextmanager
+def captured_stderr(keep_python=True):
+    """Send what C++ code writes to the process's stderr (file descriptor 2) to a temporary
+    file while the block runs, and show it only if the block raises. With `keep_python`,
+    Python's `sys.stderr` (progress, warnings) keeps writing where it did."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    swapped = keep_python and sys.stderr is sys.__stderr__
+    if swapped:
+        sys.stderr = open(os.dup(saved), "w", buffering=1, errors="backslashreplace")
+    capture = tempfile.TemporaryFile()
+    os.dup2(capture.fileno(), 2)
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        if swapped:
+            sys.stderr.close()
+            sys.stderr = sys.__stderr__
+        if failed:
+            capture.seek(0)
+            sys.stderr.write(capture.read().decode(errors="replace"))
+        capture.close()
+
+
+_verbose = False
+
+
+def quietly():
+    """`captured_stderr()`, unless the command runs with `--verbose`: for the C++ lines that
+    TensorFlow's converter and LiteRT print as they work."""
+    return contextlib.nullcontext() if _verbose else captured_stderr()
+
+
+def quiet_startup(verbose=False, modules=("keras",)):
+    """Import `modules` (Keras imports TensorFlow, and TensorFlow finds its devices) without
+    their startup lines, unless `verbose`; afterwards TensorFlow's and absl's Python
+    loggers and TensorFlow's C++ logs print errors only.
+
+    Most startup lines come from C++ before any logger is set up (absl's "All log messages
+    before absl::InitializeLog()", oneDNN, CUDA), so stderr itself is captured meanwhile.
+    """
+    global _verbose
+    _verbose = verbose
+    if verbose:
+        return
+    # TensorFlow's converter still uses the interpreter it deprecates (for int8 calibration).
+    warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    with captured_stderr(keep_python=False):  # loggers made now must write to fd 2 later
+        for module in modules:
+            importlib.import_module(module)
+        if "tensorflow" in sys.modules:
+            sys.modules["tensorflow"].config.list_physical_devices()  # CUDA's probe logs here
+    for name in ("absl", "tensorflow"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# -- progress --------------------------------------------------------------------------
+
+
+def _clock(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds // 60 % 60:02d}"
+
+
+class Progress:
+    """Progress of a loop of `total` steps, on stderr.
+
+    On a terminal: `label [#####.....] 12/64 0:05<0:21 loss 0.4121`, redrawn in place
+    (at most 10 times a second), erased at `close()` unless `leave`. Otherwise: the line
+    `label: 12/64 steps, 5s, loss 0.4121` every `every` steps (default: a tenth of the
+    total) and at the last step, but none within `MIN_SECONDS` of the start or of the
+    line before, so that short loops leave no lines in a log.
+    """
+
+    MIN_SECONDS = 10.0
+    WIDTH = 24
+
+    def __init__(self, total, label, every=None, unit="steps", leave=True):
+        self.total, self.label, self.unit, self.leave = int(total), label, unit, leave
+        self.every = every or max(1, math.ceil(self.total / 10))
+        self.stream = sys.stderr
+        self.terminal = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.done, self.start = 0, time.monotonic()
+        self.last_shown, self.drawn = self.start, False
+
+    def update(self, steps=1, **values):
+        """`steps` more done; `values` (e.g. loss=0.41) are shown beside the count, a value
+        None as its name alone."""
+        self.done += steps
+        now = time.monotonic()
+        elapsed = now - self.start
+        fields = [k if v is None else f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                  for k, v in values.items()]
+        if self.terminal:
+            if now - self.last_shown < 0.1 and self.done < self.total:
+                return
+            filled = round(self.WIDTH * self.done / max(self.total, 1))
+            left = elapsed / self.done * (self.total - self.done) if self.done else 0
+            line = " ".join([f"{self.label} [{'#' * filled}{'.' * (self.WIDTH - filled)}]",
+                             f"{self.done}/{self.total}", f"{_clock(elapsed)}<{_clock(left)}", *fields])
+            columns = shutil.get_terminal_size().columns - 1
+            self.stream.write("\r" + line[:columns].ljust(columns))
+            self.drawn = True
+        elif (self.done % self.every == 0 or self.done == self.total) and now - self.last_shown >= self.MIN_SECONDS:
+            line = ", ".join([f"{self.done}/{self.total} {self.unit}", f"{elapsed:.0f}s", *fields])
+            self.stream.write(f"{self.label}: {line}\n")
+        else:
+            return
+        self.stream.flush()
+        self.last_shown = now
+
+    def close(self):
+        if self.terminal and self.drawn:
+            columns = shutil.get_terminal_size().columns - 1
+            self.stream.write("\n" if self.leave else "\r" + " " * columns + "\r")
+            self.stream.flush()
+            self.drawn = False
+
+
+def progress(items, label, total=None, unit="steps"):
+    """Yield from `items` while showing a `Progress` of them."""
+    bar = Progress(len(items) if total is None else total, label, unit=unit)
+    try:
+        for item in items:
+            yield item
+            bar.update()
+    finally:
+        bar.close()

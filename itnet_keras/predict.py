@@ -1,0 +1,312 @@
+"""Segment one's own images with a trained ItNet: `python -m itnet_keras.predict MODEL IMAGES...`.
+
+    python -m itnet_keras.predict runs/itnet/best.keras photos/ --output masks
+    python -m itnet_keras.predict itnet.tflite 'photos/*.jpg' --deadline-ms 20 --output masks --raw
+
+MODEL is a `.keras` file (run at each image's size, or `--input-size`) or a `.tflite` file
+from `export/convert.py` (its `anytime` signature, at the file's input size: other images
+are resized, and the command says so). IMAGES are files, folders (their images) or glob
+patterns. Output n = `--iterations n`, or with `--deadline-ms T` the largest n whose time,
+measured here on the first image of each input size, fits T (the anytime policy); default:
+the last output. For each image NAME the output folder receives `NAME_mask.png` (classes
+in colour), `NAME_overlay.png` (the mask over the image) and, with `--raw`,
+`NAME_classes.png` (class ids, 8-bit); `predictions.json` lists what was done per image.
+Masks have each image's own size.
+"""
+
+import argparse
+import glob
+import io
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from itnet_keras.console import add_verbose_flag, progress, quiet_startup
+from itnet_keras.costs import parse_size
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class PredictError(ValueError):
+    """An input or flag is wrong; the message names it."""
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m itnet_keras.predict", description=__doc__.split("\n")[0])
+    parser.add_argument("model", help="a trained ItNet: .keras, or .tflite from export/convert.py")
+    parser.add_argument("images", nargs="+", help="image files, folders of images, or glob patterns")
+    parser.add_argument("--output", required=True, help="folder for the masks")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--iterations", type=int, help="output n: run n iterations (default: all N)")
+    budget.add_argument("--deadline-ms", type=float,
+                        help="run the most iterations whose time, measured here, fits this many milliseconds")
+    parser.add_argument("--raw", action="store_true", help="also write the class ids (NAME_classes.png)")
+    parser.add_argument("--input-size", type=parse_size,
+                        help="HEIGHTxWIDTH to resize .keras inputs to (default: each image's)")
+    parser.add_argument("--data", choices=("builtin", "camvid", "cityscapes"),
+                        help="the dataset the .keras model was trained on (normalization and class names; "
+                             "default: the run folder's config.json, else the dataset with the model's class count)")
+    add_verbose_flag(parser)
+    return parser
+
+
+if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
+    quiet_startup(build_parser().parse_args().verbose, modules=("keras", "ai_edge_litert.interpreter"))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from itnet_keras.augment import normalize  # noqa: E402
+from itnet_keras.console import quietly  # noqa: E402
+from itnet_keras.datasets import DATASETS, DatasetError, read_image  # noqa: E402
+from itnet_keras.evaluate import class_colors, load_itnet, write_atomic  # noqa: E402
+
+
+# -- inputs --------------------------------------------------------------------------
+
+
+def find_images(patterns):
+    """Image paths from files, folders (their images, sorted) and glob patterns, in order."""
+    paths = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise PredictError(f"folder {pattern} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        elif path.is_file():
+            found = [path]
+        elif glob.has_magic(pattern):
+            found = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+            if not found:
+                raise PredictError(f"pattern {pattern!r} matches no files")
+        else:
+            raise PredictError(f"image {pattern} does not exist")
+        paths += [p for p in found if p not in paths]
+    stems = {}
+    for path in paths:
+        if path.stem in stems:
+            raise PredictError(f"{stems[path.stem]} and {path} would write the same masks ({path.stem}_mask.png): "
+                               "predict them into different --output folders")
+        stems[path.stem] = path
+    return paths
+
+
+def load_image(path):
+    """uint8 RGB [H, W, 3]; PredictError naming the file if it cannot be read."""
+    try:
+        return read_image(path, Path(path).parent)  # named from its folder on
+    except DatasetError as error:
+        raise PredictError(str(error)) from None
+
+
+def resize(array, size, nearest=False):
+    """An image [H, W, 3] or a class map [H, W] resized to `size` (h, w)."""
+    import cv2
+
+    if array.shape[:2] == tuple(size):
+        return array
+    interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    return cv2.resize(array, (size[1], size[0]), interpolation=interpolation)
+
+
+# -- the two kinds of model ----------------------------------------------------------
+
+
+class KerasPredictor:
+    """A `.keras` ItNet: `logits(image [1, H, W, 3], n)` through `itnet_keras.anytime`."""
+
+    def __init__(self, path, data=None, input_size=None):
+        from itnet_keras.model import model_args
+
+        self.model = load_itnet(path)
+        args = model_args(self.model)
+        self.num_iterations, self.input_size = args["num_iterations"], input_size
+        self.spec = DATASETS[data or self._dataset(path, args["num_classes"])]
+        if self.spec.num_classes != args["num_classes"]:
+            raise PredictError(f"--data {self.spec.name}: {self.spec.num_classes} classes, but {path} has "
+                               f"{args['num_classes']}")
+
+    @staticmethod
+    def _dataset(path, num_classes):
+        config = Path(path).parent / "config.json"
+        if config.is_file():
+            return json.loads(config.read_text())["dataset"]
+        matches = [name for name, spec in DATASETS.items() if spec.num_classes == num_classes]
+        if len(matches) != 1:
+            raise PredictError(f"{path} has {num_classes} classes: pass --data to name its dataset")
+        return matches[0]
+
+    def size_for(self, image_size):
+        return self.input_size or image_size
+
+    def logits(self, image, n):
+        from itnet_keras.model import anytime
+
+        return np.asarray(anytime(self.model, image, n))
+
+
+class TFLitePredictor:
+    """A `.tflite` file's `anytime` signature (LiteRT); its sidecar `.json` gives the
+    normalization and class names, the file its input size."""
+
+    def __init__(self, path, input_size=None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        meta_path = Path(path).with_suffix(".json")
+        if not meta_path.is_file():
+            raise PredictError(f"{meta_path} not found: export/convert.py writes it beside {Path(path).name} "
+                               "(the normalization and class names)")
+        meta = json.loads(meta_path.read_text())
+        self.spec, self.num_iterations = DATASETS[meta["dataset"]], meta["num_iterations"]
+        try:
+            with quietly():  # LiteRT announces its CPU delegate when it allocates
+                interpreter = Interpreter(model_path=str(path))
+                interpreter.allocate_tensors()
+                self.run = interpreter.get_signature_runner("anytime")
+        except Exception as error:  # LiteRT raises ValueError or RuntimeError
+            raise PredictError(f"cannot load {path} as an ItNet .tflite file with an `anytime` signature: "
+                               f"{error}") from None
+        self.file_size = tuple(int(d) for d in self.run.get_input_details()["image"]["shape"][1:3])
+        if input_size is not None and tuple(input_size) != self.file_size:
+            raise PredictError(f"--input-size {input_size[0]}x{input_size[1]}: {Path(path).name} takes "
+                               f"{self.file_size[0]}x{self.file_size[1]} images only (export it again with "
+                               f"--input-size)")
+
+    def size_for(self, image_size):
+        return self.file_size
+
+    def logits(self, image, n):
+        return self.run(image=image.astype(np.float32), iterations=np.int32(n))["logits"]
+
+
+def open_model(path, data=None, input_size=None):
+    path = Path(path)
+    if not path.is_file():
+        raise PredictError(f"model file {path} does not exist")
+    if path.suffix == ".tflite":
+        return TFLitePredictor(path, input_size)
+    if path.suffix == ".keras":
+        return KerasPredictor(path, data, input_size)
+    raise PredictError(f"model {path}: expected a .keras or a .tflite file")
+
+
+# -- the anytime policy ----------------------------------------------------------------
+
+
+def time_outputs(predictor, image, deadline_ms, repeats=3):
+    """{n: median ms of output n on `image`} for n = 1, 2, ... up to the first n that
+    misses `deadline_ms` (later outputs take longer still) or N."""
+    times = {}
+    for n in range(1, predictor.num_iterations + 1):
+        predictor.logits(image, n)  # warm-up
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            predictor.logits(image, n)
+            samples.append(1e3 * (time.perf_counter() - start))
+        times[n] = statistics.median(samples)
+        if times[n] > deadline_ms:
+            break
+    return times
+
+
+def iterations_for_deadline(times, deadline_ms):
+    """The largest n whose measured time fits the deadline; PredictError if none does."""
+    fitting = [n for n, ms in times.items() if ms <= deadline_ms]
+    if not fitting:
+        raise PredictError(f"--deadline-ms {deadline_ms:g}: output 1 alone takes {times[1]:.1f} ms on this machine")
+    return max(fitting)
+
+
+# -- writing -------------------------------------------------------------------------
+
+
+def write_png(path, array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    write_atomic(path, buffer.getvalue(), "wb")
+
+
+def write_masks(folder, name, image, classes, colors, raw):
+    mask = colors[classes]
+    overlay = (0.5 * image + 0.5 * mask).astype(np.uint8)
+    written = [f"{name}_mask.png", f"{name}_overlay.png"] + ([f"{name}_classes.png"] if raw else [])
+    for file, array in zip(written, (mask, overlay, classes.astype(np.uint8))):
+        write_png(folder / file, array)
+    return written
+
+
+def run(args):
+    """Predict every image; returns the summary written to `predictions.json`."""
+    paths = find_images(args.images)
+    for path in paths:  # every image readable before any work
+        load_image(path)
+    predictor = open_model(args.model, args.data, args.input_size)
+    n_max = predictor.num_iterations
+    if args.iterations is not None and not 1 <= args.iterations <= n_max:
+        raise PredictError(f"--iterations {args.iterations}: {args.model} has outputs 1..{n_max}")
+    if args.deadline_ms is not None and args.deadline_ms <= 0:
+        raise PredictError(f"--deadline-ms {args.deadline_ms:g}: expected a positive number of milliseconds")
+    folder = Path(args.output)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PredictError(f"--output {folder}: cannot write there ({error.strerror or error})") from None
+    colors = class_colors(predictor.spec.num_classes)
+    budgets, resized, images = {}, {}, []
+    for path in progress(paths, "predict", unit="images"):
+        image = load_image(path)
+        size = tuple(predictor.size_for(image.shape[:2]))
+        if min(size) < 8:
+            raise PredictError(f"image {path} is {size[1]}x{size[0]}: expected at least 8x8 pixels")
+        if size != image.shape[:2] and isinstance(predictor, TFLitePredictor):
+            resized.setdefault(image.shape[:2], []).append(path.name)
+        x = normalize(resize(image, size), predictor.spec)[None]
+        if size not in budgets:
+            if args.deadline_ms is None:
+                budgets[size] = (args.iterations or n_max, None)
+            else:
+                times = time_outputs(predictor, x, args.deadline_ms)
+                budgets[size] = (iterations_for_deadline(times, args.deadline_ms), times)
+        n = budgets[size][0]
+        classes = resize(predictor.logits(x, n)[0].argmax(-1).astype(np.uint8), image.shape[:2], nearest=True)
+        files = write_masks(folder, path.stem, image, classes, colors, args.raw)
+        images.append({"image": str(path), "size": list(image.shape[:2]), "input_size": list(size),
+                       "iterations": n, "files": files})
+    for (height, width), names in resized.items():
+        file_height, file_width = predictor.file_size
+        print(f"note: {len(names)} image(s) of {width}x{height} ({names[0]}{', ...' if len(names) > 1 else ''}) "
+              f"resized to {file_width}x{file_height}, the only size {Path(args.model).name} takes; "
+              "their masks are resized back", file=sys.stderr)
+    summary = {
+        "model": str(args.model), "dataset": predictor.spec.name, "classes": list(predictor.spec.class_names),
+        "colors": colors.tolist(), "deadline_ms": args.deadline_ms,
+        "measured_ms": {f"{s[0]}x{s[1]}": times for s, (_, times) in budgets.items() if times is not None},
+        "images": images,
+    }
+    write_atomic(folder / "predictions.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    quiet_startup(args.verbose, modules=("keras", "ai_edge_litert.interpreter"))
+    try:
+        summary = run(args)
+    except (PredictError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for size, times in summary["measured_ms"].items():
+        chosen = next(i["iterations"] for i in summary["images"] if "x".join(map(str, i["input_size"])) == size)
+        print(f"{size}: " + ", ".join(f"output {n} {ms:.2f} ms" for n, ms in times.items())
+              + f"; deadline {args.deadline_ms:g} ms -> output {chosen}")
+    counts = sorted({i["iterations"] for i in summary["images"]})
+    print(f"{len(summary['images'])} image(s) through output {', '.join(map(str, counts))}; masks in {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

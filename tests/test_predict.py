@@ -1,0 +1,161 @@
+"""`python -m itnet_keras.predict`: own images through a `.keras` or `.tflite` ItNet."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from itnet_keras import anytime, build_itnet
+from itnet_keras import predict as predict_module
+from itnet_keras.augment import normalize
+from itnet_keras.datasets import builtin_arrays, get_spec
+from itnet_keras.evaluate import class_colors
+
+SPEC = get_spec("builtin")
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    model = build_itnet("tiny")
+    model(np.zeros((1, 64, 64, 3), np.float32))
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    model.save(path)
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def tflite_file(model_file):
+    from itnet_keras.export.tflite import convert_tflite
+
+    model, path = model_file
+    out = path.with_name("tiny.tflite")
+    convert_tflite(model, out, "float32", SPEC, (64, 64))
+    return out
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """Three built-in images as PNG files, one of them 48x80 (not the .tflite file's size)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    images, _ = builtin_arrays("test", (64, 64), 3, 0)
+    Image.fromarray(images[0]).save(folder / "a.png")
+    Image.fromarray(images[1]).save(folder / "b.png")
+    Image.fromarray(np.asarray(Image.fromarray(images[2]).resize((80, 48)))).save(folder / "c.png")
+    return folder
+
+
+def predict(*args):
+    return predict_module.main([str(a) for a in args])
+
+
+def test_keras_model_on_a_folder_writes_masks_overlays_and_class_maps(model_file, photos, tmp_path):
+    model, path = model_file
+    out = tmp_path / "out"
+    assert predict(path, photos, "--output", out, "--iterations", "2", "--raw") == 0
+    summary = json.loads((out / "predictions.json").read_text())
+    assert [i["image"] for i in summary["images"]] == [str(photos / n) for n in ("a.png", "b.png", "c.png")]
+    assert summary["dataset"] == "builtin" and all(i["iterations"] == 2 for i in summary["images"])
+    colors = class_colors(SPEC.num_classes)
+    for name in ("a", "b", "c"):
+        image = np.asarray(Image.open(photos / f"{name}.png"))
+        classes = np.asarray(Image.open(out / f"{name}_classes.png"))
+        expected = np.asarray(anytime(model, normalize(image, SPEC)[None], 2))[0].argmax(-1)
+        np.testing.assert_array_equal(classes, expected)  # the .keras model runs at the image's size
+        np.testing.assert_array_equal(np.asarray(Image.open(out / f"{name}_mask.png")), colors[classes])
+        overlay = np.asarray(Image.open(out / f"{name}_overlay.png")).astype(int)
+        assert np.abs(overlay - (image.astype(int) + colors[classes]) // 2).max() <= 1
+    assert not (tmp_path / "out2").exists()
+    assert predict(path, photos / "a.png", "--output", tmp_path / "out2") == 0  # default: the last output
+    assert not (tmp_path / "out2" / "a_classes.png").exists()  # class maps only with --raw
+    assert json.loads((tmp_path / "out2" / "predictions.json").read_text())["images"][0]["iterations"] == 4
+
+
+def test_tflite_file_resizes_other_sizes_and_says_so(model_file, tflite_file, photos, tmp_path, capsys):
+    from ai_edge_litert.interpreter import Interpreter
+
+    out = tmp_path / "out"
+    assert predict(tflite_file, f"{photos}/*.png", "--output", out, "--iterations", "3", "--raw") == 0
+    err = capsys.readouterr().err
+    assert "1 image(s) of 80x48 (c.png) resized to 64x64, the only size tiny.tflite takes" in err
+    run = Interpreter(model_path=str(tflite_file)).get_signature_runner("anytime")
+    image = np.asarray(Image.open(photos / "a.png"))
+    expected = run(image=normalize(image, SPEC)[None], iterations=np.int32(3))["logits"][0].argmax(-1)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "a_classes.png")), expected)
+    assert np.asarray(Image.open(out / "c_classes.png")).shape == (48, 80)  # resized back
+    summary = json.loads((out / "predictions.json").read_text())
+    assert summary["images"][2]["input_size"] == [64, 64] and summary["images"][2]["size"] == [48, 80]
+
+
+def test_deadline_picks_the_largest_output_that_fits():
+    times = {1: 4.0, 2: 7.5, 3: 11.0}
+    assert predict_module.iterations_for_deadline(times, 8.0) == 2
+    assert predict_module.iterations_for_deadline(times, 11.0) == 3
+    with pytest.raises(predict_module.PredictError, match=r"--deadline-ms 3: output 1 alone takes 4.0 ms"):
+        predict_module.iterations_for_deadline(times, 3.0)
+
+
+def test_deadline_is_measured_on_this_machine(model_file, photos, tmp_path, capsys):
+    _, path = model_file
+    out = tmp_path / "out"
+    assert predict(path, photos / "a.png", photos / "b.png", "--deadline-ms", "100000", "--output", out) == 0
+    summary = json.loads((out / "predictions.json").read_text())
+    measured = summary["measured_ms"]["64x64"]
+    assert list(measured) == ["1", "2", "3", "4"] and all(ms > 0 for ms in measured.values())
+    assert [i["iterations"] for i in summary["images"]] == [4, 4]
+    assert "deadline 100000 ms -> output 4" in capsys.readouterr().out
+    assert predict(path, photos / "a.png", "--deadline-ms", "0.001", "--output", out) == 2
+    assert "--deadline-ms 0.001: output 1 alone takes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make_args, culprit", [
+    (lambda m, p, t: [m, p, t / "bad" / "broken.png"], "cannot read image bad/broken.png"),
+    (lambda m, p, t: [m, p / "nothing.png"], "image {p}/nothing.png does not exist"),
+    (lambda m, p, t: [m, f"{p}/*.jpg"], "pattern '{p}/*.jpg' matches no files"),
+    (lambda m, p, t: [m, p, "--iterations", "5"], "--iterations 5: {m} has outputs 1..4"),
+    (lambda m, p, t: [t / "model.h5", p], "model {t}/model.h5: expected a .keras or a .tflite file"),
+    (lambda m, p, t: [m, p, "--data", "camvid"], "--data camvid: 11 classes, but {m} has 4"),
+])
+def test_bad_input_gives_one_clear_error(model_file, photos, tmp_path, capsys, make_args, culprit):
+    _, path = model_file
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "model.h5").write_bytes(b"")
+    args = make_args(path, photos, tmp_path)
+    assert predict(*args, "--output", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and culprit.format(m=path, p=photos, t=tmp_path) in err
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_tflite_input_size_cannot_change(tflite_file, photos, tmp_path, capsys):
+    assert predict(tflite_file, photos, "--input-size", "32x32", "--output", tmp_path / "out") == 2
+    assert "--input-size 32x32: tiny.tflite takes 64x64 images only" in capsys.readouterr().err
+
+
+def test_same_names_from_two_folders_are_refused(model_file, photos, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.png").write_bytes((photos / "a.png").read_bytes())
+    assert predict(model_file[1], photos / "a.png", other / "a.png", "--output", tmp_path / "out") == 2
+    assert "would write the same masks (a_mask.png)" in capsys.readouterr().err
+
+
+def test_command_prints_no_startup_logs(tflite_file, photos, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    result = subprocess.run([sys.executable, "-m", "itnet_keras.predict", str(tflite_file), str(photos),
+                             "--output", str(tmp_path / "out")], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "note: 1 image(s) of 80x48 (c.png) resized to 64x64, the only size tiny.tflite takes; their masks are "
+        "resized back"]
+    assert result.stdout.splitlines()[-1] == f"3 image(s) through output 4; masks in {tmp_path / 'out'}"
