@@ -133,6 +133,7 @@ def test_resume_after_sigkill(tmp_path):
     assert 1 <= done < 6, "the run ended before it could be killed"
     result = subprocess.run(command + ["--resume"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert not any(noise in result.stderr for noise in ("absl::InitializeLog", "I0000 ", "E0000 ", "oneDNN"))
     assert checkpoint_arrays(folder)[1]["epoch"] == 6
     assert [int(row["epoch"]) for row in log_rows(folder)] == list(range(6))
     assert (folder / "evaluation.json").is_file()
