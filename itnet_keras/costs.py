@@ -19,6 +19,8 @@ import json
 import math
 from dataclasses import dataclass
 
+from itnet_keras.console import add_verbose_flag, quiet_startup
+
 BYTES = 4  # float32
 
 
@@ -168,7 +170,9 @@ def main(argv=None):
     parser.add_argument("--width", type=int, help="the paper's f (overrides the preset)")
     parser.add_argument("--input-size", type=parse_size, help="HEIGHTxWIDTH (default: the preset's dataset)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
+    quiet_startup(args.verbose)
     overrides = {} if args.width is None else {"width": args.width}
     try:
         rows = preset_costs(args.preset, args.input_size, **overrides)

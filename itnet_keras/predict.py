@@ -261,7 +261,7 @@ def run(args):
         image = load_image(path)
         size = tuple(predictor.size_for(image.shape[:2]))
         if min(size) < 8:
-            raise PredictError(f"image {path} is {size[1]}x{size[0]}: expected at least 8x8 pixels")
+            raise PredictError(f"image {path} is {size[0]}x{size[1]} (height x width): expected at least 8x8")
         if size != image.shape[:2] and isinstance(predictor, TFLitePredictor):
             resized.setdefault(image.shape[:2], []).append(path.name)
         x = normalize(resize(image, size), predictor.spec)[None]
@@ -278,13 +278,14 @@ def run(args):
                        "iterations": n, "files": files})
     for (height, width), names in resized.items():
         file_height, file_width = predictor.file_size
-        print(f"note: {len(names)} image(s) of {width}x{height} ({names[0]}{', ...' if len(names) > 1 else ''}) "
-              f"resized to {file_width}x{file_height}, the only size {Path(args.model).name} takes; "
-              "their masks are resized back", file=sys.stderr)
+        print(f"note: {len(names)} image(s) of {height}x{width} ({names[0]}{', ...' if len(names) > 1 else ''}) "
+              f"resized to {file_height}x{file_width} (height x width), the only size {Path(args.model).name} "
+              "takes; their masks are resized back", file=sys.stderr)
     summary = {
         "model": str(args.model), "dataset": predictor.spec.name, "classes": list(predictor.spec.class_names),
         "colors": colors.tolist(), "deadline_ms": args.deadline_ms,
-        "measured_ms": {f"{s[0]}x{s[1]}": times for s, (_, times) in budgets.items() if times is not None},
+        "deadline": {f"{s[0]}x{s[1]}": {"measured_ms": times, "iterations": n}
+                     for s, (n, times) in budgets.items() if times is not None},
         "images": images,
     }
     write_atomic(folder / "predictions.json", json.dumps(summary, indent=1))
@@ -299,10 +300,9 @@ def main(argv=None):
     except (PredictError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for size, times in summary["measured_ms"].items():
-        chosen = next(i["iterations"] for i in summary["images"] if "x".join(map(str, i["input_size"])) == size)
-        print(f"{size}: " + ", ".join(f"output {n} {ms:.2f} ms" for n, ms in times.items())
-              + f"; deadline {args.deadline_ms:g} ms -> output {chosen}")
+    for size, choice in summary["deadline"].items():
+        print(f"{size}: " + ", ".join(f"output {n} {ms:.2f} ms" for n, ms in choice["measured_ms"].items())
+              + f"; deadline {args.deadline_ms:g} ms -> output {choice['iterations']}")
     counts = sorted({i["iterations"] for i in summary["images"]})
     print(f"{len(summary['images'])} image(s) through output {', '.join(map(str, counts))}; masks in {args.output}")
     return 0

@@ -100,6 +100,12 @@ def test_startup_logs_only_with_verbose(tmp_path):
     assert verbose.returncode == 2 and any(noise in verbose.stderr for noise in STARTUP_NOISE)
 
 
+def test_costs_command_is_quiet():
+    result = _run(["-m", "itnet_keras.costs", "--preset", "tiny"])
+    assert result.returncode == 0 and result.stdout.startswith("| output | MACs")
+    assert result.stderr == ""
+
+
 def test_export_script_is_quiet(tmp_path):
     result = _run(["export/convert.py", str(tmp_path / "missing.keras"), "--output", str(tmp_path / "x.tflite")])
     assert result.returncode == 2

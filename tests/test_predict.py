@@ -80,7 +80,7 @@ def test_tflite_file_resizes_other_sizes_and_says_so(model_file, tflite_file, ph
     out = tmp_path / "out"
     assert predict(tflite_file, f"{photos}/*.png", "--output", out, "--iterations", "3", "--raw") == 0
     err = capsys.readouterr().err
-    assert "1 image(s) of 80x48 (c.png) resized to 64x64, the only size tiny.tflite takes" in err
+    assert "1 image(s) of 48x80 (c.png) resized to 64x64 (height x width), the only size tiny.tflite takes" in err
     run = Interpreter(model_path=str(tflite_file)).get_signature_runner("anytime")
     image = np.asarray(Image.open(photos / "a.png"))
     expected = run(image=normalize(image, SPEC)[None], iterations=np.int32(3))["logits"][0].argmax(-1)
@@ -103,8 +103,9 @@ def test_deadline_is_measured_on_this_machine(model_file, photos, tmp_path, caps
     out = tmp_path / "out"
     assert predict(path, photos / "a.png", photos / "b.png", "--deadline-ms", "100000", "--output", out) == 0
     summary = json.loads((out / "predictions.json").read_text())
-    measured = summary["measured_ms"]["64x64"]
+    measured = summary["deadline"]["64x64"]["measured_ms"]
     assert list(measured) == ["1", "2", "3", "4"] and all(ms > 0 for ms in measured.values())
+    assert summary["deadline"]["64x64"]["iterations"] == 4
     assert [i["iterations"] for i in summary["images"]] == [4, 4]
     assert "deadline 100000 ms -> output 4" in capsys.readouterr().out
     assert predict(path, photos / "a.png", "--deadline-ms", "0.001", "--output", out) == 2
@@ -156,6 +157,6 @@ def test_command_prints_no_startup_logs(tflite_file, photos, tmp_path):
                              "--output", str(tmp_path / "out")], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [
-        "note: 1 image(s) of 80x48 (c.png) resized to 64x64, the only size tiny.tflite takes; their masks are "
-        "resized back"]
+        "note: 1 image(s) of 48x80 (c.png) resized to 64x64 (height x width), the only size tiny.tflite takes; "
+        "their masks are resized back"]
     assert result.stdout.splitlines()[-1] == f"3 image(s) through output 4; masks in {tmp_path / 'out'}"
