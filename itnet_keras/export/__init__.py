@@ -8,7 +8,9 @@
 - `onnx`: conversion with tf2onnx (a `Loop` op) and its checks.
 - `accuracy`, `latency`, `memory`, `anytime_device`: measurements of exported files.
 
-The command-line entry points live in the repository's `export/` folder.
+The command-line entry points live in the repository's `export/` folder. The two closed
+sets of choices below live here, not in the modules that use them, so that the scripts
+list them in `--help` before TensorFlow is imported.
 """
 
 QUANT_MODES = ("float32", "float16", "dynamic", "int8")  # of `tflite.convert_tflite`
