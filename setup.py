@@ -22,6 +22,9 @@ setup(
             "jupytext>=1.16",  # notebooks are kept as paired .py sources
             "nbclient>=0.10",  # CI executes every notebook in smoke mode
             "ipykernel>=6",
+            # TFLite metadata writer (every exported .tflite) and the ImageSegmenter the export
+            # tests run; 1.x needs no protobuf, so it coexists with TensorFlow 2.21
+            "mediapipe>=1.2.3",
         ]
     },
 )

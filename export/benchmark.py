@@ -3,11 +3,17 @@
 
     python export/benchmark.py FILE.tflite [--unrolled UNROLLED.tflite] [--threads 1 2] [--repeats 5]
     python export/benchmark.py --preset camvid_shared [--input-size 360x480] [--output docs/latency.md]
+    python export/benchmark.py --preset camvid_shared --quant float32 int8 --iterations 1 4 16 \
+        [--input-type uint8] [--no-loop] --threads 1
 
 With `--preset` the files are converted first (float32, random weights: latency does not
 depend on them): the loop file, the unrolled file, and unrolled graphs of each output n
 (the per-output baselines). Batch 1, LiteRT's default CPU delegate, median of `--repeats`
 calls.
+With `--quant`, the files of each mode side by side instead: the static file of each
+output n (`--flavor static`; an int8 one with `--input-type`) and the loop file's
+`anytime(image, n)`; int8 files calibrate on `--calibration-images` CamVid/Cityscapes
+training images.
 See `itnet_keras.export.latency` for what each column measures.
 """
 
@@ -20,6 +26,7 @@ from pathlib import Path
 from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.costs import parse_size
 from itnet_keras.datasets import DATASETS
+from itnet_keras.export import INPUT_TYPES, QUANT_MODES
 from itnet_keras.presets import PRESET_DATASET
 
 
@@ -31,6 +38,14 @@ def build_parser():
     parser.add_argument("--input-size", type=parse_size)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quant", nargs="+", choices=QUANT_MODES,
+                        help="with --preset: static and loop files in these modes, side by side")
+    parser.add_argument("--iterations", type=int, nargs="+", help="--quant: the outputs n (default 1 2 4 8 16)")
+    parser.add_argument("--input-type", choices=INPUT_TYPES, default="float32",
+                        help="--quant: the input of the int8 static files")
+    parser.add_argument("--no-loop", action="store_true", help="--quant: static files only")
+    parser.add_argument("--calibration-images", type=int, default=4, help="--quant int8: calibration sample")
+    parser.add_argument("--data-dir", help="--quant int8: dataset folder of the calibration images")
     parser.add_argument("--output", help="also write the table (markdown) and OUTPUT.json there")
     add_verbose_flag(parser)
     return parser
@@ -40,7 +55,7 @@ if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow load
     quiet_startup(build_parser().parse_args().verbose)
 
 from itnet_keras.evaluate import write_result_files  # noqa: E402
-from itnet_keras.export.latency import measure, preset_files  # noqa: E402
+from itnet_keras.export.latency import measure, preset_files, quant_files, quant_latency  # noqa: E402
 
 
 def format_rows(rows):
@@ -70,12 +85,57 @@ def format_rows(rows):
     return "\n".join(lines)
 
 
+def format_quant_rows(rows, quants):
+    """One row per output n: ms of each file, and float32 / each other mode."""
+    names = list(next(iter(rows.values())))
+    ratios = [(f"{flavor} float32 / {quant}", f"{flavor} float32", f"{flavor} {quant}")
+              for flavor in ("static", "loop") for quant in quants if quant != "float32"
+              if f"{flavor} float32" in names and f"{flavor} {quant}" in names]
+    header = "| output n |" + "".join(f" {name} ms |" for name in names) + "".join(f" {r[0]} |" for r in ratios)
+    lines = [header, "|" + "---:|" * (header.count("|") - 1)]
+    for n, row in rows.items():
+        lines.append(f"| {n} |" + "".join(f" {row[name] * 1e3:.1f} |" for name in names)
+                     + "".join(f" {row[a] / row[b]:.2f}x |" for _, a, b in ratios))
+    return "\n".join(lines)
+
+
+def run_quant(args):
+    """The `--quant` table: (markdown, rows)."""
+    from itnet_keras.export.tflite import calibration_sample
+
+    dataset = DATASETS[PRESET_DATASET[args.preset]]
+    size = args.input_size or dataset.image_size
+    iterations = args.iterations or [1, 2, 4, 8, 16]
+    images = None
+    if "int8" in args.quant:
+        images, _ = calibration_sample(dataset.name, size, args.calibration_images, data_dir=args.data_dir)
+    with tempfile.TemporaryDirectory() as work:
+        files = quant_files(args.preset, size, work, args.quant, iterations, images, args.input_type,
+                            loop=not args.no_loop)
+        rows = {}
+        for count in args.threads:
+            rows[count] = quant_latency(files, count, args.repeats, iterations)
+    table = "\n".join(f"\n{count} thread(s):\n\n" + format_quant_rows(r, args.quant) for count, r in rows.items())
+    return table, {str(count): {str(n): r for n, r in per.items()} for count, per in rows.items()}
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet_startup(args.verbose)
     if (args.file is None) == (args.preset is None):
         parser.error("give a .tflite file or --preset, not both")
+    if args.quant and not args.preset:
+        parser.error("--quant needs --preset")
+    if args.quant:
+        table, rows = run_quant(args)
+        print(table)
+        if args.output:
+            command = "python export/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
+            setup = (f"{platform.machine()}, LiteRT default CPU delegate (XNNPACK), batch 1, median of "
+                     f"{args.repeats}, the files timed in turns\n")
+            write_result_files(args.output, command, setup + table, rows)
+        return 0
     with tempfile.TemporaryDirectory() as work:
         loop_file, unrolled_file, unrolled_anytime = args.file, args.unrolled, None
         if args.preset:

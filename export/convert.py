@@ -1,12 +1,17 @@
 """Convert a trained ItNet (`.keras`) to TFLite or ONNX.
 
     python export/convert.py MODEL.keras --format tflite --quant int8 --output itnet_int8.tflite
+    python export/convert.py MODEL.keras --flavor static --iterations 1 4 16 --quant int8 \
+        --input-type uint8 --output itnet_int8.tflite   # itnet_int8_n1.tflite, _n4, _n16
     python export/convert.py MODEL.keras --format onnx --output itnet.onnx
 
 The dataset (`--data`, default: the one whose class count the model has) gives the labels,
 the normalization and the default input size; `--quant int8` calibrates on a fixed sample
-of its training images (`--calibration-images`, `--seed`), recorded in the metadata. A
-sidecar `OUTPUT.json` holds what an app needs beside the file. See export/README.md.
+of its training images (`--calibration-images`, `--seed`), recorded in the metadata. The
+`loop` flavour (default) holds every signature and the loop; `static` writes one file per
+`--iterations` n (one subgraph, no control flow: MediaPipe's ImageSegmenter, the GPU
+delegate). `--input-type uint8` takes camera bytes and normalizes in the graph.
+TFLite metadata goes inside each file; a sidecar `.json` repeats it. See export/README.md.
 """
 
 import argparse
@@ -15,7 +20,7 @@ import sys
 from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.costs import parse_size
 from itnet_keras.datasets import DATASETS, DatasetError, get_spec
-from itnet_keras.export import QUANT_MODES
+from itnet_keras.export import FLAVORS, INPUT_TYPES, QUANT_MODES
 
 
 def build_parser():
@@ -23,6 +28,11 @@ def build_parser():
     parser.add_argument("model", help="a trained ItNet .keras file")
     parser.add_argument("--format", choices=("tflite", "onnx"), default="tflite")
     parser.add_argument("--quant", choices=QUANT_MODES, default="float32", help="TFLite only")
+    parser.add_argument("--flavor", choices=FLAVORS, default="loop",
+                        help="TFLite: loop (all signatures) or static (one file per --iterations n)")
+    parser.add_argument("--iterations", type=int, nargs="+", help="static: the outputs n, one file each")
+    parser.add_argument("--input-type", choices=INPUT_TYPES, default="float32",
+                        help="TFLite: uint8 takes camera bytes (normalization inside the graph)")
     parser.add_argument("--data", choices=sorted(DATASETS), help="the model's dataset")
     parser.add_argument("--data-dir", help="dataset folder (int8 calibration images)")
     parser.add_argument("--input-size", type=parse_size, help="HEIGHTxWIDTH (default: the dataset's)")
@@ -37,7 +47,8 @@ if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow load
     quiet_startup(build_parser().parse_args().verbose)
 
 from itnet_keras.evaluate import load_itnet  # noqa: E402
-from itnet_keras.export.tflite import ExportError, calibration_sample, convert_tflite  # noqa: E402
+from itnet_keras.export.tflite import (ExportError, calibration_sample, convert_static,  # noqa: E402
+                                       convert_tflite)
 from itnet_keras.model import model_args  # noqa: E402
 
 
@@ -59,24 +70,36 @@ def run(args):
     if args.format == "onnx":
         from itnet_keras.export.onnx import convert_onnx
 
-        return convert_onnx(model, args.output, spec, input_size)
+        return {args.output: convert_onnx(model, args.output, spec, input_size)}
     images = record = None
     if args.quant == "int8":
         images, record = calibration_sample(spec.name, input_size, args.calibration_images, args.seed,
                                             data_dir=args.data_dir)
-    return convert_tflite(model, args.output, args.quant, spec, input_size, images, record)
+    if args.flavor == "static":
+        return convert_static(model, args.output, args.iterations, args.quant, spec, input_size, images, record,
+                              args.input_type)
+    return {args.output: convert_tflite(model, args.output, args.quant, spec, input_size, images, record,
+                                        args.input_type)}
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     quiet_startup(args.verbose)
+    if args.flavor == "static" and (args.format != "tflite" or not args.iterations):
+        parser.error("--flavor static needs --format tflite and --iterations n [n ...]")
+    if args.flavor == "loop" and args.iterations:
+        parser.error("--iterations needs --flavor static")
+    if args.format == "onnx" and args.input_type != "float32":
+        parser.error("--input-type uint8 needs --format tflite")
     try:
-        summary = run(args)
-    except (OSError, ValueError, DatasetError) as error:
+        written = run(args)
+    except (OSError, ValueError, DatasetError, ImportError) as error:  # ImportError: no metadata writer
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {args.output} ({summary['file_bytes']:,} bytes; ops: "
-          + ", ".join(f"{k} {v}" for k, v in sorted(summary["ops"].items())) + ")")
+    for path, summary in written.items():
+        print(f"wrote {path} ({summary['file_bytes']:,} bytes; ops: "
+              + ", ".join(f"{k} {v}" for k, v in sorted(summary["ops"].items())) + ")")
     return 0
 
 

@@ -5,6 +5,7 @@
 
 `--signature` picks how a `.tflite` file computes output n: all outputs in one `outputs`
 call (the default), `anytime(image, n)`, or `encode`, n - 1 `step` calls and `finish`.
+A static file (`--flavor static`) fills the row of its output n only.
 """
 
 import argparse
@@ -56,7 +57,8 @@ def main(argv=None):
     names = list(results)
     lines = ["| output | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
     for n in range(len(results["keras"])):
-        lines.append(f"| {n + 1} | " + " | ".join(f"{results[k][n]:.4f}" for k in names) + " |")
+        cells = [results[k][n] if n < len(results[k]) else None for k in names]
+        lines.append(f"| {n + 1} | " + " | ".join("" if c is None else f"{c:.4f}" for c in cells) + " |")
     table = "\n".join(lines)
     print(table)
     if args.output:

@@ -15,7 +15,7 @@ from itnet_keras.datasets import get_spec
 from itnet_keras.export import anytime_device as device
 from itnet_keras.export.accuracy import exported_mious
 from itnet_keras.export.flatbuffer import (count_buffers_holding, loop_body_dtypes, loop_carried_types,
-                                          signature_ops)
+                                          op_output_dtypes, signature_ops)
 from itnet_keras.export.signatures import SIGNATURES
 from itnet_keras.export.tflite import ExportError, calibration_sample, check_tflite, convert_tflite
 from itnet_keras.losses import MaskedCrossEntropy
@@ -156,6 +156,10 @@ def test_int8_agrees_per_pixel_and_in_miou(tiny, val_images, tmp_path):
     # A truly integer loop: the WHILE carries int8 state, its body computes nothing in float32.
     assert all(set(carried) == {"int8", "int32"} for carried in loop_carried_types(path))
     assert all("float32" not in dtypes for dtypes in loop_body_dtypes(path).values())
+    # Every conv is int8 in every subgraph, `anytime`'s output-1 branch (an IF branch that only
+    # a calibration with iterations=1 runs) included.
+    convs = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+    assert all(set(ops[c]) == {"int8"} for ops in op_output_dtypes(path) for c in convs if c in ops)
     val, labels = val_images
     for n, (got, want) in enumerate(zip(run_outputs(path, val, 4), keras_outputs(model, val)), start=1):
         got, want = got.argmax(-1), want.argmax(-1)

@@ -2,16 +2,22 @@
 
 - `signatures`: the functions an app calls (`outputs`, `anytime`, `encode`, `step`,
   `upsample`) and the SavedModel that holds them.
-- `tflite`: conversion in four quantization modes, the sidecar metadata, checks.
+- `tflite`: conversion in four quantization modes, the sidecar metadata, checks; the
+  `loop` flavour and the `static` one.
+- `static`: the static flavour (output n, one subgraph, no control flow).
+- `uint8_input`: camera bytes in (`--input-type uint8`), for both flavours.
+- `tflite_metadata`: TFLite Model Metadata inside each file (MediaPipe's writer).
 - `int8_loop`: makes the `WHILE` of an int8 file carry int8 tensors.
 - `flatbuffer`: reads a `.tflite` file (ops per subgraph, buffers, loop dtypes) to prove the checks.
 - `onnx`: conversion with tf2onnx (a `Loop` op) and its checks.
 - `accuracy`, `latency`, `memory`, `anytime_device`: measurements of exported files.
 
-The command-line entry points live in the repository's `export/` folder. The two closed
-sets of choices below live here, not in the modules that use them, so that the scripts
-list them in `--help` before TensorFlow is imported.
+The command-line entry points live in the repository's `export/` folder. The closed sets
+of choices below live here, not in the modules that use them, so that the scripts list
+them in `--help` before TensorFlow is imported.
 """
 
 QUANT_MODES = ("float32", "float16", "dynamic", "int8")  # of `tflite.convert_tflite`
+FLAVORS = ("loop", "static")  # `tflite.convert_tflite` and `tflite.convert_static`
+INPUT_TYPES = ("float32", "uint8")  # the image an app passes (`uint8_input`)
 EVALUATED_SIGNATURES = ("outputs", "anytime", "finish")  # how `accuracy.exported_mious` computes output n

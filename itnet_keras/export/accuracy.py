@@ -1,7 +1,8 @@
 """mIoU per output of an exported file (`.tflite` with LiteRT, `.onnx` with onnxruntime)
 on a dataset split, one image at a time: through its `outputs` function, or (`.tflite`)
 through the paths an app takes to output n: `anytime(image, n)`, or `encode`, n - 1
-`step` calls and `finish`."""
+`step` calls and `finish`. A static file (one signature `output_n`) has output n only; a
+uint8 input gets the split's images as camera bytes."""
 
 from pathlib import Path
 
@@ -53,12 +54,46 @@ def _app_function(path, threads, signature):
     return outputs
 
 
+def static_output(path):
+    """n of a static file (its one signature `output_n`), else None."""
+    from itnet_keras.export.flatbuffer import load, signature_subgraphs
+
+    keys = list(signature_subgraphs(load(path)))
+    if len(keys) == 1 and keys[0].startswith("output_") and keys[0][len("output_"):].isdigit():
+        return int(keys[0][len("output_"):])
+    return None
+
+
+def _static_function(path, threads, normalization):
+    """image [1, H, W, 3] (normalized) -> {output_n: logits} of a static file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    n = static_output(path)
+    runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner(f"output_{n}")
+    dtype = runner.get_input_details()["image"]["dtype"]
+    scale, offset = normalization
+
+    def outputs(image):
+        if dtype == np.uint8:
+            image = np.clip(np.round((image - offset) / scale), 0, 255).astype(np.uint8)
+        return {f"output_{n}": runner(image=image)["logits"]}
+
+    return outputs
+
+
 def exported_mious(path, dataset, threads=2, signature="outputs"):
     """mIoU of each output of the exported file over the split, through `signature` (one of
-    `EVALUATED_SIGNATURES`; `.onnx` files have `outputs` only)."""
+    `EVALUATED_SIGNATURES`; `.onnx` files have `outputs` only); of a static file, [None] *
+    (n - 1) + [mIoU of output n]."""
     if signature not in EVALUATED_SIGNATURES or (signature != "outputs" and Path(path).suffix == ".onnx"):
         raise ValueError(f"--signature {signature!r}: not one of {EVALUATED_SIGNATURES} for {path}")
-    run = _outputs_function(path, threads) if signature == "outputs" else _app_function(path, threads, signature)
+    n = static_output(path) if Path(path).suffix == ".tflite" else None
+    if n is not None:
+        run = _static_function(path, threads, dataset.split.spec.normalization)
+    elif signature == "outputs":
+        run = _outputs_function(path, threads)
+    else:
+        run = _app_function(path, threads, signature)
 
     def predict(images):
         results = [run(image[None]) for image in images]
@@ -66,4 +101,4 @@ def exported_mious(path, dataset, threads=2, signature="outputs"):
         return np.stack([np.concatenate([r[n] for r in results]).argmax(-1) for n in names])
 
     matrices, _ = split_confusion_matrices(dataset, predict)
-    return [mean_iou(m) for m in matrices]
+    return [mean_iou(m) for m in matrices] if n is None else [None] * (n - 1) + [mean_iou(matrices[0])]

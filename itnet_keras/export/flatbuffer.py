@@ -9,6 +9,7 @@ import collections
 import hashlib
 from pathlib import Path
 
+import flatbuffers
 import numpy as np
 from tensorflow.lite.python import schema_py_generated as schema
 
@@ -30,6 +31,13 @@ def _op_name(code):
 def parse(data):
     """A `.tflite` flatbuffer (bytes) as the flatbuffer object API (`schema.ModelT`)."""
     return schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
+
+
+def serialize(model):
+    """A `schema.ModelT` (see `parse`) as `.tflite` bytes."""
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
 
 
 def load(path):
@@ -145,4 +153,18 @@ def loop_body_dtypes(path):
         graph = model.subgraphs[index]
         counts = collections.Counter(_TYPE_NAMES[graph.tensors[t].type] for op in graph.operators for t in op.outputs)
         result[_text(graph.name)] = dict(counts)
+    return result
+
+
+def op_output_dtypes(path):
+    """[{op name: {dtype: number of outputs}}] per subgraph: where a quantized file computes
+    in float32 (a float island shows as float32 outputs of its compute ops)."""
+    model = load(path)
+    codes = [_op_name(c) for c in model.operatorCodes]
+    result = []
+    for graph in model.subgraphs:
+        ops = collections.defaultdict(collections.Counter)
+        for op in graph.operators or []:
+            ops[codes[op.opcodeIndex]].update(_TYPE_NAMES[graph.tensors[t].type] for t in op.outputs)
+        result.append({name: dict(counts) for name, counts in ops.items()})
     return result

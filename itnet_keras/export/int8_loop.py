@@ -17,10 +17,9 @@ at all) and makes it with a `DEQUANTIZE`; the loop counters (int32) stay as they
 
 import copy
 
-import flatbuffers
 from tensorflow.lite.python import schema_py_generated as schema
 
-from itnet_keras.export.flatbuffer import _op_name, _while_ops, parse
+from itnet_keras.export.flatbuffer import _op_name, _while_ops, parse, serialize
 
 FLOAT32, INT8 = schema.TensorType.FLOAT32, schema.TensorType.INT8
 
@@ -94,6 +93,4 @@ def carry_int8(data):
     for parent, loop in _while_ops(model):
         for k in range(len(loop.inputs)):
             _carry(model, parent, loop, k, codes)
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return serialize(model)

@@ -8,7 +8,9 @@
   each running n iterations and returning output n (`unrolled_anytime_file`): what a
   feed-forward network that stops at output n costs, the baseline of both loop paths;
   and `state_n`, which also returns the state (the same work as the loop's);
-- `outputs` of the loop file and of the unrolled file: all N outputs in one call.
+- `outputs` of the loop file and of the unrolled file: all N outputs in one call;
+- per quantization mode (`quant_latency`): `anytime(image, n)` of the loop file and the
+  static file of output n (`--flavor static`), float32 beside int8.
 
 Each number is the median of `repeats` timed calls after one untimed call; the calls that
 are compared take turns (see `_medians`).
@@ -171,3 +173,57 @@ def measure(loop_file, unrolled_file, threads, repeats, unrolled_anytime=None):
                      "loop_outputs_s": outputs["loop"],
                      "unrolled_outputs_s": outputs.get("unrolled")})
     return rows
+
+
+def quant_files(preset, input_size, folder, quants, iterations, calibration_images, input_type="float32",
+                loop=True, **model_args):
+    """Files of `preset` (random weights) in each mode of `quants`: {(flavor, quant, n): path}
+    for the static files of each n of `iterations` (input `input_type` for int8; float32
+    files take float images) and, with `loop`, {("loop", quant, None): path}."""
+    from itnet_keras.datasets import get_spec
+    from itnet_keras.export.tflite import convert_static, convert_tflite, static_path
+    from itnet_keras.model import build_itnet
+    from itnet_keras.presets import PRESET_DATASET
+
+    folder, files = Path(folder), {}
+    spec = get_spec(PRESET_DATASET[preset])
+    model = build_itnet(preset, input_shape=(*input_size, 3), **model_args)
+    for quant in quants:
+        images = calibration_images if quant == "int8" else None
+        kind = input_type if quant == "int8" else "float32"
+        convert_static(model, folder / f"static_{quant}.tflite", iterations, quant, spec, input_size, images,
+                       input_type=kind)
+        files.update({("static", quant, n): static_path(folder / f"static_{quant}.tflite", n) for n in iterations})
+        if loop:
+            convert_tflite(model, folder / f"loop_{quant}.tflite", quant, spec, input_size, images)
+            files["loop", quant, None] = folder / f"loop_{quant}.tflite"
+    return files
+
+
+def _static_call(path, threads):
+    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    (key,) = interpreter.get_signature_list()
+    runner = interpreter.get_signature_runner(key)
+    details = runner.get_input_details()["image"]
+    image = np.random.default_rng(0).random(details["shape"], dtype=np.float32)
+    if details["dtype"] == np.uint8:
+        image = (image * 255).astype(np.uint8)
+    return partial(runner, image=image)
+
+
+def quant_latency(files, threads, repeats, iterations):
+    """{n: {name: seconds}}: per output n, the files of `quant_files` ("static float32",
+    "loop int8", ...: the loop file through `anytime(image, n)`), all timed in turns."""
+    loops = {}
+    for (flavor, quant, _), path in files.items():
+        if flavor == "loop":
+            interpreter = Interpreter(model_path=str(path), num_threads=threads)
+            loops[quant] = (interpreter.get_signature_runner("anytime"), _image(interpreter))
+    result = {}
+    for n in iterations:
+        calls = {f"static {quant}": _static_call(path, threads)
+                 for (flavor, quant, m), path in files.items() if flavor == "static" and m == n}
+        for quant, (anytime, image) in loops.items():
+            calls[f"loop {quant}"] = partial(anytime, image=image, iterations=np.int32(n))
+        result[n] = _medians(calls, repeats)
+    return result

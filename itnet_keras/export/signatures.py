@@ -9,7 +9,8 @@
 | `upsample` | `logits` [B, H/8, W/8, C] (from `step`) | `logits` [B, H, W, C]: output n |
 | `finish` | `state_1` .. `state_L`, `n` (as `step`) | `logits` [B, H, W, C]: output n |
 
-Images are normalized as the model was trained (see the sidecar metadata). `step` returns
+Images are normalized as the model was trained (see the metadata), or are uint8 camera
+bytes that the graph normalizes (`--input-type uint8`). `step` returns
 the head's logits before the 8x bilinear upsampling, so that an app driving the loop pays
 for one full-resolution map (`upsample` of the last step it keeps), not one per step.
 `finish` is the last step of an app that knows it is the last (its deadline leaves no room
@@ -18,6 +19,7 @@ coarser scales, which only a further step would read.
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from itnet_keras.model import anytime, data_block, encode, finish, iterative_block, output_names, upsample
@@ -39,22 +41,30 @@ def state_shapes(model, input_size, batch_size=1):
     return [tuple(int(d) for d in s) for s in shapes]
 
 
-def export_archive(model, input_size, batch_size=1):
-    """A `keras.export.ExportArchive` with the signatures at a fixed input size."""
+def export_archive(model, input_size, batch_size=1, normalization=None):
+    """A `keras.export.ExportArchive` with the signatures at a fixed input size. With
+    `normalization` (scale, offset), `image` is uint8 camera bytes, normalized inside."""
     height, width = input_size
     names = output_names(iterative_block(model).num_iterations)
     shapes = state_shapes(model, input_size, batch_size)
-    image = tf.TensorSpec((batch_size, height, width, 3), tf.float32, name="image")
+    dtype = tf.float32 if normalization is None else tf.uint8
+    image = tf.TensorSpec((batch_size, height, width, 3), dtype, name="image")
     scalar = lambda name: tf.TensorSpec((), tf.int32, name=name)  # noqa: E731
 
+    def normalized(image):
+        if normalization is None:
+            return image
+        scale, offset = normalization
+        return tf.cast(image, tf.float32) * np.float32(scale) + np.float32(offset)
+
     def all_outputs(image):
-        return dict(zip(names, model(image, training=False)))
+        return dict(zip(names, model(normalized(image), training=False)))
 
     def anytime_fn(image, iterations):
-        return {"logits": anytime(model, image, iterations)}
+        return {"logits": anytime(model, normalized(image), iterations)}
 
     def encode_fn(image):
-        return {f"state_{l}": s for l, s in enumerate(encode(model, image), start=1)}
+        return {f"state_{l}": s for l, s in enumerate(encode(model, normalized(image)), start=1)}
 
     def step_fn(*args):
         *state, n = args
@@ -80,7 +90,8 @@ def export_archive(model, input_size, batch_size=1):
     return archive
 
 
-def write_saved_model(model, folder, input_size, batch_size=1):
-    """Write the SavedModel with the signatures (`signatures_of(model)`) to `folder`."""
-    export_archive(model, input_size, batch_size).write_out(str(folder), verbose=False)
+def write_saved_model(model, folder, input_size, batch_size=1, normalization=None):
+    """Write the SavedModel with the signatures (`signatures_of(model)`) to `folder`; with
+    `normalization`, their `image` is uint8 (see `export_archive`)."""
+    export_archive(model, input_size, batch_size, normalization).write_out(str(folder), verbose=False)
     return folder

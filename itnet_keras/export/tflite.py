@@ -1,9 +1,12 @@
 """TFLite conversion of an ItNet in one of four quantization modes, with its metadata.
 
-`convert_tflite(model, path, quant, ...)` writes `path` (the `.tflite` file) and a sidecar
-`path.with_suffix(".json")` (labels, input size, normalization, signatures, calibration
-sample), both atomically, after checking the flatbuffer: builtin ops only (no `Flex`),
-and one `WHILE` in each signature that runs the loop (`outputs`, `anytime`).
+`convert_tflite(model, path, quant, ...)` writes `path` (the `.tflite` file, the `loop`
+flavour) and a sidecar `path.with_suffix(".json")` (labels, input size, normalization,
+signatures, calibration sample), both atomically, after checking the flatbuffer: builtin
+ops only (no `Flex`), and one `WHILE` in each signature that runs the loop (`outputs`,
+`anytime`). `convert_static` writes the `static` flavour (module `static`): one file per
+output n, one subgraph, no control flow. With a dataset `spec`, TFLite Model Metadata (labels,
+normalization, output activation) goes inside every file (`tflite_metadata`).
 """
 
 import json
@@ -14,10 +17,13 @@ import numpy as np
 import tensorflow as tf
 
 from itnet_keras.console import progress, quietly
-from itnet_keras.export import QUANT_MODES
+from itnet_keras.export import INPUT_TYPES, QUANT_MODES
 from itnet_keras.export.flatbuffer import inspect_tflite, loop_carried_types, signature_ops
 from itnet_keras.export.int8_loop import carry_int8
 from itnet_keras.export.signatures import signatures_of, write_saved_model
+from itnet_keras.export.static import signature_key, static_archive, static_calibration, unrolled_copy
+from itnet_keras.export.tflite_metadata import embed_metadata
+from itnet_keras.export.uint8_input import camera_byte_inputs, uint8_pixel_input, zero_point
 from itnet_keras.model import encode, iterative_block, model_args
 
 LOOPING_SIGNATURES = ("outputs", "anytime")
@@ -38,8 +44,9 @@ def calibration_batches(model, images):
             image = np.asarray(image, np.float32)[None]
             yield "outputs", {"image": image}
             yield "encode", {"image": image}
-            if "anytime" in signatures_of(model):
-                yield "anytime", {"image": image, "iterations": np.int32(num_iterations)}
+            if "anytime" in signatures_of(model):  # both branches of its IF: output 1, and the loop
+                for count in sorted({1, num_iterations}):
+                    yield "anytime", {"image": image, "iterations": np.int32(count)}
             state = encode(model, image)
             for n in range(1, num_iterations + 1):
                 inputs = {f"state_{l}": np.asarray(s) for l, s in enumerate(state, start=1)}
@@ -51,8 +58,10 @@ def calibration_batches(model, images):
     return generate
 
 
-def tflite_converter(saved_model, signatures, quant, representative):
-    """The converter of a SavedModel's `signatures` in mode `quant`, builtin ops only."""
+def tflite_converter(saved_model, signatures, quant, representative, integer_io=None):
+    """The converter of a SavedModel's `signatures` in mode `quant`, builtin ops only; an
+    int8 one with `integer_io` (input dtype, output dtype; None: float32) hands its float
+    inputs and outputs in and out quantized."""
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=list(signatures))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex fallback
     if quant == "float16":
@@ -67,6 +76,9 @@ def tflite_converter(saved_model, signatures, quant, representative):
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                                tf.lite.OpsSet.TFLITE_BUILTINS]
+        input_type, output_type = integer_io or (None, None)
+        converter.inference_input_type = input_type or tf.float32
+        converter.inference_output_type = output_type or tf.float32
     return converter
 
 
@@ -90,15 +102,20 @@ def check_tflite(path, signatures, loop=True, integer_loop=False):
     return summary
 
 
-def metadata(model, spec, input_size, quant, batch_size=1, calibration=None):
-    """What an app needs beside the file: labels, input size, normalization, signatures."""
+def metadata(model, spec, input_size, quant, batch_size=1, calibration=None, iterations=None,
+             input_type="float32"):
+    """What an app needs beside the file: labels, input size, normalization, signatures
+    (of the static flavour with `iterations`, its output n)."""
     args = model_args(model)
     scale, offset = spec.normalization
-    return {
-        "format": "tflite", "quantization": quant, "dataset": spec.name,
-        "labels": list(spec.class_names), "ignore_label": spec.ignore_label,
-        "input": {"name": "image", "shape": [batch_size, *input_size, 3], "dtype": "float32",
-                  "normalization": f"pixel * {scale:.10g} + {offset:.10g} (RGB, pixel in 0..255)"},
+    normalization = f"pixel * {scale:.10g} + {offset:.10g} (RGB, pixel in 0..255)"
+    if input_type == "uint8":
+        normalization = "inside the graph: pass camera bytes (RGB, 0..255); it computes " + normalization
+    meta = {
+        "format": "tflite", "flavor": "loop" if iterations is None else "static", "quantization": quant,
+        "dataset": spec.name, "labels": list(spec.class_names), "ignore_label": spec.ignore_label,
+        "input": {"name": "image", "shape": [batch_size, *input_size, 3], "dtype": input_type,
+                  "normalization": normalization},
         "num_iterations": args["num_iterations"], "model_args": args,
         "signatures": {
             "outputs": "image -> output_1 .. output_N logits [B, H, W, C]",
@@ -112,6 +129,25 @@ def metadata(model, spec, input_size, quant, batch_size=1, calibration=None):
         },
         "calibration": calibration,
     }
+    if iterations is not None:
+        meta["output_n"] = iterations
+        meta["signatures"] = {signature_key(iterations): f"image -> logits [B, H, W, C] of output {iterations}"}
+        meta["output"] = {"name": "logits", "dtype": "int8" if quant == "int8" else "float32"}
+        if quant == "int8":
+            meta["output"]["note"] = "quantized logits (scale, zero point in the tensor); the argmax needs neither"
+    return meta
+
+
+def _embedded(data, model, spec, iterations=None, input_type="float32"):
+    """`data` with the TFLite Model Metadata of the file inside (see `tflite_metadata`)."""
+    args = model_args(model)
+    what = ("all outputs, anytime(n), and the loop driven by an app (signatures: "
+            + ", ".join(signatures_of(model)) + ")" if iterations is None
+            else f"output {iterations} of {args['num_iterations']} (one subgraph, no control flow)")
+    description = (f"ItNet semantic segmentation ({spec.name}, {args['num_classes']} classes, width "
+                   f"{args['width']}, {'shared' if args['weight_sharing'] else 'independent'} weights): {what}")
+    return embed_metadata(data, "ItNet", description, spec.class_names, spec.normalization, args["num_classes"],
+                          float_input=input_type == "float32")
 
 
 def writable_destination(path):
@@ -125,7 +161,7 @@ def writable_destination(path):
 
 
 def convert_tflite(model, path, quant="float32", spec=None, input_size=None, calibration_images=None,
-                   calibration=None):
+                   calibration=None, input_type="float32"):
     """Convert `model` to `path`; returns the flatbuffer summary (see `inspect_tflite`).
 
     A model built with `unroll=True` (for comparisons) converts without `WHILE` and
@@ -135,6 +171,13 @@ def convert_tflite(model, path, quant="float32", spec=None, input_size=None, cal
 
     if quant not in QUANT_MODES:
         raise ExportError(f"--quant {quant!r}: expected one of {', '.join(QUANT_MODES)}")
+    if input_type not in INPUT_TYPES or (input_type == "uint8" and spec is None):
+        raise ExportError(f"--input-type {input_type!r}: expected one of {', '.join(INPUT_TYPES)} "
+                          "(uint8 with the dataset's normalization, --data)")
+    if quant == "int8" and input_type == "uint8" and zero_point(spec.normalization) is None:
+        raise ExportError(f"--input-type uint8 --quant int8: the normalization pixel * {spec.normalization[0]:.6g} "
+                          f"+ {spec.normalization[1]:.6g} has no integer zero point, which a loop file's uint8 "
+                          "image needs; use --flavor static (it normalizes in int8) or a float input")
     if quant == "int8" and not iterative_block(model).weight_sharing:
         raise ExportError("--quant int8 needs a weight-sharing model: the kernels that the loop counter "
                           "picks (weight_sharing=False) are quantized as activations, which TFLite's int8 "
@@ -145,20 +188,95 @@ def convert_tflite(model, path, quant="float32", spec=None, input_size=None, cal
     representative = None if calibration_images is None else calibration_batches(model, calibration_images)
     signatures = signatures_of(model)
     with tempfile.TemporaryDirectory() as work:
-        saved_model = write_saved_model(model, Path(work) / "saved_model", input_size)
+        in_graph = spec.normalization if input_type == "uint8" and quant != "int8" else None
+        saved_model = write_saved_model(model, Path(work) / "saved_model", input_size, normalization=in_graph)
         with quietly():  # the converter's C++ log lines
             data = tflite_converter(saved_model, signatures, quant, representative).convert()
         if quant == "int8":
             data = carry_int8(data)
+            if input_type == "uint8":  # the image's QUANTIZE takes bytes: no float op
+                try:
+                    data = camera_byte_inputs(data, spec.normalization)
+                except ValueError as error:
+                    raise ExportError(str(error)) from None
+        if spec is not None:
+            data = _embedded(data, model, spec, input_type=input_type)
         candidate = Path(work) / "model.tflite"
         candidate.write_bytes(data)
         summary = check_tflite(candidate, signatures, loop=not iterative_block(model).unroll,
                                integer_loop=quant == "int8")
         write_atomic(path, data, "wb")
     if spec is not None:
-        meta = metadata(model, spec, input_size, quant, calibration=calibration)
+        meta = metadata(model, spec, input_size, quant, calibration=calibration, input_type=input_type)
         write_atomic(path.with_suffix(".json"), json.dumps(meta, indent=1))
     return summary
+
+
+def static_path(path, n):
+    """The file of output n: `PATH` with `_n<n>` before its suffix."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_n{n}{path.suffix}")
+
+
+def check_static(path, n):
+    """Raise ExportError unless the file is builtins-only with one subgraph and no control
+    flow (what MediaPipe's ImageSegmenter and the LiteRT GPU delegate need)."""
+    summary = check_tflite(path, [signature_key(n)], loop=False)
+    control = sorted({op for op in summary["ops"] if op in ("WHILE", "IF", "CALL_ONCE")})
+    if len(summary["subgraphs"]) != 1 or control:
+        raise ExportError(f"{path}: {len(summary['subgraphs'])} subgraphs and control flow {control}, "
+                          "expected one subgraph and none")
+    return summary
+
+
+def convert_static(model, path, iterations, quant="float32", spec=None, input_size=None,
+                   calibration_images=None, calibration=None, input_type="float32"):
+    """The static flavour: for each n of `iterations`, `static_path(path, n)` computes output
+    n (see `static`), with its sidecar. Returns {path: flatbuffer summary}."""
+    from itnet_keras.evaluate import write_atomic
+
+    if quant not in QUANT_MODES:
+        raise ExportError(f"--quant {quant!r}: expected one of {', '.join(QUANT_MODES)}")
+    if input_type not in INPUT_TYPES:
+        raise ExportError(f"--input-type {input_type!r}: expected one of {', '.join(INPUT_TYPES)}")
+    count = iterative_block(model).num_iterations
+    bad = [n for n in iterations if not 1 <= n <= count]
+    if not iterations or bad:
+        raise ExportError(f"--iterations {' '.join(map(str, bad or iterations)) or '(none)'}: "
+                          f"expected outputs in 1..{count}")
+    if quant == "int8" and calibration_images is None:
+        raise ExportError("--quant int8 needs calibration images (representative data)")
+    input_size = tuple(input_size or spec.image_size)
+    normalization = None if spec is None else spec.normalization
+    if input_type == "uint8" and normalization is None:
+        raise ExportError("--input-type uint8 needs the dataset's normalization (--data)")
+    for n in iterations:
+        writable_destination(static_path(path, n))
+    unrolled, written = unrolled_copy(model), {}
+    for n in dict.fromkeys(iterations):
+        target = static_path(path, n)
+        int8 = quant == "int8"
+        with tempfile.TemporaryDirectory() as work:
+            archive = static_archive(unrolled, n, input_size, normalization, input_type, int8)
+            archive.write_out(str(Path(work) / "saved_model"), verbose=False)
+            representative = static_calibration(calibration_images, n, normalization, input_type) if int8 else None
+            integer_io = (tf.uint8 if input_type == "uint8" else None, tf.int8) if int8 else None
+            with quietly():  # the converter's C++ log lines
+                data = tflite_converter(Path(work) / "saved_model", [signature_key(n)], quant, representative,
+                                        integer_io).convert()
+            if int8 and input_type == "uint8":
+                data = uint8_pixel_input(data, normalization)
+            if spec is not None:
+                data = _embedded(data, model, spec, n, input_type)
+            candidate = Path(work) / "model.tflite"
+            candidate.write_bytes(data)
+            written[target] = check_static(candidate, n)
+            write_atomic(target, data, "wb")
+        if spec is not None:
+            meta = metadata(model, spec, input_size, quant, calibration=calibration, iterations=n,
+                            input_type=input_type)
+            write_atomic(target.with_suffix(".json"), json.dumps(meta, indent=1))
+    return written
 
 
 def calibration_sample(dataset, input_size, count=16, seed=0, data_dir=None):

@@ -1,0 +1,227 @@
+"""Files an Android app takes as they are: the static flavour under MediaPipe's
+ImageSegmenter and LiteRT, metadata inside every file, camera-byte input, an integer int8 file."""
+
+import dataclasses
+
+import mediapipe as mp
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+from mediapipe.tasks.python import BaseOptions, vision
+from test_export import SIZE, SPEC, convert_cli, keras_outputs, trained_tiny
+
+from itnet_keras.export.flatbuffer import op_output_dtypes
+from itnet_keras.export.tflite import (ExportError, calibration_sample, check_static, convert_static,
+                                       convert_tflite)
+from itnet_keras.export.tflite_metadata import read_metadata
+
+# The ops the LiteRT GPU delegate documents as supported ("GPU ML operations support",
+# https://ai.google.dev/edge/litert/performance/gpu, as of 2025-07): a static float file
+# must use no other, so that the whole graph runs on a phone's GPU.
+GPU_DELEGATE_OPS = {
+    "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "EXP", "FULLY_CONNECTED",
+    "LOGICAL_AND", "LOGISTIC", "LSTM", "MAX_POOL_2D", "MAXIMUM", "MINIMUM", "MUL", "PAD", "PRELU", "RELU",
+    "RELU6", "RESHAPE", "RESIZE_BILINEAR", "SOFTMAX", "STRIDED_SLICE", "SUB", "TRANSPOSE_CONV",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return trained_tiny(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def camera_frames():
+    """Validation images as camera bytes (uint8 RGB) and as the model's input (x / 255)."""
+    from itnet_keras.pipeline import make_dataset
+
+    images, _ = make_dataset("builtin", "val", batch_size=6)[0]
+    frames = np.round(np.asarray(images) * 255).astype(np.uint8)
+    return frames, frames.astype(np.float32) / 255
+
+
+@pytest.fixture(scope="module")
+def static_float32(tiny, tmp_path_factory):
+    model, _ = tiny
+    path = tmp_path_factory.mktemp("static") / "tiny.tflite"
+    return convert_static(model, path, [2, 4], "float32", SPEC, SIZE)
+
+
+def run_static(path, images, n, dtype=np.float32):
+    run = Interpreter(model_path=str(path)).get_signature_runner(f"output_{n}")
+    return np.concatenate([run(image=image[None].astype(dtype))["logits"] for image in images])
+
+
+def category_masks(segmenter, frames):
+    """MediaPipe's category mask of each frame, copied (the view dies with its result)."""
+    images = [mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(f)) for f in frames]
+    return np.stack([np.array(segmenter.segment(image).category_mask.numpy_view()[..., 0]) for image in images])
+
+
+def test_static_files_one_per_n_match_keras(tiny, static_float32, camera_frames):
+    model, _ = tiny
+    _, images = camera_frames
+    want = keras_outputs(model, images)
+    assert sorted(p.name for p in static_float32) == ["tiny_n2.tflite", "tiny_n4.tflite"]
+    for path, summary in static_float32.items():
+        n = int(path.stem.split("_n")[1])
+        assert len(summary["subgraphs"]) == 1 and not {"WHILE", "IF"} & set(summary["ops"])
+        np.testing.assert_allclose(run_static(path, images, n), want[n - 1], atol=2e-4)
+
+
+def test_mediapipe_image_segmenter_runs_the_static_file(tiny, static_float32, camera_frames):
+    model, _ = tiny
+    frames, images = camera_frames
+    want = keras_outputs(model, images)
+    options = vision.ImageSegmenterOptions(output_category_mask=True, output_confidence_masks=False,
+                                           base_options=BaseOptions(model_asset_path=""))
+    for path in static_float32:
+        n = int(path.stem.split("_n")[1])
+        options.base_options = BaseOptions(model_asset_path=str(path))
+        with vision.ImageSegmenter.create_from_options(options) as segmenter:
+            assert segmenter.labels == list(SPEC.class_names)
+            masks = category_masks(segmenter, frames)
+        expected = want[n - 1].argmax(-1)
+        assert len(np.unique(expected)) > 1  # a trained model: the check can fail
+        assert np.mean(masks == expected) >= 0.995, f"output {n}"
+
+
+def test_mediapipe_refuses_a_loop_file(float32_loop):
+    options = vision.ImageSegmenterOptions(base_options=BaseOptions(model_asset_path=str(float32_loop)))
+    with pytest.raises(Exception, match="single subgraph"):
+        vision.ImageSegmenter.create_from_options(options)
+
+
+def test_static_float_file_uses_only_gpu_delegate_ops(static_float32):
+    for path, summary in static_float32.items():
+        assert set(summary["ops"]) <= GPU_DELEGATE_OPS, f"{path.name}: {set(summary['ops']) - GPU_DELEGATE_OPS}"
+
+
+@pytest.fixture(scope="module")
+def float32_loop(tiny, tmp_path_factory):
+    model, _ = tiny
+    path = tmp_path_factory.mktemp("loop") / "tiny.tflite"
+    convert_tflite(model, path, "float32", SPEC, SIZE)
+    return path
+
+
+def test_metadata_is_inside_loop_and_static_files(float32_loop, static_float32):
+    for path in [float32_loop, *static_float32]:
+        meta = read_metadata(path)
+        assert meta["name"] == "ItNet" and "ItNet semantic segmentation (builtin" in meta["description"]
+        assert meta["associated_files"]["labels.txt"].split("\n") == list(SPEC.class_names)
+        graph = meta["subgraph_metadata"][0]
+        image = next(t for t in graph["input_tensor_metadata"] if t["name"] == "image")
+        # pixel * (1/255) + 0 == (pixel - mean) / std with mean 0, std 255
+        assert image["process_units"][0]["options"] == {"mean": [0.0], "std": [255.0]}
+        logits = next(t for t in graph["output_tensor_metadata"] if t["name"] == "logits")
+        assert logits["associated_files"][0]["type"] == "TENSOR_AXIS_LABELS"
+        assert graph["custom_metadata"][0]["name"] == "SEGMENTER_METADATA"  # activation NONE
+        assert meta["min_parser_version"] == "1.5.0"  # custom metadata came with 1.5.0
+    assert "output 4 of 4" in read_metadata(max(static_float32))["description"]
+
+
+@pytest.mark.parametrize("quant, agree", [("float16", 0.99), ("dynamic", 0.95), ("int8", 0.85)])
+def test_static_file_in_every_quantization_mode(tiny, camera_frames, tmp_path, quant, agree):
+    model, _ = tiny
+    _, images = camera_frames
+    calibration = calibration_sample("builtin", SIZE, count=8, seed=0)[0] if quant == "int8" else None
+    (path, summary), = convert_static(model, tmp_path / "q.tflite", [4], quant, SPEC, SIZE, calibration).items()
+    assert len(summary["subgraphs"]) == 1 and not {"WHILE", "IF"} & set(summary["ops"])
+    got, want = run_static(path, images, 4).argmax(-1), keras_outputs(model, images)[3].argmax(-1)
+    assert np.mean(got == want) >= agree
+
+
+def test_uint8_input_takes_camera_bytes(tiny, camera_frames, static_float32, tmp_path):
+    model, _ = tiny
+    frames, images = camera_frames
+    (path, _), = convert_static(model, tmp_path / "u8.tflite", [4], "float32", SPEC, SIZE,
+                                input_type="uint8").items()
+    assert Interpreter(model_path=str(path)).get_input_details()[0]["dtype"] == np.uint8
+    float_input = next(p for p in static_float32 if p.stem.endswith("_n4"))
+    np.testing.assert_allclose(run_static(path, frames, 4, np.uint8), run_static(float_input, images, 4), atol=2e-4)
+    assert read_metadata(path)["subgraph_metadata"][0]["input_tensor_metadata"][0].get("process_units") in (
+        None, [{"options_type": "NormalizationOptions", "options": {"mean": [0.0], "std": [1.0]}}])
+
+
+# CamVid-like pixel / 255 is a quantization of its own (scale 1/255, zero point 0); pixel /
+# 127.5 - 1 (Cityscapes) is not (zero point 127.5): that file takes bytes as (1, 0) and
+# normalizes them in int8.
+@pytest.mark.parametrize("normalization, quantization", [((1 / 255, 0.0), (1 / 255, 0)),
+                                                         ((1 / 127.5, -1.0), (1.0, 0))])
+def test_int8_static_file_is_integer_from_camera_bytes_to_logits(tiny, camera_frames, tmp_path, normalization,
+                                                                 quantization):
+    model, _ = tiny
+    frames, _ = camera_frames
+    spec = dataclasses.replace(SPEC, normalization=normalization)
+    images = frames * np.float32(normalization[0]) + np.float32(normalization[1])  # what Keras sees
+    calibration = [np.asarray(i) * 255 * np.float32(normalization[0]) + np.float32(normalization[1])
+                   for i in calibration_sample("builtin", SIZE, count=8, seed=0)[0]]
+    (path, summary), = convert_static(model, tmp_path / "i8.tflite", [4], "int8", spec, SIZE, calibration,
+                                      input_type="uint8").items()
+    interpreter = Interpreter(model_path=str(path))
+    details = interpreter.get_input_details()[0]
+    assert details["dtype"] == np.uint8 and details["quantization"] == pytest.approx(quantization)
+    assert interpreter.get_output_details()[0]["dtype"] == np.int8
+    # No float island: every op outputs int8 (the uint8 input enters by an integer QUANTIZE).
+    (dtypes,) = op_output_dtypes(path)
+    assert "DEQUANTIZE" not in dtypes and all(set(c) == {"int8"} for c in dtypes.values()), dict(dtypes)
+    got = run_static(path, frames, 4, np.uint8).argmax(-1)
+    assert np.mean(got == keras_outputs(model, images)[3].argmax(-1)) >= 0.85
+    options = vision.ImageSegmenterOptions(base_options=BaseOptions(model_asset_path=str(path)),
+                                           output_category_mask=True, output_confidence_masks=False)
+    with vision.ImageSegmenter.create_from_options(options) as segmenter:  # takes int8 logits too
+        masks = category_masks(segmenter, frames)
+    # int8 kernels of different builds round differently near ties of this small model's
+    # logits: MediaPipe's mask equals LiteRT's (XNNPACK) argmax on 98-99% of pixels, as
+    # LiteRT's own builtin int8 kernels do (98-99% too); the float32 file agrees on all.
+    builtin = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    run = Interpreter(model_path=str(path), experimental_op_resolver_type=builtin).get_signature_runner("output_4")
+    reference = np.concatenate([run(image=f[None])["logits"] for f in frames]).argmax(-1)
+    assert min(np.mean(masks == got), np.mean(reference == got)) >= 0.97
+
+
+def test_loop_file_takes_camera_bytes_too(tiny, float32_loop, camera_frames, tmp_path):
+    model, _ = tiny
+    frames, images = camera_frames
+    path = tmp_path / "u8.tflite"
+    convert_tflite(model, path, "float32", SPEC, SIZE, input_type="uint8")
+    for signature in ("outputs", "anytime", "encode"):  # every signature that takes the image
+        extra = {"iterations": np.int32(3)} if signature == "anytime" else {}
+        got = Interpreter(model_path=str(path)).get_signature_runner(signature)(image=frames[:1], **extra)
+        want = Interpreter(model_path=str(float32_loop)).get_signature_runner(signature)(image=images[:1], **extra)
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=f"{signature} {key}")
+    # int8: the bytes are the image's quantized values (pixel / 255: scale 1/255, zero point 0)
+    calibration = calibration_sample("builtin", SIZE, count=4, seed=0)[0]
+    convert_tflite(model, path, "int8", SPEC, SIZE, calibration, input_type="uint8")
+    interpreter = Interpreter(model_path=str(path))
+    details = interpreter.get_signature_runner("anytime").get_input_details()["image"]
+    assert details["dtype"] == np.uint8 and details["quantization"] == (pytest.approx(1 / 255), 0)
+    run = interpreter.get_signature_runner("anytime")
+    got = np.concatenate([run(image=f[None], iterations=np.int32(4))["logits"] for f in frames]).argmax(-1)
+    assert np.mean(got == keras_outputs(model, images)[3].argmax(-1)) >= 0.85
+    cityscapes_like = dataclasses.replace(SPEC, normalization=(1 / 127.5, -1.0))
+    with pytest.raises(ExportError, match="no integer zero point"):
+        convert_tflite(model, tmp_path / "c.tflite", "int8", cityscapes_like, SIZE, calibration, input_type="uint8")
+
+
+def test_static_check_refuses_a_loop_file(float32_loop):
+    with pytest.raises(ExportError, match="tiny.tflite: signatures"):
+        check_static(float32_loop, 4)
+
+
+def test_cli_static_flavour_writes_one_file_per_n_and_names_bad_flags(tiny, tmp_path):
+    _, model_path = tiny
+    out = tmp_path / "s.tflite"
+    result = convert_cli(model_path, "--flavor", "static", "--iterations", "1", "3", "--input-size", "64x64",
+                         "--output", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s_n1.json", "s_n1.tflite", "s_n3.json", "s_n3.tflite"]
+    cases = [(["--flavor", "static", "--iterations", "5"], "--iterations 5: expected outputs in 1..4"),
+             (["--flavor", "static"], "--flavor static needs --format tflite and --iterations"),
+             (["--iterations", "2"], "--iterations needs --flavor static")]
+    for args, message in cases:
+        result = convert_cli(model_path, *args, "--output", tmp_path / "bad.tflite")
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-1500:])
+    assert not list(tmp_path.glob("bad*"))
