@@ -8,6 +8,10 @@ requirements = [
     if line.strip() and not line.startswith("#")
 ]
 
+# Export (TFLite, ONNX) and the runtimes that run the exported files; TensorFlow is also the
+# default Keras backend. Training and evaluation need none of it.
+export = ["tensorflow>=2.21,<2.22", "ai-edge-litert>=2.3", "tf2onnx>=1.17", "onnx>=1.17", "onnxruntime>=1.20"]
+
 setup(
     name="itnet-keras",
     version="0.1.0",
@@ -16,7 +20,13 @@ setup(
     python_requires=">=3.10",
     install_requires=requirements,
     extras_require={
+        "export": export,
+        # Training on an NVIDIA GPU (KERAS_BACKEND=jax): 0.10.2 is tested here on CPU, 0.11.2 is on the GPU machine.
+        "jax-cuda": ["jax[cuda12]>=0.10.2,<0.12"],
+        # Training on an NVIDIA GPU with the TensorFlow backend.
+        "tensorflow-cuda": ["tensorflow[and-cuda]>=2.21,<2.22"],
         "dev": [
+            *export,
             "pytest>=8",
             "jax[cpu]>=0.4.30",  # the JAX-backend test trains the tiny preset under KERAS_BACKEND=jax
             "jupytext>=1.16",  # notebooks are kept as paired .py sources

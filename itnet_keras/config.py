@@ -43,7 +43,11 @@ class FitConfig:
     seed: int = _flag("random seed (weights, shuffling, augmentation, dropout)", default=0)
     output: str = _flag("run folder", default="runs/itnet")
     resume: bool = _flag("continue the run in --output from its last checkpoint", default=False)
-    strategy: str = _flag("tf.distribute strategy", default="default", choices=("default", "mirrored"))
+    strategy: str = _flag("mirrored: data parallel over all visible devices (tf.distribute.MirroredStrategy on "
+                          "TensorFlow, keras.distribution.DataParallel on JAX)", default="default",
+                          choices=("default", "mirrored"))
+    remat: bool = _flag("recompute each loop iteration and each output's loss in the backward pass "
+                        "instead of keeping their activations (less memory, more compute)", default=False)
     verbose: bool = _flag("show TensorFlow's startup logs and warnings", default=False)
 
     MODEL_FIELDS = ("width", "num_scales", "num_iterations", "num_blocks", "expansion",

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import weakref
 from pathlib import Path
 
 from itnet_keras.console import add_verbose_flag, progress, quiet_startup
@@ -39,10 +40,33 @@ from itnet_keras.costs import output_costs  # noqa: E402
 from itnet_keras.metrics import anytime_auc, confusion_matrix, iou_from_confusion, mean_iou  # noqa: E402
 
 
-def predict_classes(model, images):
-    """Per-output argmax class maps: [N, batch, H, W]."""
-    outputs = model(images, training=False)
-    return np.stack([np.argmax(np.asarray(o), axis=-1) for o in outputs])
+def _class_model(model):
+    """`model` with the argmax of every output, built once per model: Keras compiles its
+    `predict_on_batch` (one `jax.jit` / `tf.function` per input shape), where calling the
+    model eagerly traces its loop again for every batch under JAX."""
+    import keras
+    from keras import ops
+
+    if model not in _CLASS_MODELS:
+        _CLASS_MODELS[model] = keras.Model(model.inputs, [ops.argmax(o, axis=-1) for o in model.outputs])
+    return _CLASS_MODELS[model]
+
+
+_CLASS_MODELS = weakref.WeakKeyDictionary()  # model -> its argmax model (not an attribute: Keras would track it)
+
+
+def predict_classes(model, images, batch_size=None):
+    """Per-output argmax class maps [N, batch, H, W], from a compiled prediction.
+
+    With `batch_size`, a smaller batch is padded to it (and the padding dropped), so that a
+    split's last batch runs through the same compiled function as the others."""
+    images = np.asarray(images)
+    count = len(images)
+    if batch_size is not None and count < batch_size:
+        images = np.concatenate([images, np.zeros((batch_size - count, *images.shape[1:]), images.dtype)])
+    outputs = _class_model(model).predict_on_batch(images)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return np.stack([np.asarray(o)[:count] for o in outputs])
 
 
 def split_confusion_matrices(dataset, predict):
@@ -64,7 +88,8 @@ def evaluate_model(model, dataset, loss_weights=None):
     recorded per output: outputs trained with weight 0 are evaluated all the same.
     """
     spec = dataset.spec
-    matrices, input_size = split_confusion_matrices(dataset, lambda images: predict_classes(model, images))
+    matrices, input_size = split_confusion_matrices(
+        dataset, lambda images: predict_classes(model, images, dataset.batch_size))
     costs = output_costs(model, input_size)
     outputs = []
     for cost, matrix in zip(costs, matrices):
@@ -160,7 +185,7 @@ def plot_prediction_strip(model, dataset, path, index=0):
     images, labels = dataset[index // dataset.batch_size]
     labels = next(iter(labels.values())) if isinstance(labels, dict) else labels
     k = index % dataset.batch_size
-    predictions = predict_classes(model, images[k:k + 1])[:, 0]
+    predictions = predict_classes(model, images, dataset.batch_size)[:, k]
     spec = dataset.spec
     colors = class_colors(spec.num_classes)
     scale, offset = spec.normalization

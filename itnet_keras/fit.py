@@ -36,7 +36,7 @@ from itnet_keras.costs import parse_size  # noqa: E402
 from itnet_keras.evaluate import format_outputs, load_itnet, write_atomic, write_report  # noqa: E402
 from itnet_keras.losses import MaskedCrossEntropy, output_weights  # noqa: E402
 from itnet_keras.metrics import SegmentationMeanIoU  # noqa: E402
-from itnet_keras.model import build_itnet, model_args, output_names  # noqa: E402
+from itnet_keras.model import build_itnet, iterative_block, model_args, output_names  # noqa: E402
 from itnet_keras.pipeline import SyncEpoch, make_dataset  # noqa: E402
 
 
@@ -167,6 +167,40 @@ class EpochSummary(keras.callbacks.Callback):
               f"train {miou('')}, val {miou('val_')}", flush=True)
 
 
+class EpochTensorBoard(keras.callbacks.Callback):
+    """Per-epoch scalars for TensorBoard, written with tensorboardX, which needs no TensorFlow
+    (Keras' `TensorBoard` callback imports it): `train/` and `validation/` event files with
+    Keras' tags (`epoch_loss`, `epoch_output_1_miou`, ...). Without tensorboardX installed it
+    says so once and writes nothing; training goes on."""
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder, self.writers = Path(folder), None
+
+    def on_train_begin(self, logs=None):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            print(f"note: {self.folder} is not written: TensorBoard logs need tensorboardX "
+                  "(pip install tensorboardX)", flush=True)
+            return
+        self.writers = {part: SummaryWriter(str(self.folder / part)) for part in ("train", "validation")}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.writers is None:
+            return
+        for key, value in (logs or {}).items():
+            part, tag = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            self.writers[part].add_scalar(f"epoch_{tag}", float(value), epoch)
+        for writer in self.writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in (self.writers or {}).values():
+            writer.close()
+        self.writers = None
+
+
 class StopOnNaN(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if logs and not math.isfinite(logs.get("loss", 0.0)):
@@ -198,7 +232,7 @@ def compile_model(model, config, spec, steps_per_epoch):
     )
     model.compile(
         optimizer=keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999),
-        loss={name: MaskedCrossEntropy(spec.ignore_label) for name in names},
+        loss={name: MaskedCrossEntropy(spec.ignore_label, remat=config.remat) for name in names},
         loss_weights=dict(zip(names, weights)),
         metrics={name: [SegmentationMeanIoU(spec.num_classes, spec.ignore_label, name="miou")] for name in names},
     )
@@ -220,13 +254,27 @@ def _datasets(config):
 
 
 def _strategy(config):
+    """None, or for `--strategy mirrored` data parallel over all visible devices (each batch
+    split across them): `tf.distribute.MirroredStrategy` on TensorFlow,
+    `keras.distribution.DataParallel` on JAX."""
     if config.strategy == "default":
-        return contextlib.nullcontext()
-    if keras.backend.backend() != "tensorflow":
-        raise ConfigError("--strategy mirrored needs the TensorFlow backend")
-    import tensorflow as tf
+        return None
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
 
-    return tf.distribute.MirroredStrategy().scope()
+        return tf.distribute.MirroredStrategy()
+    if backend != "jax":
+        raise ConfigError(f"--strategy mirrored: not available on the {backend} backend (TensorFlow or JAX)")
+    devices = keras.distribution.list_devices()
+    if config.batch_size % len(devices):
+        raise ConfigError(f"--batch-size {config.batch_size}: --strategy mirrored splits every batch over the "
+                          f"{len(devices)} visible devices; expected a multiple of {len(devices)}")
+    return keras.distribution.DataParallel(devices=devices)
+
+
+def _scope(strategy):
+    return contextlib.nullcontext() if strategy is None else strategy.scope()
 
 
 def run(config, given=frozenset(), callbacks=()):
@@ -240,8 +288,10 @@ def run(config, given=frozenset(), callbacks=()):
     keras.utils.set_random_seed(config.seed)
     train, val = _datasets(config)
     spec = train.spec
-    with _strategy(config):
+    strategy = _strategy(config)
+    with _scope(strategy):
         model = build_itnet(config.preset, num_classes=spec.num_classes, **config.model_overrides())
+        iterative_block(model).remat = config.remat
         names = output_names(len(model.outputs))
         train.output_names = val.output_names = names
         weights = compile_model(model, config, spec, len(train))
@@ -257,12 +307,14 @@ def run(config, given=frozenset(), callbacks=()):
         SyncEpoch(train), StopOnNaN(), checkpoint, EpochProgress(config.epochs, len(train) + len(val)),
         EpochSummary(config.epochs, names),
         keras.callbacks.CSVLogger(str(folder / "log.csv"), append=config.resume),
-        keras.callbacks.TensorBoard(str(folder / "tensorboard"), write_graph=False),
+        EpochTensorBoard(folder / "tensorboard"),
         *callbacks,
     ]
     if state["epoch"] < config.epochs:
-        model.fit(train, validation_data=val, epochs=config.epochs, initial_epoch=state["epoch"],
-                  shuffle=False, callbacks=callbacks, verbose=0)
+        # JAX's distribution splits the batches only inside its scope; TensorFlow's strategy needs none here.
+        with _scope(strategy if keras.backend.backend() == "jax" else None):
+            model.fit(train, validation_data=val, epochs=config.epochs, initial_epoch=state["epoch"],
+                      shuffle=False, callbacks=callbacks, verbose=0)
     if checkpoint.nan_epoch is not None:
         raise TrainingError(f"the loss became NaN in epoch {checkpoint.nan_epoch}; training stopped and the "
                             f"checkpoint of epoch {state['epoch']} in {folder} is kept")

@@ -2,6 +2,7 @@
 classification heads, run N times inside one `tf.while_loop` (SPEC s.2 and s.3)."""
 
 import contextlib
+import os
 
 import keras
 from keras import ops
@@ -26,6 +27,25 @@ def _dropout(x, rate, seed):
 
         return tf.nn.experimental.stateless_dropout(x, rate=rate, seed=seed)
     return keras.random.dropout(x, rate, seed=ops.cast(seed, "uint32"))
+
+
+def _depthwise_conv(x, kernel):
+    """Depthwise conv, 'same' padding, odd kernel. On JAX's CPU backend as shifted
+    multiply-adds, the same numbers: XLA's CPU grouped convolution is 10-30x slower
+    (docs/benchmarks.md). ITNET_DEPTHWISE=conv or =shifted forces one form on JAX."""
+    form = os.environ.get("ITNET_DEPTHWISE", "auto")
+    if form not in ("auto", "conv", "shifted"):
+        raise ValueError(f"ITNET_DEPTHWISE={form!r}: expected auto, conv or shifted")
+    if keras.backend.backend() != "jax" or form == "conv":
+        return ops.depthwise_conv(x, kernel, padding="same")
+    if form == "auto":
+        import jax
+
+        if jax.default_backend() != "cpu":
+            return ops.depthwise_conv(x, kernel, padding="same")
+    (kh, kw), (height, width) = kernel.shape[:2], x.shape[1:3]
+    padded = ops.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    return sum(padded[:, i:i + height, j:j + width, :] * kernel[i, j, :, 0] for i in range(kh) for j in range(kw))
 
 
 @register
@@ -61,6 +81,9 @@ class IterativeBlock(keras.layers.Layer):
         self.epsilon = epsilon
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+
+    # Set by training (`fit --remat`), not saved: recompute each iteration in the backward pass.
+    remat = False
 
     # -- structure -----------------------------------------------------------------
 
@@ -133,7 +156,9 @@ class IterativeBlock(keras.layers.Layer):
         """The slice of weight `name` (or of `value`, a tensor shaped like it) that
         0-based iteration `n` reads."""
         variable, rows, first = self._usage[name]
-        value = ops.convert_to_tensor(variable if value is None else value)
+        if value is None:
+            value = self._weight_values.get(name, variable)
+        value = ops.convert_to_tensor(value)
         if rows is not None:
             index = n - first
             value = value[index] if isinstance(index, int) else ops.take(value, index, axis=0)
@@ -159,7 +184,7 @@ class IterativeBlock(keras.layers.Layer):
         kernel = self._pick(key + "_kernel", n)
         per_iteration = self._usage[key + "_kernel"][1] is not None
         if depthwise:
-            y = ops.depthwise_conv(x, kernel, padding="same")
+            y = _depthwise_conv(x, kernel)
         elif per_iteration and tuple(kernel.shape[:2]) == (1, 1):
             # A 1x1 conv whose kernel the loop counter picks, as a matmul: TFLite's int8
             # CONV_2D wants a constant filter, a gathered one is quantized as an activation.
@@ -291,6 +316,32 @@ class IterativeBlock(keras.layers.Layer):
         return ops.while_loop(lambda n, *_: n < count, lambda n, *v: (n + 1, *body(n, *v)), (1, *loop_vars),
                               maximum_iterations=self.num_iterations - 1)[1:]
 
+    def _rematerialized(self, iteration):
+        """`iteration(n, state, stats)` under `keras.remat`: its activations are recomputed in
+        the backward pass, so a training step keeps only the loop's carried values per
+        iteration. Tensors pass as one flat list, the weights among them (TensorFlow's
+        `recompute_grad` cannot capture variables inside a `tf.while_loop`); `n` is closed over."""
+        names = [name for name, (variable, _, _) in self._usage.items() if variable.trainable]
+
+        def call(n, state, stats):
+            weights = [ops.convert_to_tensor(self._usage[name][0]) for name in names]
+            structure = {}
+
+            def flat(*values):
+                self._weight_values = dict(zip(names, values[:len(names)]))
+                try:
+                    structure["out"] = iteration(n, *keras.tree.pack_sequence_as((state, stats), values[len(names):]))
+                finally:
+                    self._weight_values = {}
+                return keras.tree.flatten(structure["out"])
+
+            values = keras.remat(flat)(*weights, *keras.tree.flatten((state, stats)))
+            return keras.tree.pack_sequence_as(structure["out"], values)
+
+        return call
+
+    _weight_values = {}  # weight name -> the tensor to read instead (inside `_rematerialized`)
+
     def _run(self, state, training, iterations, collect):
         """Run the loop; returns (all logits [N, ...] or the latest logits, final state)."""
         count = self.num_iterations if iterations is None else self.clamp(iterations)
@@ -300,8 +351,14 @@ class IterativeBlock(keras.layers.Layer):
         if training and self.dropout > 0:
             seed = ops.cast(ops.mod(self.seed_generator.next(), 2**30), "int32")
 
+        def iteration(n, state, stats):
+            return self._iteration(state, n, training, stats, seed, mixes=True, head=collect)
+
+        if training and self.remat:
+            iteration = self._rematerialized(iteration)
+
         def body(n, state, out, stats):
-            state, logits, stats = self._iteration(state, n, training, stats, seed, mixes=True, head=collect)
+            state, logits, stats = iteration(n, state, stats)
             if collect:
                 # A shift, not a scatter update: the converter's int8 SCATTER_ND fills with
                 # raw int8 zeros that ignore the zero point, which garbled the stack.

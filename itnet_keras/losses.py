@@ -24,7 +24,7 @@ class MaskedCrossEntropy(keras.losses.Loss):
     given, must broadcast to [B, H, W].
     """
 
-    def __init__(self, ignore_label, from_logits=True, **kwargs):
+    def __init__(self, ignore_label, from_logits=True, remat=False, **kwargs):
         super().__init__(**kwargs)
         if self.reduction not in ("sum_over_batch_size", "mean"):
             raise ValueError(
@@ -33,8 +33,14 @@ class MaskedCrossEntropy(keras.losses.Loss):
             )
         self.ignore_label = int(ignore_label)
         self.from_logits = bool(from_logits)
+        self.remat = bool(remat)
 
     def call(self, y_true, y_pred):
+        if self.remat:  # keep only y_pred for the backward pass, not the softmax and its kin
+            return keras.remat(self._per_pixel)(y_true, y_pred)
+        return self._per_pixel(y_true, y_pred)
+
+    def _per_pixel(self, y_true, y_pred):
         if len(y_true.shape) == len(y_pred.shape):
             y_true = ops.squeeze(y_true, axis=-1)
         labels = ops.cast(y_true, "int32")
@@ -50,7 +56,7 @@ class MaskedCrossEntropy(keras.losses.Loss):
 
     def get_config(self):
         config = super().get_config()
-        config.update(ignore_label=self.ignore_label, from_logits=self.from_logits)
+        config.update(ignore_label=self.ignore_label, from_logits=self.from_logits, remat=self.remat)
         return config
 
 

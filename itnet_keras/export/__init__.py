@@ -17,7 +17,21 @@ of choices below live here, not in the modules that use them, so that the script
 them in `--help` before TensorFlow is imported.
 """
 
+import importlib.util
+
 QUANT_MODES = ("float32", "float16", "dynamic", "int8")  # of `tflite.convert_tflite`
 FLAVORS = ("loop", "static")  # `tflite.convert_tflite` and `tflite.convert_static`
 INPUT_TYPES = ("float32", "uint8")  # the image an app passes (`uint8_input`)
 EVALUATED_SIGNATURES = ("outputs", "anytime", "finish")  # how `accuracy.exported_mious` computes output n
+
+
+def _tensorflow_installed():
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except ImportError:
+        return False
+
+
+if not _tensorflow_installed():  # training and evaluation run without it; export does not
+    raise ImportError("itnet_keras.export needs TensorFlow (TFLite and ONNX conversion run through it), "
+                      'which is not installed: pip install -e ".[export]"')

@@ -1,0 +1,194 @@
+"""Training and evaluation on any Keras backend: without TensorFlow, compiled evaluation,
+data parallel on JAX, rematerialization (issue 12). JAX runs in subprocesses."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from itnet_keras import build_itnet
+from itnet_keras.evaluate import predict_classes, split_confusion_matrices
+from itnet_keras.iterative_block import IterativeBlock
+from itnet_keras.losses import MaskedCrossEntropy
+from itnet_keras.model import iterative_block
+from itnet_keras.pipeline import make_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+# Makes `import tensorflow` fail as on a machine without it.
+NO_TENSORFLOW = """
+import importlib.abc, sys
+class _NoTensorFlow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] == "tensorflow":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, _NoTensorFlow())
+"""
+
+
+def run_jax(script, tmp_path, devices=1):
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO),
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result.stdout
+
+
+def test_fit_and_evaluate_run_without_tensorflow(tmp_path):
+    out = run_jax(NO_TENSORFLOW + """
+        from itnet_keras import evaluate, fit
+        assert fit.main(["--limit", "16", "--epochs", "1", "--output", "run"]) == 0
+        assert evaluate.main(["run/last.keras", "--limit", "12", "--batch-size", "8", "--output", "eval"]) == 0
+        assert "tensorflow" not in sys.modules
+        try:
+            import itnet_keras.export
+        except ImportError as error:
+            print("export:", error)
+    """.replace("\n        ", "\n"), tmp_path)
+    assert 'export: itnet_keras.export needs TensorFlow' in out and 'pip install -e ".[export]"' in out
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert report["images"] == 12 and len(report["outputs"]) == 4
+    for part in ("train", "validation"):  # TensorBoard event files, written by tensorboardX
+        events = list((tmp_path / "run" / "tensorboard" / part).glob("events.out.tfevents.*"))
+        assert len(events) == 1 and events[0].stat().st_size > 100, part
+
+
+def test_tensorboard_logs_hold_the_epoch_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from itnet_keras.fit import EpochTensorBoard
+
+    callback = EpochTensorBoard(tmp_path)
+    callback.on_train_begin()
+    for epoch, loss in enumerate([2.0, 1.5]):
+        callback.on_epoch_end(epoch, {"loss": loss, "output_1_miou": 0.25, "val_loss": loss + 1})
+    callback.on_train_end()
+    train = EventAccumulator(str(tmp_path / "train")).Reload()
+    validation = EventAccumulator(str(tmp_path / "validation")).Reload()
+    assert [(e.step, e.value) for e in train.Scalars("epoch_loss")] == [(0, 2.0), (1, 1.5)]
+    assert [e.value for e in train.Scalars("epoch_output_1_miou")] == [0.25, 0.25]
+    assert [e.value for e in validation.Scalars("epoch_loss")] == [3.0, 2.5]
+
+
+def test_evaluation_compiles_one_prediction_per_split(monkeypatch, tmp_path):
+    """5 images in batches of 2: the last batch is padded, so the loop is traced once (an
+    eager call traced it for every batch), and the classes are those of the model."""
+    model = build_itnet("tiny", input_shape=(None, None, 3))
+    dataset = make_dataset("builtin", "val", batch_size=2, limit=5)
+    traces = []
+    original = IterativeBlock.call
+    monkeypatch.setattr(IterativeBlock, "call", lambda self, *a, **k: traces.append(1) or original(self, *a, **k))
+    matrices, _ = split_confusion_matrices(dataset, lambda images: predict_classes(model, images, 2))
+    assert len(traces) == 1
+    labelled = sum(int((dataset[i][1] != dataset.spec.ignore_label).sum()) for i in range(len(dataset)))
+    assert [int(m.sum()) for m in matrices] == [labelled] * 4  # the padding is not counted
+    images, _ = dataset[2]
+    assert images.shape[0] == 1
+    expected = np.stack([np.argmax(np.asarray(o), -1) for o in model(images, training=False)])
+    np.testing.assert_array_equal(predict_classes(model, images, 2), expected)
+
+
+def _loss_and_gradients(remat, dropout):
+    keras.utils.set_random_seed(1)
+    model = build_itnet("tiny", num_classes=4, input_shape=(32, 32, 3), dropout=dropout)
+    iterative_block(model).remat = remat
+    rng = np.random.default_rng(0)
+    images, labels = rng.random((2, 32, 32, 3), dtype=np.float32), rng.integers(0, 4, (2, 32, 32))
+    loss_fn = MaskedCrossEntropy(255, remat=remat)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = sum(loss_fn(labels, o) for o in model(images, training=True))
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    loss, gradients = step()
+    return float(loss), [np.asarray(g) for g in gradients]
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_remat_gives_the_same_loss_and_gradients_tensorflow(dropout):
+    loss, gradients = _loss_and_gradients(False, dropout)
+    remat_loss, remat_gradients = _loss_and_gradients(True, dropout)
+    assert remat_loss == pytest.approx(loss, rel=1e-6)
+    assert len(gradients) == len(remat_gradients)
+    for a, b in zip(gradients, remat_gradients):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.large  # 7 minutes on the loaded 2-core machine: kept out of the default suite
+def test_jax_remat_and_data_parallel(tmp_path):
+    """JAX on 2 host devices: --remat gives the same loss and gradients and less memory in
+    XLA's estimate; the shifted depthwise conv gives XLA's numbers; `fit --strategy
+    mirrored` trains data parallel (the weights are replicated over both devices), and
+    refuses a batch it cannot split."""
+    out = run_jax("""
+        import json, jax, numpy as np, keras
+        from itnet_keras import build_itnet, fit
+        from itnet_keras.bench import compiled_memory
+        from itnet_keras.losses import MaskedCrossEntropy
+        from itnet_keras.model import iterative_block
+
+        def loss_and_gradients(remat):
+            keras.utils.set_random_seed(1)
+            model = build_itnet("tiny", num_classes=4, input_shape=(32, 32, 3), dropout=0.1)
+            iterative_block(model).remat = remat
+            rng = np.random.default_rng(0)
+            x, y = rng.random((2, 32, 32, 3), dtype=np.float32), rng.integers(0, 4, (2, 32, 32))
+            trainable = [v.value for v in model.trainable_variables]
+            rest = [v.value for v in model.non_trainable_variables]
+
+            def loss(trainable):
+                outputs, _ = model.stateless_call(trainable, rest, x, training=True)
+                return sum(MaskedCrossEntropy(255, remat=remat)(y, o) for o in outputs)
+
+            return jax.value_and_grad(loss)(trainable)
+
+        (loss, grads), (remat_loss, remat_grads) = loss_and_gradients(False), loss_and_gradients(True)
+        print("loss", float(loss), float(remat_loss))
+        print("grad", max(float(np.max(np.abs(a - b))) for a, b in zip(grads, remat_grads)),
+              max(float(np.max(np.abs(a))) for a in grads))
+        memory = [compiled_memory("tiny", 8, False, (64, 64), remat)["temp_mb"] for remat in (False, True)]
+        print("temp", *memory)
+
+        import os
+        from itnet_keras.iterative_block import _depthwise_conv
+        x, kernel = np.random.rand(2, 7, 9, 12).astype("float32"), np.random.rand(3, 3, 12, 1).astype("float32")
+        forms = {}
+        for form in ("conv", "shifted"):
+            os.environ["ITNET_DEPTHWISE"] = form
+            forms[form] = np.asarray(_depthwise_conv(x, kernel))
+        os.environ.pop("ITNET_DEPTHWISE")
+        print("depthwise", float(np.max(np.abs(forms["conv"] - forms["shifted"]))), float(np.max(np.abs(forms["conv"]))))
+
+        seen = {}
+        class Devices(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                seen["devices"] = len(self.model.trainable_variables[0].value.sharding.device_set)
+        config, given = fit.parse_config(["--limit", "16", "--epochs", "1", "--strategy", "mirrored",
+                                          "--output", "dp"])
+        fit.run(config, given, callbacks=[Devices()])
+        print("devices", len(jax.devices()), seen["devices"])
+        import contextlib, io
+        errors = io.StringIO()
+        with contextlib.redirect_stderr(errors):
+            print("refused", fit.main(["--batch-size", "3", "--strategy", "mirrored", "--output", "dp3"]))
+        print(errors.getvalue())
+    """, tmp_path, devices=2)
+    values = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in out.splitlines()
+              if line.split() and line.split()[0] in ("loss", "grad", "temp", "depthwise", "devices", "refused")}
+    assert values["loss"][0] == pytest.approx(values["loss"][1], rel=1e-6)
+    assert values["grad"][0] < 1e-4 * values["grad"][1]
+    assert values["temp"][1] < values["temp"][0]
+    assert values["depthwise"][0] < 1e-5 * values["depthwise"][1]  # XLA's grouped conv = the shifted sums
+    assert values["devices"] == [2, 2]
+    assert values["refused"] == [2]
+    assert "--batch-size 3: --strategy mirrored splits every batch over the 2 visible devices" in out
+    assert json.loads((tmp_path / "dp" / "evaluation.json").read_text())["outputs"]

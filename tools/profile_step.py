@@ -1,0 +1,135 @@
+"""Where the time of one JAX training step goes: `fit`'s step taken apart.
+
+    KERAS_BACKEND=jax python tools/profile_step.py [--preset camvid_shared] [--input-size 352x480]
+        [--batch-size 8] [--steps 5] [--remat] [--trace DIR]
+
+Builds the model and data as `python -m itnet_keras.bench` does (compiled as `fit` compiles
+it), then jit-compiles and times, each as the median of `--steps` runs:
+
+- `forward`: the model in training mode (all N outputs at full resolution);
+- `loss + gradients`: forward, the weighted per-output losses and the backward pass;
+- `train step`: Keras' `train_step` as `fit` runs it (adds the optimizer update and the
+  N mIoU metrics);
+- `metrics`: the N mIoU updates alone, on fixed logits.
+
+For each: the step time, XLA's FLOP and byte counts (`cost_analysis`) and the achieved
+GFLOP/s. `--trace DIR` also records a `jax.profiler` trace of three train steps there
+(open with TensorBoard's profile plugin or Perfetto).
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from itnet_keras.costs import parse_size  # noqa: E402
+
+
+def timed(function, args, steps):
+    """(compiled function, median seconds): jit, compile, one warm-up run, then `steps` runs."""
+    import jax
+
+    compiled = jax.jit(function).lower(*args).compile()
+    jax.block_until_ready(compiled(*args))
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - start)
+    return compiled, statistics.median(times)
+
+
+def costs(compiled):
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return cost.get("flops", float("nan")), cost.get("bytes accessed", float("nan"))
+
+
+def profile(preset, input_size, batch_size, steps, remat=False, trace=None):
+    import jax
+
+    from itnet_keras.bench import _model
+    from itnet_keras.config import FitConfig
+    from itnet_keras.losses import output_weights
+    from itnet_keras.metrics import SegmentationMeanIoU
+
+    model, images, targets = _model(preset, batch_size, False, input_size, remat)
+    data = (images, targets, None)
+    model._symbolic_build(data_batch=data)
+    state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
+                                 optimizer_variables=True, metrics_variables=True)
+    trainable, non_trainable = state[:2]
+    names = model.output_names
+    labels = targets[names[0]]
+    losses = [model.loss[name] for name in names]  # as `fit` compiles: one loss per output, weights `all`
+    weights = dict(zip(names, output_weights(FitConfig().output_weights, len(names))))
+
+    def forward(trainable, non_trainable, images):
+        return model.stateless_call(trainable, non_trainable, images, training=True)[0]
+
+    def loss_and_gradients(trainable, non_trainable, images, labels):
+        def loss(trainable):
+            outputs = forward(trainable, non_trainable, images)
+            return sum(weights[n] * fn(labels, o) for n, fn, o in zip(names, losses, outputs))
+
+        return jax.value_and_grad(loss)(trainable)
+
+    classes = model.outputs[0].shape[-1]
+    metrics = [SegmentationMeanIoU(classes, losses[0].ignore_label) for _ in names]  # as `fit` compiles
+    logits = [jax.numpy.zeros((batch_size, *input_size, classes), "float32")] * len(names)
+
+    def update_metrics(values, logits, labels):
+        return [m.stateless_update_state(v, labels, o)
+                for m, v, o in zip(metrics, values, logits)]
+
+    metric_states = [[v.value for v in m.variables] for m in metrics]
+    phases = {
+        "forward": (forward, (trainable, non_trainable, images)),
+        "loss + gradients": (loss_and_gradients, (trainable, non_trainable, images, labels)),
+        "train step": (model.train_step, (state, data)),
+        f"metrics ({len(metrics)} mIoU updates)": (update_metrics, (metric_states, logits, labels)),
+    }
+    rows = []
+    for phase, (function, args) in phases.items():
+        compiled, seconds = timed(function, args, steps)
+        flops, bytes_accessed = costs(compiled)
+        rows.append({"phase": phase, "step_s": seconds, "gflops": flops / 1e9, "gbytes": bytes_accessed / 1e9,
+                     "achieved_gflops_per_s": flops / 1e9 / seconds})
+        print(f"| {phase} | {seconds * 1e3:.1f} | {flops / 1e9:.1f} | {bytes_accessed / 1e9:.2f} | "
+              f"{flops / 1e9 / seconds:.0f} |", flush=True)
+        if phase == "train step" and trace:
+            with jax.profiler.trace(str(trace)):
+                for _ in range(3):
+                    jax.block_until_ready(compiled(*args))
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python tools/profile_step.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="camvid_shared")
+    parser.add_argument("--input-size", type=parse_size, default=(352, 480), help="HEIGHTxWIDTH")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--trace", help="write a jax.profiler trace of the train step to this folder")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    import jax
+    import keras
+
+    if keras.backend.backend() != "jax":
+        parser.error(f"needs KERAS_BACKEND=jax (this process runs {keras.backend.backend()})")
+    print(f"{args.preset}, {args.input_size[0]}x{args.input_size[1]}, batch {args.batch_size}, "
+          f"{jax.devices()[0].device_kind}, median of {args.steps}{', --remat' if args.remat else ''}\n")
+    print("| phase | ms | GFLOP | GB accessed | GFLOP/s |\n|---|---:|---:|---:|---:|", flush=True)
+    rows = profile(args.preset, args.input_size, args.batch_size, args.steps, args.remat, args.trace)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
