@@ -123,7 +123,7 @@ def test_remat_gives_the_same_loss_and_gradients_tensorflow(dropout):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.large  # 7 minutes on the loaded 2-core machine: kept out of the default suite
+@pytest.mark.large  # 1.5 minutes on the 2-core machine, 7 under load: kept out of the default suite
 def test_jax_remat_and_data_parallel(tmp_path):
     """JAX on 2 host devices: --remat gives the same loss and gradients and less memory in
     XLA's estimate; the shifted depthwise conv gives XLA's numbers; `fit --strategy
