@@ -19,7 +19,7 @@ import sys
 
 from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.costs import parse_size
-from itnet_keras.datasets import DATASETS, DatasetError, get_spec
+from itnet_keras.datasets import DATASETS, DatasetError, get_spec, spec_with_classes
 from itnet_keras.export import FLAVORS, INPUT_TYPES, QUANT_MODES
 
 
@@ -47,8 +47,7 @@ if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow load
     quiet_startup(build_parser().parse_args().verbose)
 
 from itnet_keras.evaluate import load_itnet  # noqa: E402
-from itnet_keras.export.tflite import (ExportError, calibration_sample, convert_static,  # noqa: E402
-                                       convert_tflite)
+from itnet_keras.export.tflite import calibration_sample, convert_static, convert_tflite  # noqa: E402
 from itnet_keras.model import model_args  # noqa: E402
 
 
@@ -56,11 +55,7 @@ def dataset_for(model, name):
     """The dataset named, else the one whose class count the model has."""
     if name is not None:
         return get_spec(name)
-    classes = model_args(model)["num_classes"]
-    matches = [spec for spec in DATASETS.values() if spec.num_classes == classes]
-    if len(matches) != 1:
-        raise ExportError(f"the model has {classes} classes: pass --data to name its dataset")
-    return matches[0]
+    return spec_with_classes(model_args(model)["num_classes"])
 
 
 def run(args):

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from itnet_keras.config import positive
 from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.export import EVALUATED_SIGNATURES
 
@@ -23,8 +24,8 @@ def build_parser():
     parser.add_argument("--data", default="builtin", choices=("builtin", "camvid", "cityscapes"))
     parser.add_argument("--data-dir")
     parser.add_argument("--split", default="val")
-    parser.add_argument("--scale", type=int, default=1)
-    parser.add_argument("--limit", type=int)
+    parser.add_argument("--scale", type=positive(int), default=1)
+    parser.add_argument("--limit", type=positive(int))
     parser.add_argument("--signature", default="outputs", choices=EVALUATED_SIGNATURES,
                         help="how each output of a .tflite file is computed")
     parser.add_argument("--output", help="also write the table (markdown) and OUTPUT.json there")
@@ -35,9 +36,21 @@ def build_parser():
 if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
     quiet_startup(build_parser().parse_args().verbose)
 
+from itnet_keras.augment import input_size  # noqa: E402
 from itnet_keras.evaluate import evaluate_model, load_itnet, write_result_files  # noqa: E402
-from itnet_keras.export.accuracy import exported_mious  # noqa: E402
+from itnet_keras.export.accuracy import exported_mious, file_input_size  # noqa: E402
 from itnet_keras.pipeline import make_dataset  # noqa: E402
+
+
+def check_input_size(path, spec, scale):
+    """Refuse a file whose fixed input size is not the dataset's at `--scale`."""
+    expected, size = input_size(spec, scale), file_input_size(path)
+    if size != expected:
+        h, w = spec.image_size
+        fits = [s for s in range(1, min(h, w) + 1) if h % s == 0 and w % s == 0 and (h // s, w // s) == size]
+        hint = f": pass --scale {fits[0]}" if fits else ""
+        raise ValueError(f"{path} takes {size[0]}x{size[1]} images but --scale {scale} gives {spec.name} images "
+                         f"of {expected[0]}x{expected[1]}{hint}")
 
 
 def main(argv=None):
@@ -46,10 +59,12 @@ def main(argv=None):
     try:
         dataset = make_dataset(args.data, args.split, data_dir=args.data_dir, batch_size=4, scale=args.scale,
                                limit=args.limit)
-        results = {"keras": [o["miou"] for o in evaluate_model(load_itnet(args.model), dataset)["outputs"]]}
         for path in args.files:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{path} does not exist")
+            check_input_size(path, dataset.spec, args.scale)
+        results = {"keras": [o["miou"] for o in evaluate_model(load_itnet(args.model), dataset)["outputs"]]}
+        for path in args.files:
             results[Path(path).name] = exported_mious(path, dataset, signature=args.signature)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

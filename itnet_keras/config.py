@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -59,6 +60,37 @@ class FitConfig:
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=1)
 
+    POSITIVE_INTS = ("epochs", "batch_size", "limit", "scale", "workers")
+
+    def check_numbers(self):
+        """Raise ValueError naming the flag of the first numeric value out of range."""
+        for name in self.POSITIVE_INTS:
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{flag_of(name)} {value!r}: expected an integer >= 1")
+        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
+                and self.learning_rate > 0):
+            raise ValueError(f"--learning-rate {self.learning_rate!r}: expected a finite number > 0")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
+            raise ValueError(f"--seed {self.seed!r}: expected an integer in 0..{2**32 - 1}")
+
+
+def flag_of(name):
+    """The command-line flag of a `FitConfig` field: `batch_size` -> `--batch-size`."""
+    return "--" + name.replace("_", "-")
+
+
+def positive(kind):
+    """An argparse type: `kind(text)`, which must be finite and > 0 (the error names the value)."""
+    def parse(text):
+        value = kind(text)
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number > 0")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
 
 def _bool(text):
     if text.lower() in ("true", "1", "yes"):
@@ -75,7 +107,7 @@ def build_parser(prog="python -m itnet_keras.fit"):
     for item in dataclasses.fields(FitConfig):
         kind = hints[item.name]
         kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
-        flag = "--" + item.name.replace("_", "-")
+        flag = flag_of(item.name)
         help_text = item.metadata["help"] + (f" (default: {item.default})" if item.default is not None else "")
         if kind is bool and item.default is False:
             parser.add_argument(flag, action="store_true", help=help_text)

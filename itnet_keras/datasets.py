@@ -3,10 +3,15 @@
 `load_split(name, split)` returns a `Split`: the dataset's `DatasetSpec`, its samples,
 and `split[i] -> (image uint8 HxWx3, label uint8 HxW)`. Every label is checked when it
 is read; any problem raises `DatasetError` naming the file and the value at fault.
+`check_split` runs those checks over a whole split up front (training does, before its
+first step).
 """
 
+import concurrent.futures
 import dataclasses
 import functools
+import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -67,6 +72,7 @@ class Split:
     split: str
     samples: list  # (image_path, label_path) pairs, or indices for the built-in data
     read: Callable  # sample -> (image uint8 HxWx3, label uint8 HxW)
+    check: Callable | None = None  # sample -> None, raising DatasetError (None: nothing to check)
 
     def __len__(self):
         return len(self.samples)
@@ -79,6 +85,15 @@ def get_spec(name):
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)}")
     return DATASETS[name]
+
+
+def spec_with_classes(num_classes):
+    """The one dataset with `num_classes` classes (a model's dataset when none is named)."""
+    matches = [spec for spec in DATASETS.values() if spec.num_classes == num_classes]
+    if len(matches) != 1:
+        raise DatasetError(f"the model has {num_classes} classes, which names no single dataset: "
+                           "pass --data to name its dataset")
+    return matches[0]
 
 
 def default_data_dir(name):
@@ -141,6 +156,47 @@ def read_pair(image_path, label_path, spec, root, label_map=None):
         check_label(label, CITYSCAPES_MAX_LABEL_ID, None, label_path, root, "labelId")
         label = label_map[label]
     return image, label
+
+
+def check_pair(image_path, label_path, spec, root, label_map=None):
+    """What `read_pair` checks, without decoding the image: its header (size) and its
+    chunks' checksums (PIL `verify`: a truncated file fails), then the label in full."""
+    try:
+        with Image.open(image_path) as image:
+            width, height = image.size
+            image.verify()
+    except Exception as error:
+        raise DatasetError(f"cannot read image {_display(image_path, root)}: {error}") from None
+    label = read_label(label_path, root)
+    if label.shape != (height, width):
+        raise DatasetError(f"size mismatch: image {_display(image_path, root)} is {width}x{height} but label "
+                           f"{_display(label_path, root)} is {label.shape[1]}x{label.shape[0]}")
+    if label_map is None:
+        check_label(label, spec.num_classes - 1, spec.ignore_label, label_path, root)
+    else:
+        check_label(label, CITYSCAPES_MAX_LABEL_ID, None, label_path, root, "labelId")
+
+
+def check_split(split, workers=None, large=200, report=functools.partial(print, flush=True)):
+    """Check every sample of `split` (readability, image and label size, label range) in
+    `workers` threads; raises the `DatasetError` of the first bad sample in split order.
+
+    Splits of `large` samples or more report progress (about every 10%) and the time taken.
+    """
+    if split.check is None:
+        return
+    total, start = len(split.samples), time.perf_counter()
+    every = max(1, total // 10) if total >= large else None
+    pool = concurrent.futures.ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1))
+    try:
+        futures = [pool.submit(split.check, sample) for sample in split.samples]
+        for done, future in enumerate(futures, 1):
+            future.result()
+            if every and (done % every == 0 or done == total):
+                report(f"checking {split.spec.name} {split.split}: {done}/{total} images and labels"
+                       + (f" in {time.perf_counter() - start:.1f}s" if done == total else ""))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ---------------------------------------------------------------- CamVid
@@ -314,7 +370,8 @@ def load_split(name, split, data_dir=None, limit=None, *, size=64, num_images=No
                data_seed=0):
     """The `split` of dataset `name`; `size`, `num_images` and `data_seed` are built-in only.
 
-    CamVid is decoded once and kept in memory; Cityscapes is read lazily.
+    CamVid is decoded once and kept in memory (its check is that read, so checking first
+    costs nothing overall); Cityscapes is read lazily and checked without decoding images.
     """
     spec = get_spec(name)
     if split not in SPLITS:
@@ -331,7 +388,7 @@ def load_split(name, split, data_dir=None, limit=None, *, size=64, num_images=No
         samples = camvid_samples(root, split)[:limit]
         read = functools.lru_cache(maxsize=None)(
             lambda pair: read_pair(*pair, spec, root))
-    else:
-        samples = cityscapes_samples(root, split)[:limit]
-        read = lambda pair: read_pair(*pair, spec, root, CITYSCAPES_LUT)  # noqa: E731
-    return Split(spec, split, samples, read)
+        return Split(spec, split, samples, read, check=read)
+    samples = cityscapes_samples(root, split)[:limit]
+    read = lambda pair: read_pair(*pair, spec, root, CITYSCAPES_LUT)  # noqa: E731
+    return Split(spec, split, samples, read, check=lambda pair: check_pair(*pair, spec, root, CITYSCAPES_LUT))

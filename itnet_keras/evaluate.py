@@ -5,27 +5,34 @@
 writes `evaluation.json` (`outputs`: per output `output`, `miou`, `iou_per_class`, `macs`,
 `params`, graph bytes, `depth`; top-level `auc`, `normalized_auc`), `miou_over_macs.png`
 and `predictions.png` (image, label and the prediction of every output for one image).
+`--data` and `--scale` default to what the model's run folder recorded (`config.json`
+beside the model; see `evaluation_inputs`).
 """
 
 import argparse
 import json
 import os
+import secrets
 import sys
 import weakref
+import zipfile
 from pathlib import Path
 
+from itnet_keras.config import positive
 from itnet_keras.console import add_verbose_flag, progress, quiet_startup
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m itnet_keras.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("model", help="a saved .keras model")
-    parser.add_argument("--data", default="builtin", choices=("builtin", "camvid", "cityscapes"))
+    parser.add_argument("--data", choices=("builtin", "camvid", "cityscapes"),
+                        help="default: the one its training recorded, else the one with the model's class count")
     parser.add_argument("--data-dir")
     parser.add_argument("--split", default="val")
-    parser.add_argument("--scale", type=int, default=1, help="downscale images by this factor (as in training)")
-    parser.add_argument("--limit", type=int, help="evaluate only the first LIMIT images")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--scale", type=positive(int),
+                        help="downscale images by this factor (default: the training scale recorded beside the model)")
+    parser.add_argument("--limit", type=positive(int), help="evaluate only the first LIMIT images")
+    parser.add_argument("--batch-size", type=positive(int), default=4)
     parser.add_argument("--output", required=True, help="folder for the report")
     add_verbose_flag(parser)
     return parser
@@ -105,15 +112,24 @@ def evaluate_model(model, dataset, loss_weights=None):
             "input_size": list(input_size), "auc": auc, "normalized_auc": normalized, "outputs": outputs}
 
 
+def temporary_path(path, suffix=".tmp"):
+    """A hidden name beside `path`, unique to this call (process id and a random part)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+
+
 def write_atomic(path, data, mode="w"):
     """Write a file through a temporary name and rename it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, mode) as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    tmp = temporary_path(path)
+    try:
+        with open(tmp, mode) as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_result_files(path, command, markdown, data):
@@ -127,7 +143,7 @@ def save_figure(fig, path, dpi=120):
     """Save a matplotlib figure atomically and close it."""
     import matplotlib.pyplot as plt
 
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    tmp = temporary_path(path, ".tmp.png")
     fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     os.replace(tmp, path)
@@ -233,6 +249,8 @@ def load_itnet(path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of a truncated file
+        raise ValueError(f"{path} is damaged or not a .keras file (not a readable zip archive; truncated?)")
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as error:  # Keras raises many kinds here
@@ -250,6 +268,42 @@ def format_outputs(result):
     return "\n".join(lines + [f"normalized AUC of mIoU over MACs: {result['normalized_auc']:.4f}"])
 
 
+def training_record(model_path):
+    """The `fit` configuration of the run that wrote `model_path` (its folder's
+    `config.json`), or None where there is none."""
+    path = Path(model_path).with_name("config.json")
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())["fit"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is damaged ({type(error).__name__}: {error}): it should hold the training "
+                         f"configuration of {model_path}") from None
+
+
+def evaluation_inputs(model, model_path, data=None, scale=None):
+    """(dataset name, scale) to evaluate `model` with: the ones given, else the ones its
+    training run recorded, else the dataset with the model's class count at scale 1 (with
+    a warning). A dataset whose class count differs from the model's is refused."""
+    from itnet_keras.datasets import get_spec, spec_with_classes
+    from itnet_keras.model import model_args
+
+    record = training_record(model_path) or {}
+    classes = model_args(model)["num_classes"]
+    spec = get_spec(data) if data else get_spec(record["data"]) if "data" in record else spec_with_classes(classes)
+    if spec.num_classes != classes:
+        raise ValueError(f"--data {spec.name} has {spec.num_classes} classes but {model_path} predicts {classes}: "
+                         "evaluate the model on the dataset it was trained on")
+    trained = record.get("scale")
+    if scale is None and trained is None:
+        print(f"warning: {model_path} has no config.json beside it that records its training scale; "
+              "evaluating at --scale 1 (pass --scale as in training)", file=sys.stderr)
+    elif scale is not None and trained is not None and scale != trained:
+        print(f"warning: --scale {scale} differs from the scale {model_path} was trained at ({trained}, "
+              "recorded in config.json beside it)", file=sys.stderr)
+    return spec.name, scale or trained or 1
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     quiet_startup(args.verbose)
@@ -257,8 +311,9 @@ def main(argv=None):
 
     try:
         model = load_itnet(args.model)
-        dataset = make_dataset(args.data, args.split, data_dir=args.data_dir, batch_size=args.batch_size,
-                               scale=args.scale, limit=args.limit)
+        data, scale = evaluation_inputs(model, args.model, args.data, args.scale)
+        dataset = make_dataset(data, args.split, data_dir=args.data_dir, batch_size=args.batch_size,
+                               scale=scale, limit=args.limit)
         result = write_report(model, dataset, args.output, source={"file": str(args.model)})
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

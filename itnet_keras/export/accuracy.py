@@ -81,6 +81,22 @@ def _static_function(path, threads, normalization):
     return outputs
 
 
+def file_input_size(path):
+    """(height, width) of the image input of a `.tflite` (of its `outputs` signature, or of a
+    static file's one signature) or `.onnx` file."""
+    if Path(path).suffix == ".onnx":
+        import onnxruntime
+
+        shape = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+    else:
+        from ai_edge_litert.interpreter import Interpreter
+
+        n = static_output(path)
+        runner = Interpreter(model_path=str(path)).get_signature_runner("outputs" if n is None else f"output_{n}")
+        shape = runner.get_input_details()["image"]["shape"]
+    return int(shape[1]), int(shape[2])
+
+
 def exported_mious(path, dataset, threads=2, signature="outputs"):
     """mIoU of each output of the exported file over the split, through `signature` (one of
     `EVALUATED_SIGNATURES`; `.onnx` files have `outputs` only); of a static file, [None] *

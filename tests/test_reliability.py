@@ -1,0 +1,307 @@
+"""The checklist of docs/reliability.md: bad input and concurrent use, one test per row.
+
+(The download rows are in test_download.py.)
+"""
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from itnet_keras import build_itnet, evaluate, fit
+from itnet_keras.config import parse_config
+from itnet_keras import datasets
+from itnet_keras.datasets import DatasetError, load_split, write_cityscapes_fixture
+from itnet_keras.fit import ConfigError, TrainingError
+
+ROOT = Path(__file__).resolve().parents[1]
+# The tiny preset on 16 built-in images at scale 2 (32x32): 2 batches of 8 per epoch.
+SMALL = ["--limit", "16", "--epochs", "1", "--scale", "2"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished one-epoch run folder (trained at --scale 2), to copy and damage."""
+    folder = tmp_path_factory.mktemp("finished") / "run"
+    fit.run(*parse_config([*SMALL, "--output", str(folder)]))
+    return folder
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    return Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def export_script(name):
+    sys.path.insert(0, str(ROOT / "export"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(ROOT / "export"))
+
+
+# -- 1. one run per folder ------------------------------------------------------------
+
+
+def test_a_second_run_on_a_locked_folder_fails_fast_and_touches_nothing(run_copy, tmp_path, capsys):
+    before = snapshot(run_copy)
+    with open(run_copy / "run.lock", "a") as lock:  # as a running fit holds it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert fit.main(["--output", str(run_copy), "--resume"]) == 2
+        assert "is in use by another run" in capsys.readouterr().err
+        assert fit.main([*SMALL, "--batch-size", "4", "--output", str(run_copy)]) == 2
+        assert "is in use by another run" in capsys.readouterr().err
+    assert snapshot(run_copy) == before
+
+
+def test_temporary_files_have_unique_names(tmp_path, monkeypatch):
+    """Two writers of one file never share a temporary name (no shared `last.tmp.keras`)."""
+    renamed = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (renamed.append(Path(a).name), real_replace(a, b)))
+    evaluate.write_atomic(tmp_path / "config.json", "{}")
+    evaluate.write_atomic(tmp_path / "config.json", "{}")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    fit.save_model(model, tmp_path / "last.keras")
+    fit.save_model(model, tmp_path / "last.keras")
+    assert len(set(renamed)) == 4 and all(f".{os.getpid()}-" in name for name in renamed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "last.keras"]
+
+
+# -- 2. bad data is found before the first step ----------------------------------------
+
+
+class CountBatches(keras.callbacks.Callback):
+    batches = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        CountBatches.batches += 1
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _label_value(path, value):
+    label = np.asarray(Image.open(path)).copy()
+    label[0, 0] = value
+    Image.fromarray(label).save(path)
+
+
+def _label_size(path):
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(path)
+
+
+@pytest.mark.parametrize("damage, file, message", [
+    (_truncate, "val/0001TP_000001.png", "cannot read image camvid/val/0001TP_000001.png"),
+    (lambda p: _label_value(p, 12), "valannot/0001TP_000001.png", "label 12 in camvid/valannot/0001TP_000001.png"),
+    (_label_size, "trainannot/0001TP_000005.png", "but label camvid/trainannot/0001TP_000005.png is 10x10"),
+])
+def test_bad_data_is_found_before_the_first_step(tmp_path, write_camvid, damage, file, message):
+    root = write_camvid(tmp_path / "camvid", counts={"train": 8, "val": 2}, size=(32, 48))
+    damage(root / file)
+    CountBatches.batches = 0
+    config = parse_config(["--data", "camvid", "--data-dir", str(root), "--epochs", "1", "--scale", "4",
+                           "--output", str(tmp_path / "run")])
+    with pytest.raises(DatasetError, match=message):
+        fit.run(*config, callbacks=[CountBatches()])
+    assert CountBatches.batches == 0
+    assert not (tmp_path / "run").exists()  # the folder this run created is gone again
+
+
+def test_cityscapes_check_reads_headers_and_finds_a_truncated_image(tmp_path):
+    root = write_cityscapes_fixture(tmp_path / "cityscapes", splits=("val",))
+    split = load_split("cityscapes", "val", root)
+    datasets.check_split(split)
+    _truncate(split.samples[2][0])
+    with pytest.raises(DatasetError, match=r"cannot read image cityscapes/leftImg8bit/val/bremen/\S+: "):
+        datasets.check_split(split)
+
+
+def test_large_splits_report_progress(tmp_path, write_camvid):
+    root = write_camvid(tmp_path / "camvid", counts={"train": 20}, size=(8, 8))
+    lines = []
+    datasets.check_split(load_split("camvid", "train", root), large=20, report=lines.append)
+    assert lines[0] == "checking camvid train: 2/20 images and labels" and len(lines) == 10
+    assert lines[-1].startswith("checking camvid train: 20/20 images and labels in ")
+    datasets.check_split(load_split("camvid", "train", root), large=21, report=lines.append)
+    assert len(lines) == 10  # small splits are checked quietly
+
+
+# -- 3. evaluate refuses wrong models ------------------------------------------------
+
+
+def test_evaluate_infers_the_dataset_from_the_class_count(tmp_path, write_camvid):
+    root = write_camvid(tmp_path / "camvid", counts={"val": 2}, size=(36, 48))
+    build_itnet("tiny", num_classes=11).save(tmp_path / "camvid_model.keras")
+    out = tmp_path / "eval"
+    assert evaluate.main([str(tmp_path / "camvid_model.keras"), "--data-dir", str(root), "--scale", "4",
+                          "--output", str(out)]) == 0
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["dataset"] == "camvid" and report["input_size"] == [90, 120]
+
+
+def test_evaluate_refuses_a_class_count_mismatch(finished_run, tmp_path, camvid_fixture, capsys):
+    assert evaluate.main([str(finished_run / "last.keras"), "--data", "camvid", "--data-dir", str(camvid_fixture),
+                          "--output", str(tmp_path / "eval")]) == 2
+    assert "--data camvid has 11 classes but" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_evaluate_uses_the_recorded_training_scale_or_warns(finished_run, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert evaluate.main([str(finished_run / "last.keras"), "--limit", "8", "--output", str(out)]) == 0
+    assert json.loads((out / "evaluation.json").read_text())["input_size"] == [32, 32]  # --scale 2 recorded
+    assert "warning" not in capsys.readouterr().err
+    assert evaluate.main([str(finished_run / "last.keras"), "--limit", "8", "--scale", "1",
+                          "--output", str(out)]) == 0
+    assert "--scale 1 differs from the scale" in capsys.readouterr().err
+    shutil.copy(finished_run / "last.keras", tmp_path / "alone.keras")
+    assert evaluate.main([str(tmp_path / "alone.keras"), "--limit", "8", "--output", str(out)]) == 0
+    assert "has no config.json beside it" in capsys.readouterr().err
+
+
+# -- 5. numbers are checked ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "--batch-size 0: expected an integer >= 1"),
+    (["--batch-size", "-2"], "--batch-size -2: expected an integer >= 1"),
+    (["--epochs", "0"], "--epochs 0: expected an integer >= 1"),
+    (["--epochs", "-1"], "--epochs -1: expected an integer >= 1"),
+    (["--learning-rate", "-1"], "--learning-rate -1.0: expected a finite number > 0"),
+    (["--learning-rate", "nan"], "--learning-rate nan: expected a finite number > 0"),
+    (["--limit", "0"], "--limit 0: expected an integer >= 1"),
+    (["--scale", "0"], "--scale 0: expected an integer >= 1"),
+    (["--workers", "0"], "--workers 0: expected an integer >= 1"),
+    (["--seed", "-1"], "--seed -1: expected an integer in 0..4294967295"),
+    (["--dropout", "1.5"], "--dropout 1.5: expected a rate in [0, 1)"),
+    (["--width", "5"], "--width 5: expected an integer >= 7"),
+])
+def test_numeric_flags_are_checked_and_leave_no_folder(tmp_path, flags, message, capsys):
+    assert fit.main([*SMALL, "--output", str(tmp_path / "run"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {message}\n" or (err.startswith("error: ") and message in err), err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--limit", "--scale"])
+def test_evaluate_numeric_flags_are_checked(flag, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["model.keras", "--output", "out", flag, "0"])
+    assert f"{flag}: '0': expected a number > 0" in capsys.readouterr().err
+
+
+# -- 6. damaged run files ------------------------------------------------------------
+
+
+def test_a_truncated_checkpoint_is_named(run_copy, capsys):
+    _truncate(run_copy / "checkpoint.npz")
+    before = snapshot(run_copy)
+    assert fit.main(["--output", str(run_copy), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {run_copy / 'checkpoint.npz'} is damaged (BadZipFile" in err and "Traceback" not in err
+    assert snapshot(run_copy) == before
+
+
+def test_a_checkpoint_of_another_model_is_named(run_copy, tmp_path):
+    config = json.loads((run_copy / "config.json").read_text())
+    config["fit"]["width"] = 12  # as if the folder's checkpoint came from a wider model
+    (run_copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TrainingError, match=r"checkpoint.npz: model/0000 has shape .* the checkpoint is not of"):
+        fit.run(*parse_config(["--output", str(run_copy), "--resume"]))
+
+
+def test_a_corrupt_config_is_named(run_copy, capsys):
+    (run_copy / "config.json").write_text('{"fit": {')
+    assert fit.main(["--output", str(run_copy), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {run_copy / 'config.json'} is damaged (JSONDecodeError" in err
+
+
+def test_a_truncated_model_file_is_named(run_copy, tmp_path, capsys):
+    model = run_copy / "last.keras"
+    _truncate(model)
+    assert evaluate.main([str(model), "--output", str(tmp_path / "eval")]) == 2
+    assert f"error: {model} is damaged or not a .keras file" in capsys.readouterr().err
+    convert = export_script("convert")
+    assert convert.main([str(model), "--output", str(tmp_path / "x.tflite")]) == 2
+    assert f"error: {model} is damaged or not a .keras file" in capsys.readouterr().err
+
+
+# -- 7. the NaN message --------------------------------------------------------------
+
+NAN_IN_EPOCH_1 = """
+import keras, numpy as np, sys
+from itnet_keras import fit
+from itnet_keras.config import parse_config
+
+class Poison(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        kernel = self.model.get_layer("data_block").convs[0].kernel
+        kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+try:
+    fit.run(*parse_config(["--limit", "8", "--epochs", "2", "--output", sys.argv[1]]), callbacks=[Poison()])
+except fit.TrainingError as error:
+    print(error)
+"""
+
+
+def test_nan_in_epoch_1_says_no_checkpoint_exists_and_prints_no_stray_lines(tmp_path):
+    result = subprocess.run([sys.executable, "-c", NAN_IN_EPOCH_1, str(tmp_path / "run")], capture_output=True,
+                            text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"}, timeout=300)
+    assert "NaN in epoch 1, before any epoch completed, so" in result.stdout, result.stderr[-2000:]
+    assert "holds no checkpoint" in result.stdout
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
+    assert "PyFunc" not in result.stderr and "GeneratorDataset" not in result.stderr, result.stderr[-2000:]
+
+
+# -- 8. --resume --epochs M ----------------------------------------------------------
+
+
+class Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == 1:
+            raise KeyboardInterrupt
+
+
+def test_resume_with_more_epochs_follows_the_new_totals_schedule(tmp_path):
+    """Extended to 3 epochs after 1 of 2 (before the 2-epoch schedule's first step, at 70%),
+    a run ends with the weights of a 3-epoch run: the step boundaries follow the new total
+    (kept boundaries would have lowered the rate at 70% of 2 epochs)."""
+    small = ["--limit", "8", "--batch-size", "4", "--scale", "2", "--learning-rate", "3e-3"]
+    fit.run(*parse_config([*small, "--epochs", "3", "--output", str(tmp_path / "straight")]))
+    with pytest.raises(KeyboardInterrupt):
+        fit.run(*parse_config([*small, "--epochs", "2", "--output", str(tmp_path / "extended")]),
+                callbacks=[Interrupt()])
+    fit.run(*parse_config(["--output", str(tmp_path / "extended"), "--resume", "--epochs", "3"]))
+    with np.load(tmp_path / "straight" / "checkpoint.npz") as a, np.load(tmp_path / "extended" / "checkpoint.npz") as b:
+        assert json.loads(str(b["state"]))["epoch"] == 3
+        for key in a.files:
+            if key != "state":
+                np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    saved = json.loads((tmp_path / "extended" / "config.json").read_text())
+    assert saved["fit"]["epochs"] == 3
+
+
+def test_a_finished_run_is_extended_and_never_shortened(run_copy):
+    fit.run(*parse_config(["--output", str(run_copy), "--resume", "--epochs", "2"]))
+    with np.load(run_copy / "checkpoint.npz") as data:
+        assert json.loads(str(data["state"]))["epoch"] == 2
+    assert (run_copy / "log.csv").read_text().count("\n") == 3  # header and epochs 1, 2
+    assert json.loads((run_copy / "config.json").read_text())["fit"]["epochs"] == 2
+    with pytest.raises(ConfigError, match=r"--epochs 1: the run in .* has already completed 2 epochs"):
+        fit.run(*parse_config(["--output", str(run_copy), "--resume", "--epochs", "1"]))
