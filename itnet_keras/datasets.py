@@ -11,12 +11,13 @@ import concurrent.futures
 import dataclasses
 import functools
 import os
-import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from PIL import Image
+
+from itnet_keras.console import Progress
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "val", "test")
@@ -177,25 +178,26 @@ def check_pair(image_path, label_path, spec, root, label_map=None):
         check_label(label, CITYSCAPES_MAX_LABEL_ID, None, label_path, root, "labelId")
 
 
-def check_split(split, workers=None, large=200, report=functools.partial(print, flush=True)):
+def check_split(split, workers=None, large=200):
     """Check every sample of `split` (readability, image and label size, label range) in
     `workers` threads; raises the `DatasetError` of the first bad sample in split order.
 
-    Splits of `large` samples or more report progress (about every 10%) and the time taken.
+    Splits of `large` samples or more show their progress (`console.Progress`).
     """
     if split.check is None:
         return
-    total, start = len(split.samples), time.perf_counter()
-    every = max(1, total // 10) if total >= large else None
+    total = len(split.samples)
+    bar = Progress(total, f"checking {split.spec.name} {split.split}", unit="images and labels") \
+        if total >= large else None
     pool = concurrent.futures.ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1))
     try:
-        futures = [pool.submit(split.check, sample) for sample in split.samples]
-        for done, future in enumerate(futures, 1):
+        for future in [pool.submit(split.check, sample) for sample in split.samples]:
             future.result()
-            if every and (done % every == 0 or done == total):
-                report(f"checking {split.spec.name} {split.split}: {done}/{total} images and labels"
-                       + (f" in {time.perf_counter() - start:.1f}s" if done == total else ""))
+            if bar:
+                bar.update()
     finally:
+        if bar:
+            bar.close()
         pool.shutdown(wait=True, cancel_futures=True)
 
 

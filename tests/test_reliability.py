@@ -130,14 +130,17 @@ def test_cityscapes_check_reads_headers_and_finds_a_truncated_image(tmp_path):
         datasets.check_split(split)
 
 
-def test_large_splits_report_progress(tmp_path, write_camvid):
+def test_large_splits_report_progress(tmp_path, write_camvid, monkeypatch, capsys):
+    from itnet_keras import console
+
+    monkeypatch.setattr(console.Progress, "MIN_SECONDS", 0.0)  # a line at every tenth, however quick
     root = write_camvid(tmp_path / "camvid", counts={"train": 20}, size=(8, 8))
-    lines = []
-    datasets.check_split(load_split("camvid", "train", root), large=20, report=lines.append)
-    assert lines[0] == "checking camvid train: 2/20 images and labels" and len(lines) == 10
-    assert lines[-1].startswith("checking camvid train: 20/20 images and labels in ")
-    datasets.check_split(load_split("camvid", "train", root), large=21, report=lines.append)
-    assert len(lines) == 10  # small splits are checked quietly
+    datasets.check_split(load_split("camvid", "train", root), large=20)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("checking camvid train: 2/20 images and labels, ") and len(lines) == 10
+    assert lines[-1].startswith("checking camvid train: 20/20 images and labels, ")
+    datasets.check_split(load_split("camvid", "train", root), large=21)
+    assert capsys.readouterr().err == ""  # small splits are checked quietly
 
 
 # -- 3. evaluate refuses wrong models ------------------------------------------------
