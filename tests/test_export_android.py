@@ -225,3 +225,14 @@ def test_cli_static_flavour_writes_one_file_per_n_and_names_bad_flags(tiny, tmp_
         result = convert_cli(model_path, *args, "--output", tmp_path / "bad.tflite")
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-1500:])
     assert not list(tmp_path.glob("bad*"))
+
+
+def test_export_evaluation_checks_a_static_files_input_size(tiny, static_float32, capsys):
+    """export/evaluate.py reads a static file's input size from its one signature."""
+    from test_export import export_script
+
+    evaluate = export_script("evaluate")
+    _, model_path = tiny
+    path = next(p for p in static_float32 if p.stem.endswith("_n2"))
+    assert evaluate.main([str(model_path), str(path), "--scale", "2", "--limit", "4"]) == 2
+    assert f"error: {path} takes 64x64 images but --scale 2 gives builtin images of 32x32" in capsys.readouterr().err
