@@ -1,6 +1,7 @@
 """The checklist of docs/reliability.md: bad input and concurrent use, one test per row.
 
-(The download rows are in test_download.py.)
+(The download rows are in test_download.py, those of export/evaluate.py in test_export.py
+and test_export_android.py.)
 """
 
 import fcntl
@@ -15,14 +16,13 @@ import keras
 import numpy as np
 import pytest
 from PIL import Image
+from test_export import export_script
 
-from itnet_keras import build_itnet, evaluate, fit
+from itnet_keras import build_itnet, datasets, evaluate, fit
 from itnet_keras.config import parse_config
-from itnet_keras import datasets
 from itnet_keras.datasets import DatasetError, load_split, write_cityscapes_fixture
 from itnet_keras.fit import ConfigError, TrainingError
 
-ROOT = Path(__file__).resolve().parents[1]
 # The tiny preset on 16 built-in images at scale 2 (32x32): 2 batches of 8 per epoch.
 SMALL = ["--limit", "16", "--epochs", "1", "--scale", "2"]
 
@@ -42,14 +42,6 @@ def run_copy(finished_run, tmp_path):
 
 def snapshot(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-
-
-def export_script(name):
-    sys.path.insert(0, str(ROOT / "export"))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(str(ROOT / "export"))
 
 
 # -- 1. one run per folder ------------------------------------------------------------
