@@ -10,7 +10,12 @@ requirements = [
 
 # Export (TFLite, ONNX) and the runtimes that run the exported files; TensorFlow is also the
 # default Keras backend. Training and evaluation need none of it.
-export = ["tensorflow>=2.21,<2.22", "ai-edge-litert>=2.3", "tf2onnx>=1.17", "onnx>=1.17", "onnxruntime>=1.20"]
+export = [
+    "tensorflow>=2.21,<2.22", "ai-edge-litert>=2.3", "tf2onnx>=1.17", "onnx>=1.17", "onnxruntime>=1.20",
+    # TFLite metadata writer (inside every exported .tflite) and the ImageSegmenter the export
+    # tests run; 1.x needs no protobuf, so it coexists with TensorFlow 2.21
+    "mediapipe>=1.2.3",
+]
 
 setup(
     name="itnet-keras",
@@ -32,9 +37,7 @@ setup(
             "jupytext>=1.16",  # notebooks are kept as paired .py sources
             "nbclient>=0.10",  # CI executes every notebook in smoke mode
             "ipykernel>=6",
-            # TFLite metadata writer (every exported .tflite) and the ImageSegmenter the export
-            # tests run; 1.x needs no protobuf, so it coexists with TensorFlow 2.21
-            "mediapipe>=1.2.3",
+            "tensorboard>=2.20",  # a test reads the event files back with tensorboard's reader
         ]
     },
 )

@@ -64,7 +64,8 @@ def test_int8_calibration_shows_progress(monkeypatch, capsys):
     monkeypatch.setattr(console.Progress, "MIN_SECONDS", 0.0)
     model = build_itnet("tiny", input_shape=(32, 32, 3), num_iterations=2)
     images = np.zeros((3, 32, 32, 3), np.float32)
-    assert len(list(calibration_batches(model, images)())) == 3 * 9
+    # per image: outputs, encode, anytime at n = 1 and n = N, then step, finish and upsample per iteration
+    assert len(list(calibration_batches(model, images)())) == 3 * (2 + 2 + 3 * 2)
     assert "int8 calibration: 3/3 images" in capsys.readouterr().err
 
 

@@ -20,7 +20,7 @@ import types
 
 from itnet_keras.export.flatbuffer import _text, parse
 
-WRITER_MISSING = "embedding TFLite metadata needs mediapipe (pip install 'mediapipe>=1.2.3', in the dev extra)"
+WRITER_MISSING = "embedding TFLite metadata needs mediapipe (pip install 'mediapipe>=1.2.3', in the export extra)"
 
 def _version(text):
     return tuple(int(part) for part in text.split("."))
