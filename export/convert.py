@@ -17,10 +17,11 @@ TFLite metadata goes inside each file; a sidecar `.json` repeats it. See export/
 import argparse
 import sys
 
+from itnet_keras.cli import parse_size
 from itnet_keras.console import add_verbose_flag, quiet_startup
-from itnet_keras.costs import parse_size
-from itnet_keras.datasets import DATASETS, DatasetError, get_spec, spec_with_classes
+from itnet_keras.datasets import DatasetError, get_spec, spec_with_classes
 from itnet_keras.export import FLAVORS, INPUT_TYPES, QUANT_MODES
+from itnet_keras.presets import DATASET_NAMES
 
 
 def build_parser():
@@ -33,7 +34,7 @@ def build_parser():
     parser.add_argument("--iterations", type=int, nargs="+", help="static: the outputs n, one file each")
     parser.add_argument("--input-type", choices=INPUT_TYPES, default="float32",
                         help="TFLite: uint8 takes camera bytes (normalization inside the graph)")
-    parser.add_argument("--data", choices=sorted(DATASETS), help="the model's dataset")
+    parser.add_argument("--data", choices=DATASET_NAMES, help="the model's dataset")
     parser.add_argument("--data-dir", help="dataset folder (int8 calibration images)")
     parser.add_argument("--input-size", type=parse_size, help="HEIGHTxWIDTH (default: the dataset's)")
     parser.add_argument("--calibration-images", type=int, default=16)
@@ -63,7 +64,7 @@ def run(args):
     spec = dataset_for(model, args.data)
     input_size = args.input_size or spec.image_size
     if args.format == "onnx":
-        from itnet_keras.export.onnx import convert_onnx
+        from itnet_keras.export.onnx import convert_onnx  # lazy: onnx and tf2onnx load for --format onnx only
 
         return {args.output: convert_onnx(model, args.output, spec, input_size)}
     images = record = None

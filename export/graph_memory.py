@@ -7,7 +7,7 @@
 For a `.keras` model or a preset (random weights: memory does not depend on them) it
 converts the loop model and an unrolled copy (float32; `--quant` adds modes for the loop)
 and prints, per file: WHILE ops, file bytes, constant (weight) bytes, the peak bytes of
-live activations of the `outputs` signature (`itnet_keras.export.memory`), and the cost
+live activations of the `outputs` signature (`itnet_keras.export.measure.memory`), and the cost
 model's collapsed and unrolled graph size of the last output.
 """
 
@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from itnet_keras.cli import parse_size
 from itnet_keras.console import add_verbose_flag, quiet_startup
-from itnet_keras.costs import parse_size
 from itnet_keras.datasets import DATASETS
 from itnet_keras.export import QUANT_MODES
 from itnet_keras.presets import PRESET_DATASET
@@ -39,8 +39,9 @@ def build_parser():
 if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
     quiet_startup(build_parser().parse_args().verbose)
 
-from itnet_keras.evaluate import load_itnet, write_result_files  # noqa: E402
-from itnet_keras.export.memory import file_row, format_rows, model_rows  # noqa: E402
+from itnet_keras.evaluate import load_itnet  # noqa: E402
+from itnet_keras.export.measure.memory import file_row, format_rows, model_rows  # noqa: E402
+from itnet_keras.files import write_result_files  # noqa: E402
 from itnet_keras.model import build_itnet  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """mIoU per output of exported `.tflite` and `.onnx` files on a split, beside the Keras model's.
 
-    python export/evaluate.py MODEL.keras FILE.tflite|FILE.onnx [...] --data camvid --scale 2 \
+    python export/measure_accuracy.py MODEL.keras FILE.tflite|FILE.onnx [...] --data camvid --scale 2 \
         [--split val] [--signature {outputs,anytime,finish}] [--output docs/export_accuracy.md]
 
 `--signature` picks how a `.tflite` file computes output n: all outputs in one `outputs`
@@ -12,16 +12,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from itnet_keras.config import positive
+from itnet_keras.cli import positive
 from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.export import EVALUATED_SIGNATURES
+from itnet_keras.presets import DATASET_NAMES
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python export/evaluate.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python export/measure_accuracy.py", description=__doc__.split("\n")[0])
     parser.add_argument("model", help="the .keras model the files were exported from")
     parser.add_argument("files", nargs="+", help=".tflite or .onnx files")
-    parser.add_argument("--data", default="builtin", choices=("builtin", "camvid", "cityscapes"))
+    parser.add_argument("--data", default="builtin", choices=DATASET_NAMES)
     parser.add_argument("--data-dir")
     parser.add_argument("--split", default="val")
     parser.add_argument("--scale", type=positive(int), default=1)
@@ -37,8 +38,9 @@ if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow load
     quiet_startup(build_parser().parse_args().verbose)
 
 from itnet_keras.augment import input_size  # noqa: E402
-from itnet_keras.evaluate import evaluate_model, load_itnet, write_result_files  # noqa: E402
-from itnet_keras.export.accuracy import exported_mious, file_input_size  # noqa: E402
+from itnet_keras.evaluate import evaluate_model, load_itnet  # noqa: E402
+from itnet_keras.export.measure.accuracy import exported_mious, file_input_size  # noqa: E402
+from itnet_keras.files import markdown_table, write_result_files  # noqa: E402
 from itnet_keras.pipeline import make_dataset  # noqa: E402
 
 
@@ -70,14 +72,14 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 2
     names = list(results)
-    lines = ["| output | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+    rows = []
     for n in range(len(results["keras"])):
         cells = [results[k][n] if n < len(results[k]) else None for k in names]
-        lines.append(f"| {n + 1} | " + " | ".join("" if c is None else f"{c:.4f}" for c in cells) + " |")
-    table = "\n".join(lines)
+        rows.append([n + 1, *("" if c is None else f"{c:.4f}" for c in cells)])
+    table = markdown_table(["output", *names], rows)
     print(table)
     if args.output:
-        command = "python export/evaluate.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        command = "python export/measure_accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
         write_result_files(args.output, command, f"{args.data} {args.split}, {len(dataset.split)} images, "
                            f"signature {args.signature}\n\n{table}",
                            results)

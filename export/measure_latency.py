@@ -1,9 +1,9 @@
 """Latency per output under LiteRT: the loop file (`anytime`, and `encode` + `step` /
 `finish` as an app drives it), and all N outputs of the loop file beside the unrolled file.
 
-    python export/benchmark.py FILE.tflite [--unrolled UNROLLED.tflite] [--threads 1 2] [--repeats 5]
-    python export/benchmark.py --preset camvid_shared [--input-size 360x480] [--output docs/latency.md]
-    python export/benchmark.py --preset camvid_shared --quant float32 int8 --iterations 1 4 16 \
+    python export/measure_latency.py FILE.tflite [--unrolled UNROLLED.tflite] [--threads 1 2] [--repeats 5]
+    python export/measure_latency.py --preset camvid_shared [--input-size 360x480] [--output docs/latency.md]
+    python export/measure_latency.py --preset camvid_shared --quant float32 int8 --iterations 1 4 16 \
         [--input-type uint8] [--no-loop] --threads 1
 
 With `--preset` the files are converted first (float32, random weights: latency does not
@@ -14,7 +14,7 @@ With `--quant`, the files of each mode side by side instead: the static file of 
 output n (`--flavor static`; an int8 one with `--input-type`) and the loop file's
 `anytime(image, n)`; int8 files calibrate on `--calibration-images` CamVid/Cityscapes
 training images.
-See `itnet_keras.export.latency` for what each column measures.
+See `itnet_keras.export.measure.latency` for what each column measures.
 """
 
 import argparse
@@ -23,15 +23,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from itnet_keras.cli import parse_size
 from itnet_keras.console import add_verbose_flag, quiet_startup
-from itnet_keras.costs import parse_size
 from itnet_keras.datasets import DATASETS
 from itnet_keras.export import INPUT_TYPES, QUANT_MODES
 from itnet_keras.presets import PRESET_DATASET
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python export/benchmark.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python export/measure_latency.py", description=__doc__.split("\n")[0])
     parser.add_argument("file", nargs="?", help="a loop .tflite file from export/convert.py")
     parser.add_argument("--unrolled", help="the unrolled .tflite file to compare with")
     parser.add_argument("--preset", choices=sorted(PRESET_DATASET), help="convert this preset first")
@@ -54,8 +54,9 @@ def build_parser():
 if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
     quiet_startup(build_parser().parse_args().verbose)
 
-from itnet_keras.evaluate import write_result_files  # noqa: E402
-from itnet_keras.export.latency import measure, preset_files, quant_files, quant_latency  # noqa: E402
+from itnet_keras.export.measure.latency import measure, preset_files, quant_files, quant_latency  # noqa: E402
+from itnet_keras.export.tflite import calibration_sample  # noqa: E402
+from itnet_keras.files import markdown_table, write_result_files  # noqa: E402
 
 
 def format_rows(rows):
@@ -65,18 +66,21 @@ def format_rows(rows):
         unrolled, with_state = row.get("unrolled_s"), row.get("unrolled_state_s")
         paths = (("loop `anytime`", row["anytime_s"]), ("app, `finish` last", row["finish_s"]),
                  ("app, `step` only", row["step_s"]))
-        header = "| output n |" + "".join(f" {name} ms |" + (" / unrolled |" if unrolled else "") for name, _ in paths)
+        header = ["output n"]
+        for name, _ in paths:
+            header += [f"{name} ms", "/ unrolled"] if unrolled else [f"{name} ms"]
         if unrolled:
-            header += " unrolled ms | unrolled + state ms | `step` only / unrolled + state |"
-        lines += [f"\n{row['threads']} thread(s):\n", header, "|" + "---:|" * (header.count("|") - 1)]
+            header += ["unrolled ms", "unrolled + state ms", "`step` only / unrolled + state"]
+        cells = []
         for i in range(len(row["anytime_s"])):
-            line = f"| {i + 1} |"
+            line = [i + 1]
             for _, seconds in paths:
-                line += f" {seconds[i] * 1e3:.1f} |" + (f" {seconds[i] / unrolled[i]:.2f} |" if unrolled else "")
+                line += [f"{seconds[i] * 1e3:.1f}"] + ([f"{seconds[i] / unrolled[i]:.2f}"] if unrolled else [])
             if unrolled:
-                line += (f" {unrolled[i] * 1e3:.1f} | {with_state[i] * 1e3:.1f} |"
-                         f" {row['step_s'][i] / with_state[i]:.2f} |")
-            lines.append(line)
+                line += [f"{unrolled[i] * 1e3:.1f}", f"{with_state[i] * 1e3:.1f}",
+                         f"{row['step_s'][i] / with_state[i]:.2f}"]
+            cells.append(line)
+        lines += [f"\n{row['threads']} thread(s):\n", markdown_table(header, cells)]
         lines.append(f"\nall N outputs (`outputs`, N full-resolution maps): loop {row['loop_outputs_s'] * 1e3:.1f} ms")
         if row["unrolled_outputs_s"] is not None:
             unrolled = row["unrolled_outputs_s"]
@@ -91,18 +95,13 @@ def format_quant_rows(rows, quants):
     ratios = [(f"{flavor} float32 / {quant}", f"{flavor} float32", f"{flavor} {quant}")
               for flavor in ("static", "loop") for quant in quants if quant != "float32"
               if f"{flavor} float32" in names and f"{flavor} {quant}" in names]
-    header = "| output n |" + "".join(f" {name} ms |" for name in names) + "".join(f" {r[0]} |" for r in ratios)
-    lines = [header, "|" + "---:|" * (header.count("|") - 1)]
-    for n, row in rows.items():
-        lines.append(f"| {n} |" + "".join(f" {row[name] * 1e3:.1f} |" for name in names)
-                     + "".join(f" {row[a] / row[b]:.2f}x |" for _, a, b in ratios))
-    return "\n".join(lines)
+    header = ["output n", *(f"{name} ms" for name in names), *(r[0] for r in ratios)]
+    return markdown_table(header, [[n, *(f"{row[name] * 1e3:.1f}" for name in names),
+                                    *(f"{row[a] / row[b]:.2f}x" for _, a, b in ratios)] for n, row in rows.items()])
 
 
 def run_quant(args):
     """The `--quant` table: (markdown, rows)."""
-    from itnet_keras.export.tflite import calibration_sample
-
     dataset = DATASETS[PRESET_DATASET[args.preset]]
     size = args.input_size or dataset.image_size
     iterations = args.iterations or [1, 2, 4, 8, 16]
@@ -131,7 +130,7 @@ def main(argv=None):
         table, rows = run_quant(args)
         print(table)
         if args.output:
-            command = "python export/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
+            command = "python export/measure_latency.py " + " ".join(sys.argv[1:] if argv is None else argv)
             setup = (f"{platform.machine()}, LiteRT default CPU delegate (XNNPACK), batch 1, median of "
                      f"{args.repeats}, the files timed in turns\n")
             write_result_files(args.output, command, setup + table, rows)
@@ -148,7 +147,7 @@ def main(argv=None):
     table = format_rows(rows)
     print(table)
     if args.output:
-        command = "python export/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        command = "python export/measure_latency.py " + " ".join(sys.argv[1:] if argv is None else argv)
         setup = f"{platform.machine()}, LiteRT default CPU delegate, batch 1, median of {args.repeats}\n"
         write_result_files(args.output, command, setup + table, rows)
     return 0

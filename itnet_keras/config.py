@@ -7,15 +7,18 @@ import math
 import typing
 from dataclasses import dataclass, field
 
+from itnet_keras.cli import boolean
+from itnet_keras.presets import DATASET_NAMES, MODEL_ARGS
+
 
 def _flag(help, default=None, choices=None):
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
-class FitConfig:
+class _Training:
     preset: str = _flag("model preset (itnet_keras.PRESETS)", default="tiny")
-    data: str = _flag("dataset", default="builtin", choices=("builtin", "camvid", "cityscapes"))
+    data: str = _flag("dataset", default="builtin", choices=DATASET_NAMES)
     data_dir: typing.Optional[str] = _flag("dataset folder (default: the dataset's default location)")
     epochs: int = _flag("number of epochs", default=16)
     batch_size: int = _flag("images per batch", default=8)
@@ -25,16 +28,18 @@ class FitConfig:
         "(outputs 1, 1+K, 1+2K, ... and N: the paper's final results), 'single:n' (output n only), 'last:m' "
         "(the last m outputs), 'linear' (output n weighs n), or N comma-separated weights such as '0,0,1'",
         default="all")
-    # Model arguments: None keeps the preset's value.
-    width: typing.Optional[int] = _flag("the paper's f")
-    num_scales: typing.Optional[int] = _flag("L")
-    num_iterations: typing.Optional[int] = _flag("N")
-    num_blocks: typing.Optional[int] = _flag("K")
-    expansion: typing.Optional[int] = _flag("t")
-    weight_sharing: typing.Optional[bool] = _flag("share the iterative block's weights")
-    bn_placement: typing.Optional[str] = _flag("batch norm placement", choices=("between", "every_conv"))
-    dropout: typing.Optional[float] = _flag("dropout after the depthwise convs")
-    l2: typing.Optional[float] = _flag("L2 factor on all conv kernels")
+
+
+# Model arguments (`presets.MODEL_ARGS` with a flag): None keeps the preset's value.
+_WithModel = dataclasses.make_dataclass(
+    "_WithModel", [(arg.name, typing.Optional[arg.type], _flag(arg.help, choices=arg.choices))
+                   for arg in MODEL_ARGS if arg.flag], bases=(_Training,))
+
+
+@dataclass
+class FitConfig(_WithModel):
+    """The training configuration: training, model arguments, input, run (in this order)."""
+
     # Input.
     crop: typing.Optional[str] = _flag("training crop HEIGHTxWIDTH (default: the dataset's)")
     scale: int = _flag("downscale images and labels by this integer factor first", default=1)
@@ -51,8 +56,7 @@ class FitConfig:
                         "instead of keeping their activations (less memory, more compute)", default=False)
     verbose: bool = _flag("show TensorFlow's startup logs and warnings", default=False)
 
-    MODEL_FIELDS = ("width", "num_scales", "num_iterations", "num_blocks", "expansion",
-                    "weight_sharing", "bn_placement", "dropout", "l2")
+    MODEL_FIELDS = tuple(arg.name for arg in MODEL_ARGS if arg.flag)
 
     def model_overrides(self):
         return {name: getattr(self, name) for name in self.MODEL_FIELDS if getattr(self, name) is not None}
@@ -80,26 +84,6 @@ def flag_of(name):
     return "--" + name.replace("_", "-")
 
 
-def positive(kind):
-    """An argparse type: `kind(text)`, which must be finite and > 0 (the error names the value)."""
-    def parse(text):
-        value = kind(text)
-        if not (math.isfinite(value) and value > 0):
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a number > 0")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _bool(text):
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")
-
-
 def build_parser(prog="python -m itnet_keras.fit"):
     """One flag per `FitConfig` field; flags not given are absent from the namespace."""
     parser = argparse.ArgumentParser(prog=prog, argument_default=argparse.SUPPRESS)
@@ -112,7 +96,7 @@ def build_parser(prog="python -m itnet_keras.fit"):
         if kind is bool and item.default is False:
             parser.add_argument(flag, action="store_true", help=help_text)
         else:
-            parser.add_argument(flag, type=_bool if kind is bool else kind, help=help_text,
+            parser.add_argument(flag, type=boolean if kind is bool else kind, help=help_text,
                                 choices=item.metadata.get("choices"))
     return parser
 

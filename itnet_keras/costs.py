@@ -19,7 +19,27 @@ import json
 import math
 from dataclasses import dataclass
 
+from itnet_keras.cli import parse_size
 from itnet_keras.console import add_verbose_flag, quiet_startup
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m itnet_keras.costs", description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", required=True)
+    parser.add_argument("--width", type=int, help="the paper's f (overrides the preset)")
+    parser.add_argument("--input-size", type=parse_size, help="HEIGHTxWIDTH (default: the preset's dataset)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
+    add_verbose_flag(parser)
+    return parser
+
+
+if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
+    quiet_startup(build_parser().parse_args().verbose)
+
+from itnet_keras.datasets import DATASETS  # noqa: E402
+from itnet_keras.files import markdown_table  # noqa: E402
+from itnet_keras.model import build_itnet, data_block, iterative_block  # noqa: E402
+from itnet_keras.presets import PRESET_DATASET  # noqa: E402
 
 BYTES = 4  # float32
 
@@ -46,14 +66,12 @@ def _row_size(usage, name):
     """Elements of weight `name` that one iteration reads (0 if there is no such weight)."""
     if name not in usage:
         return 0
-    variable, rows, _ = usage[name]
-    return math.prod(variable.shape[1:] if rows else variable.shape)
+    use = usage[name]
+    return math.prod(use.variable.shape[1:] if use.rows else use.variable.shape)
 
 
 def inventory(model, input_size):
     """The model's convs: (data-block convs, {part: convs of one iteration}, state shapes)."""
-    from itnet_keras.model import data_block, iterative_block
-
     data, block = data_block(model), iterative_block(model)
     image_shape = (1, *input_size, 3)
     data_convs = [
@@ -62,40 +80,37 @@ def inventory(model, input_size):
         for layer, shape_in, shape_out in data.conv_graph(image_shape)
     ]
     state_shapes = [tuple(s[1:]) for s in data.compute_output_shape(image_shape)]
-    usage = {name: u for name, u in ((u[0].name, u) for u in block.weight_usage())}
+    usage = {use.variable.name: use for use in block.weight_usage()}
     parts = {"mix": [], "block": [], "head": []}
     rows = [(l, row) for l in range(1, len(state_shapes) + 1) for row in block.conv_rows()]
     rows.append((1, block.head_row()))
-    for l, (name, kernel, depthwise, part) in rows:
+    for l, row in rows:
         h, w, _ = state_shapes[l - 1]
-        key = "head" if part == "head" else f"scale{l}_{name}"
-        out_channels = kernel[2] * kernel[3] if depthwise else kernel[3]
+        key = "head" if row.part == "head" else f"scale{l}_{row.name}"
+        kh, kw, channels_in, channels_out = row.kernel
+        out_channels = channels_in * channels_out if row.depthwise else channels_out
         params = _row_size(usage, key + "_kernel") + _row_size(usage, key + "_bias")
-        parts[part].append(Conv(key, (h, w, kernel[2]), (h, w, out_channels), kernel[0] * kernel[1],
-                                1 if depthwise else kernel[2], params))
+        parts[row.part].append(Conv(key, (h, w, channels_in), (h, w, out_channels), kh * kw,
+                                    1 if row.depthwise else channels_in, params))
     return data_convs, parts, state_shapes
 
 
 def _trainable_params(model, n):
     """Trainable parameters read on the way to output n (1-based)."""
-    from itnet_keras.model import iterative_block
-
     block = iterative_block(model)
     total = sum(math.prod(w.shape) for layer in model.layers if layer is not block for w in layer.trainable_weights)
-    for variable, rows, first in block.weight_usage():
-        if not variable.trainable:
+    for use in block.weight_usage():
+        if not use.variable.trainable:
             continue
-        if rows is None:
-            total += math.prod(variable.shape) if first < n else 0
+        if use.rows is None:
+            total += math.prod(use.variable.shape) if use.first < n else 0
         else:
-            total += math.prod(variable.shape[1:]) * min(max(n - first, 0), rows)
+            total += math.prod(use.variable.shape[1:]) * min(max(n - use.first, 0), use.rows)
     return total
 
 
 def output_costs(model, input_size=None):
     """One dict per output n: output, macs, params, graph bytes (both views), depth, state_bytes."""
-    from itnet_keras.model import iterative_block
-
     input_size = tuple(input_size or model.input_shape[1:3])
     if None in input_size:
         raise ValueError("the model has an open input size: pass input_size=(height, width)")
@@ -130,33 +145,14 @@ def output_costs(model, input_size=None):
 
 
 def format_table(rows):
-    lines = ["| output | MACs (1e9) | params | graph MB collapsed | graph MB unrolled | depth | state MB |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(
-            f"| {r['output']} | {r['macs'] / 1e9:.3f} | {r['params']:,} | {r['graph_bytes_collapsed'] / 1e6:.1f} "
-            f"| {r['graph_bytes_unrolled'] / 1e6:.1f} | {r['depth']} | {r['state_bytes'] / 1e6:.3f} |"
-        )
-    return "\n".join(lines)
-
-
-def parse_size(text):
-    """'360x480' -> (360, 480): height x width."""
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--input-size {text!r}: expected HEIGHTxWIDTH, e.g. 360x480")
-    if height < 8 or width < 8:
-        raise argparse.ArgumentTypeError(f"--input-size {text!r}: expected at least 8x8")
-    return height, width
+    header = ["output", "MACs (1e9)", "params", "graph MB collapsed", "graph MB unrolled", "depth", "state MB"]
+    return markdown_table(header, [
+        [r["output"], f"{r['macs'] / 1e9:.3f}", f"{r['params']:,}", f"{r['graph_bytes_collapsed'] / 1e6:.1f}",
+         f"{r['graph_bytes_unrolled'] / 1e6:.1f}", r["depth"], f"{r['state_bytes'] / 1e6:.3f}"] for r in rows])
 
 
 def preset_costs(preset, input_size=None, **model_args):
     """Cost rows of a preset at its dataset's image size (or `input_size`)."""
-    from itnet_keras.datasets import DATASETS
-    from itnet_keras.model import build_itnet
-    from itnet_keras.presets import PRESET_DATASET
-
     if preset not in PRESET_DATASET:
         raise ValueError(f"unknown preset {preset!r}: expected one of {sorted(PRESET_DATASET)}")
     input_size = tuple(input_size or DATASETS[PRESET_DATASET[preset]].image_size)
@@ -165,12 +161,7 @@ def preset_costs(preset, input_size=None, **model_args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m itnet_keras.costs", description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", required=True)
-    parser.add_argument("--width", type=int, help="the paper's f (overrides the preset)")
-    parser.add_argument("--input-size", type=parse_size, help="HEIGHTxWIDTH (default: the preset's dataset)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
-    add_verbose_flag(parser)
+    parser = build_parser()
     args = parser.parse_args(argv)
     quiet_startup(args.verbose)
     overrides = {} if args.width is None else {"width": args.width}

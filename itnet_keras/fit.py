@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from itnet_keras.cli import parse_size
 from itnet_keras.config import FitConfig, flag_of, parse_config
 from itnet_keras.console import Progress, quiet_startup
 
@@ -39,13 +40,16 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
-from itnet_keras.costs import parse_size  # noqa: E402
 from itnet_keras.datasets import check_split  # noqa: E402
-from itnet_keras.evaluate import format_outputs, load_itnet, temporary_path, write_atomic, write_report  # noqa: E402
+from itnet_keras.evaluate import format_outputs, load_itnet, write_report  # noqa: E402
+from itnet_keras.files import atomic_path, write_atomic  # noqa: E402
 from itnet_keras.losses import MaskedCrossEntropy, output_weights  # noqa: E402
 from itnet_keras.metrics import SegmentationMeanIoU  # noqa: E402
 from itnet_keras.model import build_itnet, iterative_block, model_args, output_names  # noqa: E402
 from itnet_keras.pipeline import SyncEpoch, make_dataset  # noqa: E402
+
+# Imported where used: TensorFlow (`--strategy mirrored` on that backend only) and
+# tensorboardX (optional: without it, training goes on without TensorBoard logs).
 
 
 class ConfigError(ValueError):
@@ -165,13 +169,8 @@ def load_checkpoint(path, model):
 
 
 def save_model(model, path):
-    tmp = temporary_path(path, ".tmp.keras")
-    try:
+    with atomic_path(path, ".tmp.keras") as tmp:
         model.save(tmp)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class RunCheckpoint(keras.callbacks.Callback):

@@ -1,23 +1,16 @@
 """`IterativeBlock`: the iterative block, the batch norms between iterations and the N
 classification heads, run N times inside one `tf.while_loop` (SPEC s.2 and s.3)."""
 
-import contextlib
 import os
 
 import keras
 from keras import ops
 
-from itnet_keras.layers import fold_norm, l2_regularizer, register, resize_like
+from itnet_keras.iteration_weights import ConvRow, IterationWeights
+from itnet_keras.layers import fold_norm, register, resize_like
 
-
-def _stacked(initializer, count):
-    """An initializer drawing `count` independent slices along a leading axis."""
-    initializer = keras.initializers.get(initializer)
-
-    def draw(shape, dtype=None):
-        return ops.stack([initializer(shape[1:], dtype=dtype) for _ in range(count)])
-
-    return draw
+# TensorFlow and JAX are imported inside the branches that run on that backend only: the
+# model trains on either backend without the other installed.
 
 
 def _dropout(x, rate, seed):
@@ -49,7 +42,7 @@ def _depthwise_conv(x, kernel):
 
 
 @register
-class IterativeBlock(keras.layers.Layer):
+class IterativeBlock(IterationWeights, keras.layers.Layer):
     """The iterative block, run `num_iterations` times in one `tf.while_loop`.
 
     Input: the L scales of the data block. Output: the logits of the N
@@ -88,42 +81,20 @@ class IterativeBlock(keras.layers.Layer):
     # -- structure -----------------------------------------------------------------
 
     def conv_rows(self):
-        """One iteration's convs at one scale: (name, kernel shape, depthwise, part)."""
+        """One iteration's convs at one scale (`ConvRow`s: name, kernel shape, depthwise, part)."""
         f, wide = self.width, self.expansion * self.width
         rows = []
         if self.num_iterations > 1:
-            rows += [("mix_conv", (3, 3, self.num_scales * f, f), False, "mix"),
-                     ("mix_proj", (1, 1, self.num_scales * f, f), False, "mix")]
+            rows += [ConvRow("mix_conv", (3, 3, self.num_scales * f, f), False, "mix"),
+                     ConvRow("mix_proj", (1, 1, self.num_scales * f, f), False, "mix")]
         for k in range(1, self.num_blocks + 1):
-            rows += [(f"block{k}_expand", (1, 1, f, wide), False, "block"),
-                     (f"block{k}_depthwise", (3, 3, wide, 1), True, "block"),
-                     (f"block{k}_project", (1, 1, wide, f), False, "block")]
+            rows += [ConvRow(f"block{k}_expand", (1, 1, f, wide), False, "block"),
+                     ConvRow(f"block{k}_depthwise", (3, 3, wide, 1), True, "block"),
+                     ConvRow(f"block{k}_project", (1, 1, wide, f), False, "block")]
         return rows
 
     def head_row(self):
-        return ("head", (1, 1, self.width, self.num_classes), False, "head")
-
-    def weight_usage(self):
-        """(variable, rows, first iteration) for every weight: `rows` is the size of its
-        leading per-iteration axis (None when shared), `first` the 0-based iteration that
-        reads row 0. Iteration n reads row n - first (the cost model counts with this)."""
-        return list(self._usage.values())
-
-    def _first_iteration(self, part):
-        return 1 if part == "mix" else 0
-
-    def _add(self, name, shape, part, per_iteration, initializer, regularize=False, trainable=True):
-        first = self._first_iteration(part)
-        rows = self.num_iterations - first if per_iteration else None
-        if rows is not None:
-            shape = (rows,) + tuple(shape)
-            initializer = _stacked(initializer, rows)
-        variable = self.add_weight(
-            name=name, shape=shape, initializer=initializer, trainable=trainable,
-            regularizer=l2_regularizer(self.l2) if regularize else None,
-        )
-        self._usage[name] = (variable, rows, first)
-        return variable
+        return ConvRow("head", (1, 1, self.width, self.num_classes), False, "head")
 
     def build(self, input_shape):
         self._usage = {}
@@ -152,37 +123,9 @@ class IterativeBlock(keras.layers.Layer):
 
     # -- one iteration -------------------------------------------------------------
 
-    def _pick(self, name, n, value=None):
-        """The slice of weight `name` (or of `value`, a tensor shaped like it) that
-        0-based iteration `n` reads."""
-        variable, rows, first = self._usage[name]
-        if value is None:
-            value = self._weight_values.get(name, variable)
-        value = ops.convert_to_tensor(value)
-        if rows is not None:
-            index = n - first
-            value = value[index] if isinstance(index, int) else ops.take(value, index, axis=0)
-        if self._static_weight_shapes:
-            value = ops.reshape(value, tuple(variable.shape[1:] if rows else variable.shape))
-        return value
-
-    _static_weight_shapes = False
-
-    @contextlib.contextmanager
-    def static_weight_shapes(self):
-        """While tracing in this context, every weight read in the loop gets its static
-        shape by a reshape. tf2onnx needs the kernel shape of every conv, which a variable
-        read or a gather inside a loop body does not carry. Not used for TFLite: there the
-        reshape makes full-integer quantization treat shared kernels as activations."""
-        self._static_weight_shapes = True
-        try:
-            yield
-        finally:
-            self._static_weight_shapes = False
-
     def _conv(self, x, key, n, depthwise=False):
         kernel = self._pick(key + "_kernel", n)
-        per_iteration = self._usage[key + "_kernel"][1] is not None
+        per_iteration = self._usage[key + "_kernel"].rows is not None
         if depthwise:
             y = _depthwise_conv(x, kernel)
         elif per_iteration and tuple(kernel.shape[:2]) == (1, 1):
@@ -207,12 +150,12 @@ class IterativeBlock(keras.layers.Layer):
             mean, var = ops.moments(x, axes=[0, 1, 2])
             stats = self._record(stats, key, n, mean, var)
             return (x - mean) * ops.rsqrt(var + self.epsilon) * gamma + beta, stats
-        parts = (self._usage[f"{key}_{p}"][0] for p in ("gamma", "beta", "moving_mean", "moving_var"))
+        parts = (self._usage[f"{key}_{p}"].variable for p in ("gamma", "beta", "moving_mean", "moving_var"))
         scale, shift = fold_norm(*parts, self.epsilon)
         return x * self._pick(key + "_gamma", n, scale) + self._pick(key + "_beta", n, shift), stats
 
     def _record(self, stats, key, n, mean, var):
-        _, _, first = self._usage[key + "_moving_mean"]
+        first = self._usage[key + "_moving_mean"].first
         index = ops.reshape(ops.convert_to_tensor(n - first, "int32"), (1, 1))
         means, variances = stats[key]
         stats = dict(stats)
@@ -321,10 +264,10 @@ class IterativeBlock(keras.layers.Layer):
         the backward pass, so a training step keeps only the loop's carried values per
         iteration. Tensors pass as one flat list, the weights among them (TensorFlow's
         `recompute_grad` cannot capture variables inside a `tf.while_loop`); `n` is closed over."""
-        names = [name for name, (variable, _, _) in self._usage.items() if variable.trainable]
+        names = [name for name, use in self._usage.items() if use.variable.trainable]
 
         def call(n, state, stats):
-            weights = [ops.convert_to_tensor(self._usage[name][0]) for name in names]
+            weights = [ops.convert_to_tensor(self._usage[name].variable) for name in names]
             structure = {}
 
             def flat(*values):
@@ -339,8 +282,6 @@ class IterativeBlock(keras.layers.Layer):
             return keras.tree.pack_sequence_as(structure["out"], values)
 
         return call
-
-    _weight_values = {}  # weight name -> the tensor to read instead (inside `_rematerialized`)
 
     def _run(self, state, training, iterations, collect):
         """Run the loop; returns (all logits [N, ...] or the latest logits, final state)."""
@@ -399,16 +340,16 @@ class IterativeBlock(keras.layers.Layer):
 
     def _empty_stats(self):
         stats = {}
-        for name, (variable, _, _) in self._usage.items():
+        for name, use in self._usage.items():
             if name.endswith("_moving_mean"):
-                stats[name[: -len("_moving_mean")]] = (ops.zeros(variable.shape), ops.zeros(variable.shape))
+                stats[name[: -len("_moving_mean")]] = (ops.zeros(use.variable.shape), ops.zeros(use.variable.shape))
         return stats
 
     def _update_moving_stats(self, stats, count):
         m = self.momentum
         for key, (means, variances) in stats.items():
             moving_mean, rows, first = self._usage[key + "_moving_mean"]
-            moving_var = self._usage[key + "_moving_var"][0]
+            moving_var = self._usage[key + "_moving_var"].variable
             ran = (ops.arange(rows) + first < count)[:, None]  # rows whose iteration ran
             for moving, batch in ((moving_mean, means), (moving_var, variances)):
                 old = ops.convert_to_tensor(moving)

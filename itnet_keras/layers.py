@@ -11,6 +11,9 @@ import math
 import keras
 from keras import ops
 
+# TensorFlow and JAX are imported inside the branches that run on that backend only: the
+# model trains on either backend without the other installed.
+
 register = keras.saving.register_keras_serializable(package="itnet_keras")
 
 

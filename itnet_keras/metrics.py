@@ -9,6 +9,9 @@ import keras
 import numpy as np
 from keras import ops
 
+# TensorFlow and JAX are imported inside the branches that run on that backend only: metrics
+# run on either backend without the other installed.
+
 
 def _count_dtype():
     """int64 counts where the backend has them (JAX only with jax_enable_x64)."""

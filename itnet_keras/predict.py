@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 from itnet_keras.console import add_verbose_flag, progress, quiet_startup
-from itnet_keras.costs import parse_size
+from itnet_keras.cli import parse_size
+from itnet_keras.presets import DATASET_NAMES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -45,7 +46,7 @@ def build_parser():
     parser.add_argument("--raw", action="store_true", help="also write the class ids (NAME_classes.png)")
     parser.add_argument("--input-size", type=parse_size,
                         help="HEIGHTxWIDTH to resize .keras inputs to (default: each image's)")
-    parser.add_argument("--data", choices=("builtin", "camvid", "cityscapes"),
+    parser.add_argument("--data", choices=DATASET_NAMES,
                         help="the dataset the .keras model was trained on (normalization and class names; "
                              "default: the run folder's config.json, else the dataset with the model's class count)")
     add_verbose_flag(parser)
@@ -55,13 +56,16 @@ def build_parser():
 if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
     quiet_startup(build_parser().parse_args().verbose, modules=("keras", "ai_edge_litert.interpreter"))
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from itnet_keras.augment import normalize  # noqa: E402
 from itnet_keras.console import quietly  # noqa: E402
 from itnet_keras.datasets import DATASETS, DatasetError, read_image  # noqa: E402
-from itnet_keras.evaluate import class_colors, load_itnet, write_atomic  # noqa: E402
+from itnet_keras.evaluate import class_colors, load_itnet  # noqa: E402
+from itnet_keras.files import write_atomic  # noqa: E402
+from itnet_keras.model import anytime, model_args  # noqa: E402
 
 
 # -- inputs --------------------------------------------------------------------------
@@ -104,8 +108,6 @@ def load_image(path):
 
 def resize(array, size, nearest=False):
     """An image [H, W, 3] or a class map [H, W] resized to `size` (h, w)."""
-    import cv2
-
     if array.shape[:2] == tuple(size):
         return array
     interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
@@ -119,8 +121,6 @@ class KerasPredictor:
     """A `.keras` ItNet: `logits(image [1, H, W, 3], n)` through `itnet_keras.anytime`."""
 
     def __init__(self, path, data=None, input_size=None):
-        from itnet_keras.model import model_args
-
         self.model = load_itnet(path)
         args = model_args(self.model)
         self.num_iterations, self.input_size = args["num_iterations"], input_size
@@ -143,8 +143,6 @@ class KerasPredictor:
         return self.input_size or image_size
 
     def logits(self, image, n):
-        from itnet_keras.model import anytime
-
         return np.asarray(anytime(self.model, image, n))
 
 
@@ -153,7 +151,7 @@ class TFLitePredictor:
     normalization and class names, the file its input size."""
 
     def __init__(self, path, input_size=None):
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter  # lazy: LiteRT is the optional `export` extra
 
         meta_path = Path(path).with_suffix(".json")
         if not meta_path.is_file():

@@ -4,19 +4,41 @@ A preset is a plain dict of `build_itnet` keyword arguments (JSON-safe). The
 dataset a preset was made for fixes its default input size and class count.
 """
 
-DEFAULTS = dict(
-    num_classes=11,
-    width=51,  # the paper's f
-    num_scales=3,  # L
-    num_iterations=16,  # N
-    num_blocks=1,  # K bottleneck residual blocks per iteration
-    expansion=6,  # t
-    weight_sharing=True,
-    bn_placement="between",  # "between" iterations (Sec. 2.5) or after "every_conv"
-    dropout=0.0,
-    l2=0.0,
-    unroll=False,  # Python loop instead of tf.while_loop: for measurements only
+import typing
+
+
+class ModelArg(typing.NamedTuple):
+    """One `build_itnet` keyword argument: its name, default, type and help. With `flag`,
+    `fit` has a command-line flag for it (`--width`, ...) that overrides the preset."""
+    name: str
+    default: object
+    type: type
+    help: str
+    choices: tuple = None
+    flag: bool = True
+
+
+BN_PLACEMENTS = ("between", "every_conv")
+
+# Every model argument, once: `DEFAULTS`, `FitConfig`'s model fields and their flags, and
+# the check of `IterativeBlock`'s signature (tests/test_model.py) are made from this list.
+MODEL_ARGS = (
+    ModelArg("num_classes", 11, int, "classes", flag=False),
+    ModelArg("width", 51, int, "the paper's f"),
+    ModelArg("num_scales", 3, int, "L"),
+    ModelArg("num_iterations", 16, int, "N"),
+    ModelArg("num_blocks", 1, int, "K"),  # bottleneck residual blocks per iteration
+    ModelArg("expansion", 6, int, "t"),
+    ModelArg("weight_sharing", True, bool, "share the iterative block's weights"),
+    # "between" iterations (Sec. 2.5) or after "every_conv"
+    ModelArg("bn_placement", "between", str, "batch norm placement", choices=BN_PLACEMENTS),
+    ModelArg("dropout", 0.0, float, "dropout after the depthwise convs"),
+    ModelArg("l2", 0.0, float, "L2 factor on all conv kernels"),
+    # Python loop instead of tf.while_loop: for measurements only
+    ModelArg("unroll", False, bool, "unroll the loop", flag=False),
 )
+
+DEFAULTS = {arg.name: arg.default for arg in MODEL_ARGS}
 
 # The paper's final networks use dropout 0.1 after the depthwise convs and L2 1e-5
 # on all conv kernels (SPEC s.4); ablations set both to 0.
@@ -35,7 +57,8 @@ PRESET_DATASET = {
     "tiny": "builtin",
 }
 
-BN_PLACEMENTS = ("between", "every_conv")
+# The datasets `--data` takes (their specs live in `datasets.DATASETS`).
+DATASET_NAMES = ("builtin", "camvid", "cityscapes")
 
 
 def resolve_model_args(preset=None, **overrides):

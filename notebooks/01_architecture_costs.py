@@ -21,7 +21,7 @@
 # size. The latency per output is then measured with LiteRT on the exported `.tflite` files.
 # No training: the weights do not change any of these numbers.
 #
-# Run it: `python -m itnet_keras.notebooks notebooks/01_architecture_costs.py --mode full`.
+# Run it: `python -m itnet_keras.lab.notebooks notebooks/01_architecture_costs.py --mode full`.
 
 # %%
 import tempfile
@@ -29,11 +29,11 @@ from pathlib import Path
 
 from IPython.display import Image, Markdown, display
 
-from itnet_keras import studies
 from itnet_keras.costs import format_table
-from itnet_keras.export.latency import measure, preset_files
+from itnet_keras.export.measure.latency import measure, preset_files
+from itnet_keras.lab import figures, modes, search, studies
 
-MODE = studies.mode_from_env()
+MODE = modes.mode_from_env()
 REPEATS = 5 if MODE == "full" else 1  # LiteRT timings: median of REPEATS calls
 THREADS = 2
 study = studies.Study("01_architecture_costs", MODE, repo="..")
@@ -47,7 +47,7 @@ print(f"mode {MODE}: costs and latency at {size[1]}x{size[0]}")
 VARIANTS = {"shared": f"shared, f={study.settings.widths['shared']}",
             "independent": f"independent, f={study.settings.widths['independent']}"}
 costs = {label: study.costs(variant) for variant, label in VARIANTS.items()}
-studies.plot_costs_per_output(costs, study.path("costs_per_output.png"))
+figures.plot_costs_per_output(costs, study.path("costs_per_output.png"))
 display(Image(filename=str(study.path("costs_per_output.png"))))
 for label, rows in costs.items():
     display(Markdown(f"**{label}**\n\n" + format_table(rows)))
@@ -61,10 +61,10 @@ for label, rows in costs.items():
 # %%
 budget = study.settings.mac_budget
 network = {k: v for k, v in study.network("independent").items() if k != "width"}
-width = studies.largest_width(budget, size, **network)
+width = search.largest_width(budget, size, **network)
 calibration = {"budget_macs": budget, "largest_width": width,
-               "macs_at_width": studies.macs_of(size, width=width, **network),
-               "macs_at_width_plus_1": studies.macs_of(size, width=width + 1, **network),
+               "macs_at_width": search.macs_of(size, width=width, **network),
+               "macs_at_width_plus_1": search.macs_of(size, width=width + 1, **network),
                "macs_shared": costs[VARIANTS["shared"]][-1]["macs"],
                "macs_independent": costs[VARIANTS["independent"]][-1]["macs"]}
 calibration["shared_over_independent"] = calibration["macs_shared"] / calibration["macs_independent"]
@@ -88,7 +88,7 @@ with tempfile.TemporaryDirectory() as work:
         folder.mkdir()
         files = preset_files(studies.PRESET_OF[variant], size, folder, **study.network(variant))
         latency[label] = measure(*files[:2], [THREADS], REPEATS, unrolled_anytime=files[2])[0]
-studies.plot_latency_per_output(latency, study.path("latency_per_output.png"))
+figures.plot_latency_per_output(latency, study.path("latency_per_output.png"))
 display(Image(filename=str(study.path("latency_per_output.png"))))
 for label, row in latency.items():
     print(f"{label}: output 1 {row['anytime_s'][0] * 1e3:.1f} ms, output N {row['anytime_s'][-1] * 1e3:.1f} ms; "

@@ -21,14 +21,14 @@
 # curve (AUC'), after discarding networks whose peak mIoU is more than 0.02 below the best
 # peak; the lowest average rank over both variants wins. The paper found N=16, L=3, K=1.
 #
-# Run it: `python -m itnet_keras.notebooks notebooks/02_architecture_search.py --mode full`.
+# Run it: `python -m itnet_keras.lab.notebooks notebooks/02_architecture_search.py --mode full`.
 
 # %%
 from IPython.display import Image, Markdown, display
 
-from itnet_keras import studies
+from itnet_keras.lab import figures, modes, search, studies
 
-MODE = studies.mode_from_env()
+MODE = modes.mode_from_env()
 study = studies.Study("02_architecture_search", MODE, repo="..")
 # (N, L, K): a reduced grid (the paper's is larger) and few epochs, to fit the CPU budget.
 GRID = [(16, 3, 1), (8, 3, 1), (16, 2, 1)] if MODE == "full" else [(4, 2, 1), (2, 2, 1)]
@@ -44,9 +44,9 @@ candidates = {}
 for n, l, k in GRID:
     shape = dict(num_iterations=n, num_scales=l, num_blocks=k)
     base = {key: v for key, v in study.network("independent", **shape).items() if key not in ("width", "weight_sharing")}
-    candidates[f"N{n} L{l} K{k}"] = {**shape, "width": studies.largest_width(budget, size, **base)}
+    candidates[f"N{n} L{l} K{k}"] = {**shape, "width": search.largest_width(budget, size, **base)}
 display(Markdown("| N L K | f | MACs of the last output |\n|---|---:|---:|\n" + "\n".join(
-    f"| {a} | {c['width']} | {studies.macs_of(size, **{**study.network('independent', **c)}):.3g} |"
+    f"| {a} | {c['width']} | {search.macs_of(size, **{**study.network('independent', **c)}):.3g} |"
     for a, c in candidates.items())))
 
 # %% [markdown]
@@ -58,12 +58,12 @@ for architecture, shape in candidates.items():
     for variant in ("shared", "independent"):
         result = study.train(variant, epochs=EPOCHS, **shape)
         rows.append({"architecture": architecture, "variant": variant, **shape, **studies.summary(result)})
-winner, ranks = studies.select_architecture(rows)
+winner, ranks = search.select_architecture(rows)
 display(Markdown("| N L K | variant | f | AUC' | peak mIoU | rank |\n|---|---|---:|---:|---:|---:|\n" + "\n".join(
     f"| {r['architecture']} | {r['variant']} | {r['width']} | {r['normalized_auc']:.3f} | {r['miou_peak']:.3f} | "
     f"{ranks[r['architecture']][r['variant']] or 'discarded'} |" for r in rows)))
 print(f"selected: {winner} (the paper: N16 L3 K1)")
-studies.plot_search(rows, study.path("search.png"))
+figures.plot_search(rows, study.path("search.png"))
 display(Image(filename=str(study.path("search.png"))))
 study.save({"grid": GRID, "epochs": EPOCHS, "rows": rows, "ranks": ranks, "winner": winner})
 

@@ -28,16 +28,16 @@
 #
 # and ask: does training the early outputs cost the late ones accuracy, or help them?
 #
-# Run it: `python -m itnet_keras.notebooks notebooks/03_multi_output.py --mode full`
+# Run it: `python -m itnet_keras.lab.notebooks notebooks/03_multi_output.py --mode full`
 # (smoke mode, the default, runs the same code on the built-in data in a minute).
 
 # %%
 from IPython.display import Image, Markdown, display
 
-from itnet_keras import studies
 from itnet_keras.evaluate import plot_miou_over_macs
+from itnet_keras.lab import modes, studies
 
-MODE = studies.mode_from_env()  # "smoke" or "full" (set by the command above)
+MODE = modes.mode_from_env()  # "smoke" or "full" (set by the command above)
 study = studies.Study("03_multi_output", MODE, repo="..")
 print(f"mode {MODE}: {study.settings.description}")
 

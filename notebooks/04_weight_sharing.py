@@ -22,15 +22,15 @@
 # budget): similar mIoU (72.8 vs 72.7 peak CamVid val, 2000/4000 epochs), but 83 MB vs 384 MB
 # of computational graph and 44% of the parameters.
 #
-# Run it: `python -m itnet_keras.notebooks notebooks/04_weight_sharing.py --mode full`.
+# Run it: `python -m itnet_keras.lab.notebooks notebooks/04_weight_sharing.py --mode full`.
 
 # %%
 from IPython.display import Image, Markdown, display
 
-from itnet_keras import studies
 from itnet_keras.evaluate import plot_miou_over_macs
+from itnet_keras.lab import modes, studies
 
-MODE = studies.mode_from_env()
+MODE = modes.mode_from_env()
 study = studies.Study("04_weight_sharing", MODE, repo="..")
 print(f"mode {MODE}: {study.settings.description}")
 

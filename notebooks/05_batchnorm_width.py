@@ -21,15 +21,15 @@
 # **Width.** How do the last output's mIoU and the anytime AUC' grow with the width f of the
 # independent network (MACs grow about with f squared)?
 #
-# Run it: `python -m itnet_keras.notebooks notebooks/05_batchnorm_width.py --mode full`.
+# Run it: `python -m itnet_keras.lab.notebooks notebooks/05_batchnorm_width.py --mode full`.
 
 # %%
 from IPython.display import Image, Markdown, display
 
-from itnet_keras import studies
 from itnet_keras.evaluate import plot_miou_over_macs
+from itnet_keras.lab import figures, modes, studies
 
-MODE = studies.mode_from_env()
+MODE = modes.mode_from_env()
 study = studies.Study("05_batchnorm_width", MODE, repo="..")
 f = study.settings.widths["independent"]
 WIDTHS = sorted({max(7, round(f * 0.45)), max(7, round(f * 0.72)), f})  # 13, 21, 29 in full mode
@@ -53,7 +53,7 @@ widths = {w: study.train("independent", width=w) for w in WIDTHS}
 width_rows = {f"f={w}": {**studies.summary(r), "macs": r["outputs"][-1]["macs"] / 1e9} for w, r in widths.items()}
 display(Markdown(studies.markdown_table(width_rows, {**studies.SUMMARY_COLUMNS,
                                                      "macs": ("MACs 1e9 (eval size)", "{:.3f}")})))
-studies.plot_metric_over(
+figures.plot_metric_over(
     {"mIoU of the last output": [(w, r["outputs"][-1]["miou"]) for w, r in widths.items()],
      "peak mIoU": [(w, max(o["miou"] for o in r["outputs"])) for w, r in widths.items()],
      "normalized AUC'": [(w, r["normalized_auc"]) for w, r in widths.items()]},

@@ -19,9 +19,9 @@
 # each image stops when its prediction stops changing or is confident enough. Here both
 # trained networks of study 4 are exported to float32 `.tflite` files and run with LiteRT
 # exactly as an app would: `encode(image)`, then `step(state, n)` for n = 1, 2, ...,
-# deciding after every step whether to go on (`itnet_keras.export.anytime_device`).
+# deciding after every step whether to go on (`itnet_keras.export.measure.anytime_device`).
 #
-# Run it: `python -m itnet_keras.notebooks notebooks/06_anytime_device.py --mode full`.
+# Run it: `python -m itnet_keras.lab.notebooks notebooks/06_anytime_device.py --mode full`.
 
 # %%
 import tempfile
@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 from IPython.display import Image, Markdown, display
 
-from itnet_keras import studies
-from itnet_keras.export import anytime_device as device
+from itnet_keras.export.measure import anytime_device as device
 from itnet_keras.export.tflite import convert_tflite
+from itnet_keras.lab import figures, modes, studies
 
-MODE = studies.mode_from_env()
+MODE = modes.mode_from_env()
 THREADS = 2
 study = studies.Study("06_anytime_device", MODE, repo="..")
 print(f"mode {MODE}: {study.settings.description}")
@@ -101,7 +101,7 @@ for label, result in sweeps.items():
     for kind in ("stable", "confident"):
         points[f"{label}: {kind}"] = sorted((r["mean_iterations"], r["miou"]) for name, r in result["adaptive"].items()
                                             if name.startswith(kind) and " or " not in name)
-studies.plot_metric_over(points, study.path("miou_over_iterations.png"), "mean iterations per image",
+figures.plot_metric_over(points, study.path("miou_over_iterations.png"), "mean iterations per image",
                          f"mIoU ({val.spec.name} val, {size[1]}x{size[0]})")
 display(Image(filename=str(study.path("miou_over_iterations.png"))))
 study.save({"input_size": size, "threads": THREADS, "sweeps": sweeps, "gains_over_fixed": gains})

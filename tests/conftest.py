@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from itnet_keras.datasets import CITYSCAPES_MAX_LABEL_ID
+
 SHARED_CAMVID = Path(__file__).resolve().parents[2] / "shared/data/camvid"
 
 
@@ -31,6 +33,32 @@ def _write_camvid(root, counts=None, size=(36, 48), seed=0):
 def write_camvid():
     """`write_camvid(root, counts={"train": 3, "val": 2}, size=(h, w), seed=0) -> root`."""
     return _write_camvid
+
+
+def _write_cityscapes(root, cities=("aachen", "bremen"), images_per_city=2,
+                             size=(64, 128), splits=("train", "val"), seed=0):
+    """Write a tiny random dataset in the official Cityscapes layout; returns `root`."""
+    root, rng = Path(root), np.random.default_rng(seed)
+    for split in splits:
+        for city in cities:
+            for i in range(images_per_city):
+                name = f"{city}_{i:06d}_000019"
+                image_dir = root / "leftImg8bit" / split / city
+                label_dir = root / "gtFine" / split / city
+                image_dir.mkdir(parents=True, exist_ok=True)
+                label_dir.mkdir(parents=True, exist_ok=True)
+                image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+                label = rng.integers(0, CITYSCAPES_MAX_LABEL_ID + 1, size, dtype=np.uint8)
+                Image.fromarray(image).save(image_dir / f"{name}_leftImg8bit.png")
+                Image.fromarray(label).save(label_dir / f"{name}_gtFine_labelIds.png")
+    return root
+
+
+@pytest.fixture
+def write_cityscapes():
+    """`write_cityscapes(root, cities=("aachen", "bremen"), images_per_city=2, size=(64, 128),
+    splits=("train", "val"), seed=0) -> root`: a tiny random Cityscapes in the official layout."""
+    return _write_cityscapes
 
 
 @pytest.fixture

@@ -132,7 +132,7 @@ def test_jax_remat_and_data_parallel(tmp_path):
     out = run_jax("""
         import json, jax, numpy as np, keras
         from itnet_keras import build_itnet, fit
-        from itnet_keras.bench import compiled_memory
+        from itnet_keras.lab.bench import compiled_memory
         from itnet_keras.losses import MaskedCrossEntropy
         from itnet_keras.model import iterative_block
 

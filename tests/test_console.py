@@ -15,8 +15,8 @@ from itnet_keras import console
 ROOT = Path(__file__).resolve().parents[1]
 # Every command, as a user runs it.
 COMMANDS = [["-m", f"itnet_keras.{name}"] for name in
-            ("fit", "evaluate", "predict", "costs", "download", "bench", "bench_input", "notebooks")]
-COMMANDS += [[f"export/{name}.py"] for name in ("convert", "evaluate", "benchmark", "graph_memory")]
+            ("fit", "evaluate", "predict", "costs", "download", "lab.bench", "lab.bench_input", "lab.notebooks")]
+COMMANDS += [[f"export/{name}.py"] for name in ("convert", "measure_accuracy", "measure_latency", "graph_memory")]
 # Lines TensorFlow, absl, oneDNN, CUDA and LiteRT print when they start.
 STARTUP_NOISE = ("absl::InitializeLog", "I0000 ", "E0000 ", "W0000 ", "oneDNN", "cuda", "CUDA",
                  "To enable the following instructions", "XNNPACK")

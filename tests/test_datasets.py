@@ -10,7 +10,6 @@ from itnet_keras.datasets import (
     builtin_arrays,
     default_data_dir,
     load_split,
-    write_cityscapes_fixture,
 )
 
 
@@ -53,8 +52,8 @@ def test_camvid_fixture_reads(camvid_fixture):
 # ---------------------------------------------------------------- Cityscapes
 
 
-def test_cityscapes_fixture_loads(tmp_path):
-    root = write_cityscapes_fixture(tmp_path / "cityscapes")
+def test_cityscapes_fixture_loads(tmp_path, write_cityscapes):
+    root = write_cityscapes(tmp_path / "cityscapes")
     for split in ("train", "val"):
         data = load_split("cityscapes", split, root)
         assert len(data) == 4 and data.spec.num_classes == 19
@@ -63,8 +62,8 @@ def test_cityscapes_fixture_loads(tmp_path):
         assert set(np.unique(label)) <= set(range(19)) | {255}
 
 
-def test_cityscapes_label_ids_map_to_train_ids(tmp_path):
-    root = write_cityscapes_fixture(tmp_path / "cityscapes", images_per_city=1,
+def test_cityscapes_label_ids_map_to_train_ids(tmp_path, write_cityscapes):
+    root = write_cityscapes(tmp_path / "cityscapes", images_per_city=1,
                                     size=(2, 34))
     label_ids = np.tile(np.arange(34, dtype=np.uint8), (2, 1))  # every labelId 0..33
     data = load_split("cityscapes", "train", root)
@@ -76,8 +75,8 @@ def test_cityscapes_label_ids_map_to_train_ids(tmp_path):
     assert label[0, 0] == label[0, 6] == label[0, 29] == 255  # unmapped -> ignored
 
 
-def test_cityscapes_errors(tmp_path):
-    root = write_cityscapes_fixture(tmp_path / "cityscapes", images_per_city=1)
+def test_cityscapes_errors(tmp_path, write_cityscapes):
+    root = write_cityscapes(tmp_path / "cityscapes", images_per_city=1)
     data = load_split("cityscapes", "train", root)
     Image.fromarray(np.full((64, 128), 40, np.uint8)).save(data.samples[0][1])
     with pytest.raises(DatasetError, match=r"labelId 40 in cityscapes/gtFine/train/.*: "

@@ -12,12 +12,13 @@ from ai_edge_litert.interpreter import Interpreter
 
 from itnet_keras import build_itnet
 from itnet_keras.datasets import get_spec
-from itnet_keras.export import anytime_device as device
-from itnet_keras.export.accuracy import exported_mious
+from itnet_keras.export.artifacts import ExportError
 from itnet_keras.export.flatbuffer import (count_buffers_holding, loop_body_dtypes, loop_carried_types,
                                           op_output_dtypes, signature_ops)
+from itnet_keras.export.measure import anytime_device as device
+from itnet_keras.export.measure.accuracy import exported_mious
 from itnet_keras.export.signatures import SIGNATURES
-from itnet_keras.export.tflite import ExportError, calibration_sample, check_tflite, convert_tflite
+from itnet_keras.export.tflite import calibration_sample, check_tflite, convert_tflite
 from itnet_keras.losses import MaskedCrossEntropy
 from itnet_keras.metrics import confusion_matrix, mean_iou
 from itnet_keras.model import iterative_block
@@ -233,7 +234,7 @@ def test_cli_errors_name_the_culprit_and_leave_nothing(tiny, tmp_path):
 
 
 def test_graph_memory_of_loop_and_unrolled_files(tiny, tmp_path):
-    from itnet_keras.export.memory import activation_bytes, model_rows
+    from itnet_keras.export.measure.memory import activation_bytes, model_rows
 
     model, _ = tiny
     loop, unrolled = model_rows(model, "tiny", SIZE, tmp_path)

@@ -10,9 +10,9 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from mediapipe.tasks.python import BaseOptions, vision
 from test_export import SIZE, SPEC, convert_cli, keras_outputs, trained_tiny
 
+from itnet_keras.export.artifacts import ExportError
 from itnet_keras.export.flatbuffer import op_output_dtypes
-from itnet_keras.export.tflite import (ExportError, calibration_sample, check_static, convert_static,
-                                       convert_tflite)
+from itnet_keras.export.tflite import calibration_sample, check_static, convert_static, convert_tflite
 from itnet_keras.export.tflite_metadata import read_metadata
 
 # The ops the LiteRT GPU delegate documents as supported ("GPU ML operations support",
@@ -228,7 +228,7 @@ def test_cli_static_flavour_writes_one_file_per_n_and_names_bad_flags(tiny, tmp_
 
 
 def test_export_evaluation_checks_a_static_files_input_size(tiny, static_float32, capsys):
-    """export/evaluate.py reads a static file's input size from its one signature."""
+    """export/measure_accuracy.py reads a static file's input size from its one signature."""
     from test_export import export_script
 
     evaluate = export_script("evaluate")

@@ -1,5 +1,6 @@
 """The ItNet model: shapes, the loop, gradients, batch norms, anytime use, saving."""
 
+import inspect
 import os
 import subprocess
 import sys
@@ -11,8 +12,12 @@ import pytest
 import tensorflow as tf
 
 from itnet_keras import build_itnet
+from itnet_keras.config import build_parser
 from itnet_keras.costs import output_costs
+from itnet_keras.datasets import DATASETS
+from itnet_keras.iterative_block import IterativeBlock
 from itnet_keras.model import anytime, encode, finish, iterative_block, step
+from itnet_keras.presets import DATASET_NAMES, DEFAULTS, MODEL_ARGS
 
 SMALL = dict(num_classes=3, width=8, num_scales=2, num_iterations=3, expansion=2)
 VARIANTS = [
@@ -203,3 +208,23 @@ def test_trains_under_jax_backend():
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
+
+
+def test_model_arguments_are_listed_once():
+    """`presets.MODEL_ARGS` is the list: `IterativeBlock` takes each of them (its own
+    further arguments are the layer's: momentum, epsilon, seed), with the same default,
+    and `fit` has a flag for each one marked `flag`."""
+    signature = inspect.signature(IterativeBlock).parameters
+    layer_own = {"momentum", "epsilon", "seed", "kwargs"}
+    assert [name for name in signature if name not in layer_own] == [arg.name for arg in MODEL_ARGS]
+    defaults = {name: signature[name].default for name in DEFAULTS
+                if signature[name].default is not inspect.Parameter.empty}
+    assert defaults == {name: DEFAULTS[name] for name in defaults} and len(defaults) >= 9
+    assert set(iterative_block(build_itnet("tiny")).get_config()) >= set(DEFAULTS)
+    flags = {a.dest for a in build_parser()._actions}
+    assert {arg.name for arg in MODEL_ARGS if arg.flag} <= flags
+    assert not {arg.name for arg in MODEL_ARGS if not arg.flag} & flags
+
+
+def test_every_dataset_is_a_data_choice():
+    assert sorted(DATASETS) == sorted(DATASET_NAMES)

@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from itnet_keras import notebooks
+from itnet_keras.lab import notebooks
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.py"))
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from itnet_keras.augment import Augmentation, sample_seed
-from itnet_keras.datasets import DATASETS, write_cityscapes_fixture
+from itnet_keras.datasets import DATASETS
 from itnet_keras.pipeline import SyncEpoch, make_dataset
 
 BUILTIN = dict(size=32, num_images=20)
@@ -123,8 +123,8 @@ def test_camvid_batches(camvid_root):
     assert full[0][0].shape == (2, 352, 480, 3)
 
 
-def test_cityscapes_batches(tmp_path):
-    root = write_cityscapes_fixture(tmp_path / "cityscapes")
+def test_cityscapes_batches(tmp_path, write_cityscapes):
+    root = write_cityscapes(tmp_path / "cityscapes")
     data = make_dataset("cityscapes", "train", data_dir=root, batch_size=2, training=True,
                         scale=16)
     images, labels = data[0]

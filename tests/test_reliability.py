@@ -1,6 +1,6 @@
 """The checklist of docs/reliability.md: bad input and concurrent use, one test per row.
 
-(The download rows are in test_download.py, those of export/evaluate.py in test_export.py
+(The download rows are in test_download.py, those of export/measure_accuracy.py in test_export.py
 and test_export_android.py.)
 """
 
@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 from test_export import export_script
 
-from itnet_keras import build_itnet, datasets, evaluate, fit
+from itnet_keras import build_itnet, datasets, evaluate, files, fit
 from itnet_keras.config import parse_config
-from itnet_keras.datasets import DatasetError, load_split, write_cityscapes_fixture
+from itnet_keras.datasets import DatasetError, load_split
 from itnet_keras.fit import ConfigError, TrainingError
 
 # The tiny preset on 16 built-in images at scale 2 (32x32): 2 batches of 8 per epoch.
@@ -63,8 +63,8 @@ def test_temporary_files_have_unique_names(tmp_path, monkeypatch):
     renamed = []
     real_replace = os.replace
     monkeypatch.setattr(os, "replace", lambda a, b: (renamed.append(Path(a).name), real_replace(a, b)))
-    evaluate.write_atomic(tmp_path / "config.json", "{}")
-    evaluate.write_atomic(tmp_path / "config.json", "{}")
+    files.write_atomic(tmp_path / "config.json", "{}")
+    files.write_atomic(tmp_path / "config.json", "{}")
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     fit.save_model(model, tmp_path / "last.keras")
     fit.save_model(model, tmp_path / "last.keras")
@@ -113,8 +113,8 @@ def test_bad_data_is_found_before_the_first_step(tmp_path, write_camvid, damage,
     assert not (tmp_path / "run").exists()  # the folder this run created is gone again
 
 
-def test_cityscapes_check_reads_headers_and_finds_a_truncated_image(tmp_path):
-    root = write_cityscapes_fixture(tmp_path / "cityscapes", splits=("val",))
+def test_cityscapes_check_reads_headers_and_finds_a_truncated_image(tmp_path, write_cityscapes):
+    root = write_cityscapes(tmp_path / "cityscapes", splits=("val",))
     split = load_split("cityscapes", "val", root)
     datasets.check_split(split)
     _truncate(split.samples[2][0])

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from itnet_keras import studies
+from itnet_keras.lab import modes, search, studies
 from itnet_keras.presets import resolve_model_args
 
 SMALL = dict(num_iterations=4, num_scales=2, expansion=2)
@@ -13,15 +13,15 @@ SMALL = dict(num_iterations=4, num_scales=2, expansion=2)
 
 def test_largest_width_is_the_paper_calibration():
     # SPEC s.6: f=29 is the largest width under 2.2e9 MACs at 480x360 (N=16, L=3, K=1).
-    assert studies.largest_width(2.2e9, (360, 480), weight_sharing=False) == 29
+    assert search.largest_width(2.2e9, (360, 480), weight_sharing=False) == 29
 
 
 def test_largest_width_stops_just_under_the_budget():
-    macs_10 = studies.macs_of((32, 32), width=10, **SMALL)
-    assert studies.largest_width(macs_10 + 1, (32, 32), **SMALL) == 10
-    assert studies.largest_width(macs_10, (32, 32), **SMALL) == 9  # "less than" the budget
+    macs_10 = search.macs_of((32, 32), width=10, **SMALL)
+    assert search.largest_width(macs_10 + 1, (32, 32), **SMALL) == 10
+    assert search.largest_width(macs_10, (32, 32), **SMALL) == 9  # "less than" the budget
     with pytest.raises(ValueError, match="f=7"):
-        studies.largest_width(10, (32, 32), **SMALL)
+        search.largest_width(10, (32, 32), **SMALL)
 
 
 def row(architecture, variant, auc, peak):
@@ -35,29 +35,29 @@ def test_selection_rule_discards_low_peaks_then_averages_ranks():
         # best AUC' in both variants, but its peak is 0.03 below the best: discarded
         row("C", "shared", 0.60, 0.68), row("C", "independent", 0.60, 0.68),
     ]
-    winner, ranks = studies.select_architecture(rows)
+    winner, ranks = search.select_architecture(rows)
     assert ranks["C"] == {"shared": None, "independent": None}
     assert ranks["A"] == {"shared": 1, "independent": 2} and ranks["B"] == {"shared": 2, "independent": 1}
     assert winner == "A"  # a tie in average rank goes to the first architecture listed
     rows[1]["normalized_auc"] = 0.30
     rows[3]["normalized_auc"] = 0.46
     rows[0]["normalized_auc"] = 0.44  # now B ranks first in both variants
-    assert studies.select_architecture(rows)[0] == "B"
+    assert search.select_architecture(rows)[0] == "B"
 
 
 def test_selection_rule_needs_a_survivor():
     rows = [row("A", "shared", 0.5, 0.70), row("A", "independent", 0.5, 0.60),
             row("B", "shared", 0.5, 0.60), row("B", "independent", 0.5, 0.70)]
     with pytest.raises(ValueError, match="peak-mIoU"):
-        studies.select_architecture(rows)
+        search.select_architecture(rows)
 
 
 def test_mode_from_env_names_the_variable(monkeypatch):
     monkeypatch.setenv("ITNET_NOTEBOOK_MODE", "huge")
     with pytest.raises(ValueError, match="ITNET_NOTEBOOK_MODE='huge'"):
-        studies.mode_from_env()
+        modes.mode_from_env()
     monkeypatch.setenv("ITNET_NOTEBOOK_MODE", "full")
-    assert studies.mode_from_env() == "full"
+    assert modes.mode_from_env() == "full"
 
 
 def write_run(study, config, evaluation=None):
@@ -93,5 +93,5 @@ def test_save_records_mode_budget_and_command(tmp_path):
     path = study.save({"value": 1.5})
     data = json.loads(path.read_text())
     assert data["mode"] == "smoke" and data["value"] == 1.5 and data["wall_s"] >= 0
-    assert data["command"] == "python -m itnet_keras.notebooks notebooks/01_x.py --mode smoke"
+    assert data["command"] == "python -m itnet_keras.lab.notebooks notebooks/01_x.py --mode smoke"
     assert str(path).startswith(str(study.results)) and not str(path).startswith(str(tmp_path))

@@ -40,7 +40,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $OUT/N
 { echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null)"; nvidia-smi -L 2>/dev/null
   $py -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)"; } >> "$summary" 2>&1
 
-stage bench 130 $py -m itnet_keras.bench --presets $preset --input-size $size --batch-sizes 8 \
+stage bench 130 $py -m itnet_keras.lab.bench --presets $preset --input-size $size --batch-sizes 8 \
   --steps $steps --output "$OUT/bench.md"
 stage fit 150 $py -m itnet_keras.fit --preset $preset "${data[@]}" --epochs $epochs --batch-size 8 \
   --output "$OUT/fit_run"
@@ -48,7 +48,7 @@ grep "^epoch" "$OUT/fit.log" >> "$summary"
 stage profile 100 $py tools/profile_step.py --preset $preset --input-size $size --batch-size 8 \
   --steps $steps --trace "$OUT/trace" --json "$OUT/profile.json"
 for remat in "" --remat; do
-  stage "memory${remat:+_remat}" 70 $py -m itnet_keras.bench --presets $big --input-size $big_size \
+  stage "memory${remat:+_remat}" 70 $py -m itnet_keras.lab.bench --presets $big --input-size $big_size \
     --batch-sizes 8 --steps 2 --variants loop $remat --output "$OUT/memory${remat:+_remat}.md"
 done
 rm -rf "$OUT/fit_run/"*.keras "$OUT/fit_run/checkpoint.npz"   # keep the logs, not the weights

@@ -3,7 +3,7 @@
     KERAS_BACKEND=jax python tools/profile_step.py [--preset camvid_shared] [--input-size 352x480]
         [--batch-size 8] [--steps 5] [--remat] [--trace DIR]
 
-Builds the model and data as `python -m itnet_keras.bench` does (compiled as `fit` compiles
+Builds the model and data as `python -m itnet_keras.lab.bench` does (compiled as `fit` compiles
 it), then jit-compiles and times, each as the median of `--steps` runs:
 
 - `forward`: the model in training mode (all N outputs at full resolution);
@@ -26,7 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from itnet_keras.costs import parse_size  # noqa: E402
+from itnet_keras.cli import parse_size  # noqa: E402
+from itnet_keras.config import FitConfig  # noqa: E402
+from itnet_keras.lab.bench import compiled_model  # noqa: E402
+from itnet_keras.losses import output_weights  # noqa: E402
+from itnet_keras.metrics import SegmentationMeanIoU  # noqa: E402
+
+# jax is imported where it runs, after the check that Keras runs on JAX.
 
 
 def timed(function, args, steps):
@@ -52,12 +58,7 @@ def costs(compiled):
 def profile(preset, input_size, batch_size, steps, remat=False, trace=None):
     import jax
 
-    from itnet_keras.bench import _model
-    from itnet_keras.config import FitConfig
-    from itnet_keras.losses import output_weights
-    from itnet_keras.metrics import SegmentationMeanIoU
-
-    model, images, targets = _model(preset, batch_size, False, input_size, remat)
+    model, images, targets = compiled_model(preset, batch_size, False, input_size, remat)
     data = (images, targets, None)
     model._symbolic_build(data_batch=data)
     state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,

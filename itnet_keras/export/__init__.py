@@ -10,7 +10,8 @@
 - `int8_loop`: makes the `WHILE` of an int8 file carry int8 tensors.
 - `flatbuffer`: reads a `.tflite` file (ops per subgraph, buffers, loop dtypes) to prove the checks.
 - `onnx`: conversion with tf2onnx (a `Loop` op) and its checks.
-- `accuracy`, `latency`, `memory`, `anytime_device`: measurements of exported files.
+- `artifacts`: what both formats share: `ExportError`, the destination check, the sidecar metadata.
+- `measure/`: measurements of exported files (`accuracy`, `latency`, `memory`, `anytime_device`).
 
 The command-line entry points live in the repository's `export/` folder. The closed sets
 of choices below live here, not in the modules that use them, so that the scripts list
@@ -22,7 +23,7 @@ import importlib.util
 QUANT_MODES = ("float32", "float16", "dynamic", "int8")  # of `tflite.convert_tflite`
 FLAVORS = ("loop", "static")  # `tflite.convert_tflite` and `tflite.convert_static`
 INPUT_TYPES = ("float32", "uint8")  # the image an app passes (`uint8_input`)
-EVALUATED_SIGNATURES = ("outputs", "anytime", "finish")  # how `accuracy.exported_mious` computes output n
+EVALUATED_SIGNATURES = ("outputs", "anytime", "finish")  # how `measure.accuracy.exported_mious` computes output n
 
 
 def _tensorflow_installed():

@@ -7,6 +7,7 @@ word.
 
 import collections
 import hashlib
+import json
 from pathlib import Path
 
 import flatbuffers
@@ -14,17 +15,17 @@ import numpy as np
 from tensorflow.lite.python import schema_py_generated as schema
 
 _BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-_TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 
 
-def _text(value):
+def text_of(value):
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _op_name(code):
+def op_name(code):
     builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
     if builtin == schema.BuiltinOperator.CUSTOM:
-        return _text(code.customCode or b"")
+        return text_of(code.customCode or b"")
     return _BUILTIN_NAMES.get(builtin, f"BUILTIN_{builtin}")
 
 
@@ -56,13 +57,13 @@ def inspect_tflite(path):
     - `signatures`: signature keys.
     """
     model = load(path)
-    codes = [_op_name(c) for c in model.operatorCodes]
+    codes = [op_name(c) for c in model.operatorCodes]
     total, subgraphs = collections.Counter(), []
     for graph in model.subgraphs:
         ops = collections.Counter(codes[op.opcodeIndex] for op in graph.operators or [])
         total.update(ops)
-        dtypes = collections.Counter(_TYPE_NAMES[t.type] for t in graph.tensors or [])
-        subgraphs.append({"name": _text(graph.name), "ops": dict(ops), "tensor_dtypes": dict(dtypes)})
+        dtypes = collections.Counter(TYPE_NAMES[t.type] for t in graph.tensors or [])
+        subgraphs.append({"name": text_of(graph.name), "ops": dict(ops), "tensor_dtypes": dict(dtypes)})
     digests = collections.defaultdict(list)
     weight_bytes = 0
     for index, buffer in enumerate(model.buffers):
@@ -85,7 +86,7 @@ def inspect_tflite(path):
 
 def signature_subgraphs(model):
     """{signature key: index of its subgraph} of a loaded model (see `load`)."""
-    return {_text(s.signatureKey): s.subgraphIndex for s in model.signatureDefs or []}
+    return {text_of(s.signatureKey): s.subgraphIndex for s in model.signatureDefs or []}
 
 
 def nested_subgraphs(op, codes):
@@ -102,7 +103,7 @@ def signature_ops(path):
     """{signature: op counts over the subgraphs it runs}: its own, and those its control-flow
     ops run (a WHILE's body, an IF's branches), each counted once."""
     model = load(path)
-    codes = [_op_name(c) for c in model.operatorCodes]
+    codes = [op_name(c) for c in model.operatorCodes]
     result = {}
     for key, index in signature_subgraphs(model).items():
         seen, pending, ops = set(), [index], collections.Counter()
@@ -132,16 +133,16 @@ def count_buffers_holding(path, array):
     return found
 
 
-def _while_ops(model):
+def while_ops(model):
     """(graph, op) of every `WHILE` op of a loaded model."""
-    codes = [_op_name(c) for c in model.operatorCodes]
+    codes = [op_name(c) for c in model.operatorCodes]
     return [(graph, op) for graph in model.subgraphs for op in graph.operators or []
             if codes[op.opcodeIndex] == "WHILE"]
 
 
 def loop_carried_types(path):
     """The dtypes each `WHILE` op of the file carries, one list per `WHILE`."""
-    return [[_TYPE_NAMES[graph.tensors[t].type] for t in op.inputs] for graph, op in _while_ops(load(path))]
+    return [[TYPE_NAMES[graph.tensors[t].type] for t in op.inputs] for graph, op in while_ops(load(path))]
 
 
 def loop_body_dtypes(path):
@@ -149,10 +150,10 @@ def loop_body_dtypes(path):
     body: what the loop computes in."""
     model = load(path)
     result = {}
-    for index in sorted({op.builtinOptions.bodySubgraphIndex for _, op in _while_ops(model)}):
+    for index in sorted({op.builtinOptions.bodySubgraphIndex for _, op in while_ops(model)}):
         graph = model.subgraphs[index]
-        counts = collections.Counter(_TYPE_NAMES[graph.tensors[t].type] for op in graph.operators for t in op.outputs)
-        result[_text(graph.name)] = dict(counts)
+        counts = collections.Counter(TYPE_NAMES[graph.tensors[t].type] for op in graph.operators for t in op.outputs)
+        result[text_of(graph.name)] = dict(counts)
     return result
 
 
@@ -160,11 +161,20 @@ def op_output_dtypes(path):
     """[{op name: {dtype: number of outputs}}] per subgraph: where a quantized file computes
     in float32 (a float island shows as float32 outputs of its compute ops)."""
     model = load(path)
-    codes = [_op_name(c) for c in model.operatorCodes]
+    codes = [op_name(c) for c in model.operatorCodes]
     result = []
     for graph in model.subgraphs:
         ops = collections.defaultdict(collections.Counter)
         for op in graph.operators or []:
-            ops[codes[op.opcodeIndex]].update(_TYPE_NAMES[graph.tensors[t].type] for t in op.outputs)
+            ops[codes[op.opcodeIndex]].update(TYPE_NAMES[graph.tensors[t].type] for t in op.outputs)
         result.append({name: dict(counts) for name, counts in ops.items()})
     return result
+
+
+def iterations_of(path):
+    """N of a loop `.tflite` file: from its sidecar metadata, else from its `outputs` signature."""
+    metadata = Path(path).with_suffix(".json")
+    if metadata.is_file():
+        return json.loads(metadata.read_text())["num_iterations"]
+    model = load(path)
+    return len(model.signatureDefs[list(signature_subgraphs(model)).index("outputs")].outputs)

@@ -19,7 +19,7 @@ import copy
 
 from tensorflow.lite.python import schema_py_generated as schema
 
-from itnet_keras.export.flatbuffer import _op_name, _while_ops, parse, serialize
+from itnet_keras.export.flatbuffer import op_name, parse, serialize, while_ops
 
 FLOAT32, INT8 = schema.TensorType.FLOAT32, schema.TensorType.INT8
 
@@ -87,10 +87,10 @@ def carry_int8(data):
     """Rewrite a full-integer `.tflite` flatbuffer (bytes) so that its `WHILE` ops carry
     int8 tensors; returns the new bytes."""
     model = parse(data)
-    codes = [_op_name(c) for c in model.operatorCodes]
+    codes = [op_name(c) for c in model.operatorCodes]
     if "QUANTIZE" not in codes or "DEQUANTIZE" not in codes:
         return data
-    for parent, loop in _while_ops(model):
+    for parent, loop in while_ops(model):
         for k in range(len(loop.inputs)):
             _carry(model, parent, loop, k, codes)
     return serialize(model)

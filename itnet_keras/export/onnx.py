@@ -16,8 +16,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import tensorflow as tf
+import tf2onnx
 from onnx import numpy_helper
 
+from itnet_keras.export.artifacts import ExportError, metadata, writable_destination
+from itnet_keras.files import write_atomic
 from itnet_keras.model import iterative_block, output_names
 
 OPSET = 17
@@ -93,8 +96,6 @@ def _store_weights_once(graph):
 
 def to_onnx(model, input_size, batch_size=1):
     """The ONNX `ModelProto` of the model's `outputs` function."""
-    import tf2onnx
-
     names = output_names(iterative_block(model).num_iterations)
     spec = tf.TensorSpec((batch_size, *input_size, 3), tf.float32, name="image")
 
@@ -148,9 +149,6 @@ def count_constants_holding(path, array):
 
 def convert_onnx(model, path, spec=None, input_size=None):
     """Write the ONNX file (and its sidecar metadata) atomically; returns `inspect_onnx`."""
-    from itnet_keras.evaluate import write_atomic
-    from itnet_keras.export.tflite import ExportError, metadata, writable_destination
-
     path = Path(path)
     writable_destination(path)
     input_size = tuple(input_size or spec.image_size)

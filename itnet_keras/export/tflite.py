@@ -13,24 +13,25 @@ import json
 import tempfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 import tensorflow as tf
 
+from itnet_keras.augment import normalize
 from itnet_keras.console import progress, quietly
+from itnet_keras.datasets import load_split
 from itnet_keras.export import INPUT_TYPES, QUANT_MODES
+from itnet_keras.export.artifacts import ExportError, metadata, writable_destination
 from itnet_keras.export.flatbuffer import inspect_tflite, loop_carried_types, signature_ops
 from itnet_keras.export.int8_loop import carry_int8
 from itnet_keras.export.signatures import signatures_of, write_saved_model
 from itnet_keras.export.static import signature_key, static_archive, static_calibration, unrolled_copy
 from itnet_keras.export.tflite_metadata import embed_metadata
 from itnet_keras.export.uint8_input import camera_byte_inputs, uint8_pixel_input, zero_point
+from itnet_keras.files import write_atomic
 from itnet_keras.model import encode, iterative_block, model_args
 
 LOOPING_SIGNATURES = ("outputs", "anytime")
-
-
-class ExportError(ValueError):
-    """The export cannot go on; the message names the file, flag or op at fault."""
 
 
 def calibration_batches(model, images):
@@ -102,42 +103,6 @@ def check_tflite(path, signatures, loop=True, integer_loop=False):
     return summary
 
 
-def metadata(model, spec, input_size, quant, batch_size=1, calibration=None, iterations=None,
-             input_type="float32"):
-    """What an app needs beside the file: labels, input size, normalization, signatures
-    (of the static flavour with `iterations`, its output n)."""
-    args = model_args(model)
-    scale, offset = spec.normalization
-    normalization = f"pixel * {scale:.10g} + {offset:.10g} (RGB, pixel in 0..255)"
-    if input_type == "uint8":
-        normalization = "inside the graph: pass camera bytes (RGB, 0..255); it computes " + normalization
-    meta = {
-        "format": "tflite", "flavor": "loop" if iterations is None else "static", "quantization": quant,
-        "dataset": spec.name, "labels": list(spec.class_names), "ignore_label": spec.ignore_label,
-        "input": {"name": "image", "shape": [batch_size, *input_size, 3], "dtype": input_type,
-                  "normalization": normalization},
-        "num_iterations": args["num_iterations"], "model_args": args,
-        "signatures": {
-            "outputs": "image -> output_1 .. output_N logits [B, H, W, C]",
-            "anytime": "image, iterations (int32, clamped to 1..N) -> logits",
-            "encode": "image -> state_1 .. state_L",
-            "step": "state_1 .. state_L, n (int32, 1-based, clamped) -> state_1 .. state_L, "
-                    "logits [B, H/8, W/8, C] (the head's resolution)",
-            "upsample": "logits [B, H/8, W/8, C] from step -> logits [B, H, W, C] (output n)",
-            "finish": "state_1 .. state_L after n - 1 steps, n -> logits [B, H, W, C] (output n; "
-                      "no state: the cheaper last step)",
-        },
-        "calibration": calibration,
-    }
-    if iterations is not None:
-        meta["output_n"] = iterations
-        meta["signatures"] = {signature_key(iterations): f"image -> logits [B, H, W, C] of output {iterations}"}
-        meta["output"] = {"name": "logits", "dtype": "int8" if quant == "int8" else "float32"}
-        if quant == "int8":
-            meta["output"]["note"] = "quantized logits (scale, zero point in the tensor); the argmax needs neither"
-    return meta
-
-
 def _embedded(data, model, spec, iterations=None, input_type="float32"):
     """`data` with the TFLite Model Metadata of the file inside (see `tflite_metadata`)."""
     args = model_args(model)
@@ -150,16 +115,6 @@ def _embedded(data, model, spec, iterations=None, input_type="float32"):
                           float_input=input_type == "float32")
 
 
-def writable_destination(path):
-    """Raise ExportError (naming `path`) unless a file can be written there."""
-    path = Path(path)
-    try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}."):
-            pass
-    except OSError as error:
-        raise ExportError(f"--output {path}: cannot write there ({error.strerror or error})") from None
-
-
 def convert_tflite(model, path, quant="float32", spec=None, input_size=None, calibration_images=None,
                    calibration=None, input_type="float32"):
     """Convert `model` to `path`; returns the flatbuffer summary (see `inspect_tflite`).
@@ -167,8 +122,6 @@ def convert_tflite(model, path, quant="float32", spec=None, input_size=None, cal
     A model built with `unroll=True` (for comparisons) converts without `WHILE` and
     without the `anytime` signature.
     """
-    from itnet_keras.evaluate import write_atomic
-
     if quant not in QUANT_MODES:
         raise ExportError(f"--quant {quant!r}: expected one of {', '.join(QUANT_MODES)}")
     if input_type not in INPUT_TYPES or (input_type == "uint8" and spec is None):
@@ -233,8 +186,6 @@ def convert_static(model, path, iterations, quant="float32", spec=None, input_si
                    calibration_images=None, calibration=None, input_type="float32"):
     """The static flavour: for each n of `iterations`, `static_path(path, n)` computes output
     n (see `static`), with its sidecar. Returns {path: flatbuffer summary}."""
-    from itnet_keras.evaluate import write_atomic
-
     if quant not in QUANT_MODES:
         raise ExportError(f"--quant {quant!r}: expected one of {', '.join(QUANT_MODES)}")
     if input_type not in INPUT_TYPES:
@@ -285,11 +236,6 @@ def calibration_sample(dataset, input_size, count=16, seed=0, data_dir=None):
     The images are resized to `input_size` and normalized as in training (no
     augmentation); `record` names them, for the metadata.
     """
-    import cv2
-
-    from itnet_keras.augment import normalize
-    from itnet_keras.datasets import load_split
-
     split = load_split(dataset, "train", data_dir=data_dir)
     count = min(count, len(split))
     indices = sorted(np.random.default_rng(seed).choice(len(split), count, replace=False).tolist())

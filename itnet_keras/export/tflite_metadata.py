@@ -18,7 +18,7 @@ import json
 import sys
 import types
 
-from itnet_keras.export.flatbuffer import _text, parse
+from itnet_keras.export.flatbuffer import parse, text_of
 
 WRITER_MISSING = "embedding TFLite metadata needs mediapipe (pip install 'mediapipe>=1.2.3', in the export extra)"
 
@@ -100,7 +100,7 @@ def _writers():
 def _first_subgraph_tensors(data):
     """[(name, shape)] of the inputs and outputs of the file's first subgraph."""
     graph = parse(data).subgraphs[0]
-    describe = lambda index: (_text(graph.tensors[index].name), list(graph.tensors[index].shape))  # noqa: E731
+    describe = lambda index: (text_of(graph.tensors[index].name), list(graph.tensors[index].shape))  # noqa: E731
     return [describe(i) for i in graph.inputs], [describe(i) for i in graph.outputs]
 
 

@@ -11,7 +11,7 @@ calibrated for the normalized image.
 
 from tensorflow.lite.python import schema_py_generated as schema
 
-from itnet_keras.export.flatbuffer import _op_name, parse, serialize
+from itnet_keras.export.flatbuffer import op_name, parse, serialize
 
 
 def zero_point(normalization):
@@ -49,7 +49,7 @@ def camera_byte_inputs(data, normalization):
         raise ValueError(f"--input-type uint8 with a loop int8 file needs a normalization pixel * scale + offset "
                          f"with an integer zero point -offset / scale; got {normalization}: use --flavor static")
     model = parse(data)
-    codes = [_op_name(c) for c in model.operatorCodes]
+    codes = [op_name(c) for c in model.operatorCodes]
     for signature in model.signatureDefs or []:
         graph = model.subgraphs[signature.subgraphIndex]
         for item in signature.inputs:

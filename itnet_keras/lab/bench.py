@@ -1,9 +1,9 @@
 """Training throughput and peak memory of the loop against the `unroll` variant, on the
 Keras backend this process runs (`KERAS_BACKEND`).
 
-    python -m itnet_keras.bench [--presets camvid_shared camvid_independent]
+    python -m itnet_keras.lab.bench [--presets camvid_shared camvid_independent]
         [--input-size 352x480] [--batch-sizes 8 1] [--steps 5] [--remat] [--output FILE.md]
-    python -m itnet_keras.bench --compiled-memory --presets cityscapes_shared \
+    python -m itnet_keras.lab.bench --compiled-memory --presets cityscapes_shared \
         --input-size 512x1024 --batch-sizes 8 [--remat]          # JAX: XLA's estimate, nothing runs
 
 Each (preset, batch size, variant) runs in its own process, so that its peak memory is its
@@ -12,7 +12,7 @@ outputs weighted alike, Adam with the step schedule), one untimed step (tracing)
 `--steps` timed steps on fixed random data; the table reports the median step time and
 images/s. Peak memory is the device's (`peak_bytes_in_use` of JAX, TensorFlow's GPU
 memory info, torch's `max_memory_allocated`) on a GPU, else the process's peak RSS. The
-input pipeline is not part of it (see `itnet_keras.bench_input`).
+input pipeline is not part of it (see `itnet_keras.lab.bench_input`).
 
 `--compiled-memory` (JAX) compiles the training step for the given shapes and reports
 XLA's memory analysis (arguments + outputs + temporaries - aliased) and its FLOP count,
@@ -28,19 +28,42 @@ import subprocess
 import sys
 import time
 
-from itnet_keras.costs import parse_size
+from itnet_keras.cli import parse_size
 
 
-def _model(preset, batch_size, unroll, input_size, remat):
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m itnet_keras.lab.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--presets", nargs="+", default=["camvid_shared", "camvid_independent"])
+    parser.add_argument("--input-size", type=parse_size, default=(352, 480), help="HEIGHTxWIDTH")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 1])
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps (median)")
+    parser.add_argument("--remat", action="store_true", help="train as `fit --remat` does")
+    parser.add_argument("--compiled-memory", action="store_true",
+                        help="JAX: XLA's memory estimate of the compiled step instead of running it")
+    parser.add_argument("--variants", nargs="+", default=["loop", "unroll"], choices=["loop", "unroll"])
+    parser.add_argument("--output", help="also write the table (markdown) to this file")
+    return parser
+
+
+if __name__ == "__main__" and sys.argv[1:2] != ["--child"]:  # --help and flag errors answer before the imports below
+    build_parser().parse_args()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from itnet_keras.config import FitConfig  # noqa: E402
+from itnet_keras.datasets import DATASETS  # noqa: E402
+from itnet_keras.files import write_atomic  # noqa: E402
+from itnet_keras.fit import compile_model  # noqa: E402
+from itnet_keras.model import build_itnet, iterative_block  # noqa: E402
+from itnet_keras.presets import PRESET_DATASET  # noqa: E402
+
+# The backends' own modules (jax, tensorflow, torch) are imported where the running
+# backend is known: only one of them need be installed.
+
+
+def compiled_model(preset, batch_size, unroll, input_size, remat):
     """A model compiled as `fit` compiles it, and one batch of random data."""
-    import numpy as np
-
-    from itnet_keras.config import FitConfig
-    from itnet_keras.datasets import DATASETS
-    from itnet_keras.fit import compile_model
-    from itnet_keras.model import build_itnet, iterative_block
-    from itnet_keras.presets import PRESET_DATASET
-
     spec = DATASETS[PRESET_DATASET[preset]]
     model = build_itnet(preset, input_shape=(*input_size, 3), unroll=unroll)
     iterative_block(model).remat = remat
@@ -53,8 +76,6 @@ def _model(preset, batch_size, unroll, input_size, remat):
 
 def peak_memory():
     """(bytes, what): the accelerator's peak allocation, else the process's peak RSS."""
-    import keras
-
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
@@ -77,7 +98,7 @@ def peak_memory():
 
 def measure(preset, batch_size, unroll, input_size, steps, remat=False):
     """{'compile_s', 'step_s' (median), 'images_per_s', 'peak_mb', 'memory'} of one variant."""
-    model, images, targets = _model(preset, batch_size, unroll, input_size, remat)
+    model, images, targets = compiled_model(preset, batch_size, unroll, input_size, remat)
     start = time.perf_counter()
     model.train_on_batch(images, targets)
     compile_s = time.perf_counter() - start
@@ -106,7 +127,7 @@ def compiled_step(model, images, targets):
 
 def compiled_memory(preset, batch_size, unroll, input_size, remat=False):
     """XLA's memory analysis and FLOPs of one training step (JAX), without running it."""
-    model, images, targets = _model(preset, batch_size, unroll, input_size, remat)
+    model, images, targets = compiled_model(preset, batch_size, unroll, input_size, remat)
     start = time.perf_counter()
     compiled = compiled_step(model, images, targets)
     memory = compiled.memory_analysis()
@@ -120,7 +141,7 @@ def compiled_memory(preset, batch_size, unroll, input_size, remat=False):
 
 
 def measure_in_subprocess(preset, batch_size, unroll, input_size, steps, remat=False, compiled=False):
-    args = [sys.executable, "-m", "itnet_keras.bench", "--child", preset, str(batch_size),
+    args = [sys.executable, "-m", "itnet_keras.lab.bench", "--child", preset, str(batch_size),
             str(int(unroll)), f"{input_size[0]}x{input_size[1]}", str(steps), str(int(remat)), str(int(compiled))]
     result = subprocess.run(args, capture_output=True, text=True)
     if result.returncode != 0:
@@ -175,19 +196,8 @@ def main(argv=None):
                   else measure(*args, int(steps), remat=bool(int(remat))))
         print(json.dumps(result))
         return
-    parser = argparse.ArgumentParser(prog="python -m itnet_keras.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--presets", nargs="+", default=["camvid_shared", "camvid_independent"])
-    parser.add_argument("--input-size", type=parse_size, default=(352, 480), help="HEIGHTxWIDTH")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 1])
-    parser.add_argument("--steps", type=int, default=5, help="timed training steps (median)")
-    parser.add_argument("--remat", action="store_true", help="train as `fit --remat` does")
-    parser.add_argument("--compiled-memory", action="store_true",
-                        help="JAX: XLA's memory estimate of the compiled step instead of running it")
-    parser.add_argument("--variants", nargs="+", default=["loop", "unroll"], choices=["loop", "unroll"])
-    parser.add_argument("--output", help="also write the table (markdown) to this file")
+    parser = build_parser()
     args = parser.parse_args(argv)
-    import keras
-
     backend = keras.backend.backend()
     if args.compiled_memory and backend != "jax":
         parser.error(f"--compiled-memory needs KERAS_BACKEND=jax (this process runs {backend})")
@@ -196,9 +206,7 @@ def main(argv=None):
     rows = run(args.presets, args.input_size, args.batch_sizes, args.steps, args.remat, args.compiled_memory,
                args.variants)
     if args.output:
-        from itnet_keras.evaluate import write_atomic
-
-        command = "python -m itnet_keras.bench " + " ".join(argv)
+        command = "python -m itnet_keras.lab.bench " + " ".join(argv)
         what = "compiled, not run" if args.compiled_memory else f"median of {args.steps} steps"
         text = (f"`KERAS_BACKEND={backend} {command}`\n\n{platform.processor() or platform.machine()}, "
                 f"{args.input_size[0]}x{args.input_size[1]}, {what}{', --remat' if args.remat else ''}\n\n"

@@ -1,6 +1,6 @@
 """Input pipeline throughput: training images/s of `make_dataset`, as a markdown table.
 
-    python -m itnet_keras.bench_input [--repeats 5] [--workers 1] [--max-batches 64]
+    python -m itnet_keras.lab.bench_input [--repeats 5] [--workers 1] [--max-batches 64]
 
 Each run reads one (training) epoch, or its first `--max-batches` batches. The first run
 of a dataset decodes the files ("cold"; CamVid is then cached in memory); the median is
@@ -18,7 +18,7 @@ from itnet_keras.datasets import DatasetError
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m itnet_keras.bench_input", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m itnet_keras.lab.bench_input", description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-batches", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1)
@@ -30,6 +30,7 @@ def build_parser():
 if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
     quiet_startup(build_parser().parse_args().verbose)
 
+from itnet_keras.files import markdown_table  # noqa: E402
 from itnet_keras.pipeline import make_dataset  # noqa: E402
 
 # (dataset, make_dataset keyword arguments)
@@ -61,22 +62,22 @@ def bench(name, repeats=5, max_batches=64, workers=1, batch_size=8, **kwargs):
 
 
 def run(repeats=5, max_batches=64, workers=1, batch_size=8, configs=CONFIGS):
-    rows = ["| dataset | options | images (h x w) | batch | workers | cold images/s | "
-            f"images/s (median of {repeats}) |", "|---|---|---|---|---|---|---|"]
+    header = ["dataset", "options", "images (h x w)", "batch", "workers", "cold images/s",
+              f"images/s (median of {repeats})"]
+    rows = []
     for name, kwargs in configs:
         try:
             cold, warm, dataset = bench(name, repeats, max_batches, workers, batch_size,
                                         **kwargs)
         except DatasetError as error:
-            rows.append(f"| {name} | {kwargs} | skipped: {error} | | | | |")
+            rows.append([name, kwargs, f"skipped: {error}", "", "", "", ""])
             continue
         scale = kwargs.get("scale", 1)
         h, w = training_crop(dataset.spec, kwargs.get("crop"), scale) or input_size(
             dataset.spec, scale)
         options = ", ".join(f"{k}={v}" for k, v in kwargs.items()) or "default"
-        rows.append(f"| {name} | {options} | {h} x {w} | {batch_size} | {workers} | "
-                    f"{cold:.0f} | {warm:.0f} |")
-    table = "\n".join(rows)
+        rows.append([name, options, f"{h} x {w}", batch_size, workers, f"{cold:.0f}", f"{warm:.0f}"])
+    table = markdown_table(header, rows, align="lllllll")
     print(table)
     return table
 

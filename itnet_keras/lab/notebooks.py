@@ -1,4 +1,4 @@
-"""Run the study notebooks: `python -m itnet_keras.notebooks notebooks/NAME.py [--mode smoke|full]`.
+"""Run the study notebooks: `python -m itnet_keras.lab.notebooks notebooks/NAME.py [--mode smoke|full]`.
 
 Each notebook is kept twice: `NAME.py`, the source to edit (jupytext percent format), and
 `NAME.ipynb`, the executed notebook to read. This command executes the `.py` with nbclient
@@ -17,6 +17,9 @@ from pathlib import Path
 import jupytext
 import nbformat
 from nbclient import NotebookClient
+
+from itnet_keras.files import write_atomic
+from itnet_keras.lab.modes import MODES
 
 
 @contextlib.contextmanager
@@ -51,9 +54,6 @@ def _drop_noise(notebook):
 
 def execute(source, mode="smoke", output=None, timeout=3600):
     """Execute notebook `source` (.py) in `mode`; write it to `output` (default: the paired .ipynb)."""
-    from itnet_keras.evaluate import write_atomic
-    from itnet_keras.studies import MODES
-
     source = Path(source)
     if mode not in MODES:
         raise ValueError(f"--mode {mode!r}: expected one of {sorted(MODES)}")
@@ -101,13 +101,11 @@ def update_markdown(source):
     for cell, edited in zip(executed.cells, new.cells):
         if cell.cell_type == "markdown":
             cell.source = edited.source
-    from itnet_keras.evaluate import write_atomic
-
     write_atomic(paired, nbformat.writes(executed))
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m itnet_keras.notebooks", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m itnet_keras.lab.notebooks", description=__doc__.split("\n")[0])
     parser.add_argument("sources", nargs="+", help="notebook sources (notebooks/*.py)")
     parser.add_argument("--mode", default="smoke", help="smoke (minutes, built-in data) or full (CamVid)")
     parser.add_argument("--output", help="where to write the executed notebook (one source only)")

@@ -7,24 +7,23 @@ uint8 input gets the split's images as camera bytes."""
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
+from ai_edge_litert.interpreter import Interpreter
 
 from itnet_keras.evaluate import split_confusion_matrices
 from itnet_keras.export import EVALUATED_SIGNATURES
+from itnet_keras.export.flatbuffer import iterations_of, load, signature_subgraphs
 from itnet_keras.metrics import mean_iou
 
 
 def _outputs_function(path, threads):
     """image [1, H, W, 3] -> {output_n: logits}, for a `.tflite` or an `.onnx` file."""
     if Path(path).suffix == ".onnx":
-        import onnxruntime
-
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
         return lambda image: dict(zip(names, session.run(None, {"image": image})))
-    from ai_edge_litert.interpreter import Interpreter
-
     runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner("outputs")
     return lambda image: runner(image=image)
 
@@ -32,10 +31,6 @@ def _outputs_function(path, threads):
 def _app_function(path, threads, signature):
     """image [1, H, W, 3] -> {output_n: logits}, every output n computed as an app computes
     it alone: `anytime(image, n)`, or (`finish`) `finish(state after n - 1 steps, n)`."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    from itnet_keras.export.latency import iterations_of
-
     interpreter = Interpreter(model_path=str(path), num_threads=threads)
     run = {name: interpreter.get_signature_runner(name) for name in ("anytime", "encode", "step", "finish")}
     count = iterations_of(path)
@@ -56,8 +51,6 @@ def _app_function(path, threads, signature):
 
 def static_output(path):
     """n of a static file (its one signature `output_n`), else None."""
-    from itnet_keras.export.flatbuffer import load, signature_subgraphs
-
     keys = list(signature_subgraphs(load(path)))
     if len(keys) == 1 and keys[0].startswith("output_") and keys[0][len("output_"):].isdigit():
         return int(keys[0][len("output_"):])
@@ -66,8 +59,6 @@ def static_output(path):
 
 def _static_function(path, threads, normalization):
     """image [1, H, W, 3] (normalized) -> {output_n: logits} of a static file."""
-    from ai_edge_litert.interpreter import Interpreter
-
     n = static_output(path)
     runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner(f"output_{n}")
     dtype = runner.get_input_details()["image"]["dtype"]
@@ -85,12 +76,8 @@ def file_input_size(path):
     """(height, width) of the image input of a `.tflite` (of its `outputs` signature, or of a
     static file's one signature) or `.onnx` file."""
     if Path(path).suffix == ".onnx":
-        import onnxruntime
-
         shape = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
     else:
-        from ai_edge_litert.interpreter import Interpreter
-
         n = static_output(path)
         runner = Interpreter(model_path=str(path)).get_signature_runner("outputs" if n is None else f"output_{n}")
         shape = runner.get_input_details()["image"]["shape"]

@@ -19,7 +19,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from itnet_keras.evaluate import split_confusion_matrices
-from itnet_keras.export.latency import iterations_of
+from itnet_keras.export.flatbuffer import iterations_of
 from itnet_keras.metrics import mean_iou
 
 

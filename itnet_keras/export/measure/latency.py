@@ -16,17 +16,24 @@ Each number is the median of `repeats` timed calls after one untimed call; the c
 are compared take turns (see `_medians`).
 """
 
-import json
 import statistics
 import tempfile
 import time
 from functools import partial
 from pathlib import Path
 
+import keras
 import numpy as np
+import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from itnet_keras.export.flatbuffer import load, signature_subgraphs
+from itnet_keras.datasets import get_spec
+from itnet_keras.export.flatbuffer import iterations_of
+from itnet_keras.export.tflite import check_tflite, convert_static, convert_tflite, static_path, tflite_converter
+from itnet_keras.files import write_atomic
+from itnet_keras.layers import resize_like
+from itnet_keras.model import anytime, build_itnet, encode, iterative_block
+from itnet_keras.presets import PRESET_DATASET
 
 
 def _medians(calls, repeats):
@@ -98,28 +105,11 @@ def outputs_latency(loop_file, unrolled_file, threads, repeats):
     return _medians(calls, repeats)
 
 
-def iterations_of(path):
-    """N of a loop `.tflite` file: from its sidecar metadata, else from its `outputs` signature."""
-    metadata = Path(path).with_suffix(".json")
-    if metadata.is_file():
-        return json.loads(metadata.read_text())["num_iterations"]
-    model = load(path)
-    return len(model.signatureDefs[list(signature_subgraphs(model)).index("outputs")].outputs)
-
-
 def unrolled_anytime_file(unrolled, path, input_size):
     """A float32 file of unrolled graphs (`unrolled`: a model built with `unroll=True`):
     `anytime_n`: image -> logits of output n, n iterations; the converter prunes what output
     n does not need (the coarser scales of the last iteration), as a network that stops at
     n would. `state_n`: the same, also returning the state: the work a loop must do."""
-    import keras
-    import tensorflow as tf
-
-    from itnet_keras.evaluate import write_atomic
-    from itnet_keras.export.tflite import check_tflite, tflite_converter
-    from itnet_keras.layers import resize_like
-    from itnet_keras.model import anytime, encode, iterative_block
-
     block = iterative_block(unrolled)
     archive = keras.export.ExportArchive()
     archive.track(unrolled)
@@ -146,9 +136,6 @@ def unrolled_anytime_file(unrolled, path, input_size):
 def preset_files(preset, input_size, folder, **model_args):
     """Float32 files of `preset` with the same random weights in `folder`: the loop file,
     the unrolled file, and the unrolled per-output file (`unrolled_anytime_file`)."""
-    from itnet_keras.export.tflite import convert_tflite
-    from itnet_keras.model import build_itnet
-
     folder = Path(folder)
     model = build_itnet(preset, input_shape=(*input_size, 3), **model_args)
     convert_tflite(model, folder / "loop.tflite", "float32", input_size=input_size)
@@ -180,11 +167,6 @@ def quant_files(preset, input_size, folder, quants, iterations, calibration_imag
     """Files of `preset` (random weights) in each mode of `quants`: {(flavor, quant, n): path}
     for the static files of each n of `iterations` (input `input_type` for int8; float32
     files take float images) and, with `loop`, {("loop", quant, None): path}."""
-    from itnet_keras.datasets import get_spec
-    from itnet_keras.export.tflite import convert_static, convert_tflite, static_path
-    from itnet_keras.model import build_itnet
-    from itnet_keras.presets import PRESET_DATASET
-
     folder, files = Path(folder), {}
     spec = get_spec(PRESET_DATASET[preset])
     model = build_itnet(preset, input_shape=(*input_size, 3), **model_args)

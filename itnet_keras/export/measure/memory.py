@@ -9,16 +9,23 @@ planner may add alignment and fragmentation.
 """
 
 import math
+from pathlib import Path
 
 import numpy as np
-from itnet_keras.export.flatbuffer import _TYPE_NAMES, _op_name, load, nested_subgraphs, signature_subgraphs
+
+from itnet_keras.costs import output_costs
+from itnet_keras.export.flatbuffer import (TYPE_NAMES, inspect_tflite, load, nested_subgraphs, op_name,
+                                           signature_subgraphs)
+from itnet_keras.export.tflite import convert_tflite
+from itnet_keras.files import markdown_table
+from itnet_keras.model import build_itnet, model_args
 
 _ITEM_BYTES = {"float32": 4, "float16": 2, "int32": 4, "int64": 8, "int8": 1, "uint8": 1, "bool": 1, "int16": 2}
 
 
 def _tensor_bytes(tensor):
     shape = [] if tensor.shape is None else [max(int(d), 1) for d in tensor.shape]
-    return math.prod(shape) * _ITEM_BYTES.get(_TYPE_NAMES[tensor.type], 4)
+    return math.prod(shape) * _ITEM_BYTES.get(TYPE_NAMES[tensor.type], 4)
 
 
 def subgraph_peak(model, index, codes, _memo=None, outputs=True):
@@ -64,7 +71,7 @@ def activation_bytes(path, signature="outputs", outputs=True):
     """Peak live activation bytes of one signature of a `.tflite` file (without its
     output tensors when `outputs=False`)."""
     model = load(path)
-    codes = [_op_name(c) for c in model.operatorCodes]
+    codes = [op_name(c) for c in model.operatorCodes]
     subgraphs = signature_subgraphs(model)
     if signature not in subgraphs:
         raise ValueError(f"{path} has no signature {signature!r}")
@@ -73,8 +80,6 @@ def activation_bytes(path, signature="outputs", outputs=True):
 
 def file_row(path, label, costs=None):
     """One table row for a `.tflite` file (and the cost model's last output, if given)."""
-    from itnet_keras.export.flatbuffer import inspect_tflite
-
     summary = inspect_tflite(path)
     row = {"artifact": label, "file_bytes": summary["file_bytes"], "weight_bytes": summary["weight_bytes"],
            "activation_bytes": activation_bytes(path, "outputs"),
@@ -90,12 +95,6 @@ def model_rows(model, label, input_size, folder, quants=("float32",)):
     """Rows for the loop export of `model` in each quantization mode (int8 only with weight
     sharing), and for its unrolled float32 export (same weights, `unroll=True`). Files are
     written to `folder`."""
-    from pathlib import Path
-
-    from itnet_keras.costs import output_costs
-    from itnet_keras.export.tflite import convert_tflite
-    from itnet_keras.model import build_itnet, model_args
-
     args = model_args(model)
     costs = output_costs(model, input_size)
     rows = []
@@ -118,12 +117,9 @@ def model_rows(model, label, input_size, folder, quants=("float32",)):
 
 def format_rows(rows):
     mb = lambda v: "" if v is None else f"{v / 1e6:.1f}"  # noqa: E731
-    lines = ["| artifact | WHILE ops | file MB | weight MB | activation MB (peak live, N outputs "
-             "included) | working set MB (outputs excluded) | cost model: graph MB collapsed | "
-             "cost model: graph MB unrolled |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['artifact']} | {r['while_ops']} | {mb(r['file_bytes'])} | {mb(r['weight_bytes'])} | "
-                     f"{mb(r['activation_bytes'])} | {mb(r['working_bytes'])} | "
-                     f"{mb(r.get('cost_graph_bytes_collapsed'))} | "
-                     f"{mb(r.get('cost_graph_bytes_unrolled'))} |")
-    return "\n".join(lines)
+    header = ["artifact", "WHILE ops", "file MB", "weight MB", "activation MB (peak live, N outputs included)",
+              "working set MB (outputs excluded)", "cost model: graph MB collapsed", "cost model: graph MB unrolled"]
+    return markdown_table(header, [
+        [r["artifact"], r["while_ops"], mb(r["file_bytes"]), mb(r["weight_bytes"]), mb(r["activation_bytes"]),
+         mb(r["working_bytes"]), mb(r.get("cost_graph_bytes_collapsed")), mb(r.get("cost_graph_bytes_unrolled"))]
+        for r in rows], align="lrrrrrrr")

@@ -1,0 +1,37 @@
+"""Command-line value checks shared by the commands (argparse `type=` functions). A leaf:
+it imports nothing of the package."""
+
+import argparse
+import math
+
+
+def parse_size(text):
+    """'360x480' -> (360, 480): height x width."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--input-size {text!r}: expected HEIGHTxWIDTH, e.g. 360x480")
+    if height < 8 or width < 8:
+        raise argparse.ArgumentTypeError(f"--input-size {text!r}: expected at least 8x8")
+    return height, width
+
+
+def positive(kind):
+    """An argparse type: `kind(text)`, which must be finite and > 0 (the error names the value)."""
+    def parse(text):
+        value = kind(text)
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number > 0")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def boolean(text):
+    """An argparse type: true/1/yes or false/0/no."""
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")

@@ -1,0 +1,58 @@
+"""What every exported file shares, TFLite or ONNX: the error an export raises, the check
+that its destination is writable, and the sidecar metadata written beside it."""
+
+import tempfile
+from pathlib import Path
+
+from itnet_keras.export.static import signature_key
+from itnet_keras.model import model_args
+
+
+class ExportError(ValueError):
+    """The export cannot go on; the message names the file, flag or op at fault."""
+
+
+def writable_destination(path):
+    """Raise ExportError (naming `path`) unless a file can be written there."""
+    path = Path(path)
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}."):
+            pass
+    except OSError as error:
+        raise ExportError(f"--output {path}: cannot write there ({error.strerror or error})") from None
+
+
+def metadata(model, spec, input_size, quant, batch_size=1, calibration=None, iterations=None,
+             input_type="float32"):
+    """What an app needs beside the file: labels, input size, normalization, signatures
+    (of the static flavour with `iterations`, its output n)."""
+    args = model_args(model)
+    scale, offset = spec.normalization
+    normalization = f"pixel * {scale:.10g} + {offset:.10g} (RGB, pixel in 0..255)"
+    if input_type == "uint8":
+        normalization = "inside the graph: pass camera bytes (RGB, 0..255); it computes " + normalization
+    meta = {
+        "format": "tflite", "flavor": "loop" if iterations is None else "static", "quantization": quant,
+        "dataset": spec.name, "labels": list(spec.class_names), "ignore_label": spec.ignore_label,
+        "input": {"name": "image", "shape": [batch_size, *input_size, 3], "dtype": input_type,
+                  "normalization": normalization},
+        "num_iterations": args["num_iterations"], "model_args": args,
+        "signatures": {
+            "outputs": "image -> output_1 .. output_N logits [B, H, W, C]",
+            "anytime": "image, iterations (int32, clamped to 1..N) -> logits",
+            "encode": "image -> state_1 .. state_L",
+            "step": "state_1 .. state_L, n (int32, 1-based, clamped) -> state_1 .. state_L, "
+                    "logits [B, H/8, W/8, C] (the head's resolution)",
+            "upsample": "logits [B, H/8, W/8, C] from step -> logits [B, H, W, C] (output n)",
+            "finish": "state_1 .. state_L after n - 1 steps, n -> logits [B, H, W, C] (output n; "
+                      "no state: the cheaper last step)",
+        },
+        "calibration": calibration,
+    }
+    if iterations is not None:
+        meta["output_n"] = iterations
+        meta["signatures"] = {signature_key(iterations): f"image -> logits [B, H, W, C] of output {iterations}"}
+        meta["output"] = {"name": "logits", "dtype": "int8" if quant == "int8" else "float32"}
+        if quant == "int8":
+            meta["output"]["note"] = "quantized logits (scale, zero point in the tensor); the argmax needs neither"
+    return meta

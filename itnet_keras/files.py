@@ -1,0 +1,68 @@
+"""Writing files: atomically (a temporary name beside the target, then a rename), result
+tables (markdown beside JSON) and figures. A leaf: it imports nothing of the package."""
+
+import contextlib
+import json
+import os
+import secrets
+from pathlib import Path
+
+
+def temporary_path(path, suffix=".tmp"):
+    """A hidden name beside `path`, unique to this call (process id and a random part)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=".tmp"):
+    """A temporary name beside `path` to write to: renamed to `path` when the block ends,
+    removed if it raises (`suffix`: for writers that want a file type, e.g. `.tmp.keras`)."""
+    tmp = temporary_path(path, suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path, data, mode="w"):
+    """Write a file through a temporary name and rename it into place."""
+    with atomic_path(path) as tmp, open(tmp, mode) as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_result_files(path, command, markdown, data):
+    """A results table: `path` (the command that made it, then `markdown`) and
+    `path` with suffix `.json` (`data`), both written atomically."""
+    write_atomic(path, f"`{command}`\n\n{markdown}\n")
+    write_atomic(Path(path).with_suffix(".json"), json.dumps(data, indent=1))
+
+
+def save_figure(fig, path, dpi=120):
+    """Save a matplotlib figure atomically and close it."""
+    import matplotlib.pyplot as plt  # lazy: matplotlib is only needed by whoever made `fig`
+
+    try:
+        with atomic_path(path, ".tmp.png") as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
+
+
+def markdown_table(header, rows, align=None):
+    """A markdown table: `header` and each row are lists of cell texts; `align` has one
+    letter per column, `l` (left) or `r` (right; the default of every column)."""
+    align = align or "r" * len(header)
+    if len(align) != len(header):
+        raise ValueError(f"align {align!r}: expected {len(header)} letters, one per column")
+
+    def line(cells):
+        return "|" + "".join(f" {cell} |" for cell in cells)
+
+    top = "|" + "".join(f" {cell} |" if cell != "" else " |" for cell in header)  # a blank corner: "| |"
+    rule = "|" + "".join("---|" if a == "l" else "---:|" for a in align)
+    return "\n".join([top, rule, *(line(row) for row in rows)])

@@ -1,0 +1,96 @@
+"""The per-iteration weight store of `IterativeBlock`: weights with a leading axis of one
+row per iteration (or none, when shared), and the row that iteration n reads.
+
+`IterationWeights` is a mixin of the Keras layer: the weights are the layer's own
+(`add_weight`), so saved files and their variable names are those of `IterativeBlock`.
+"""
+
+import contextlib
+import typing
+
+import keras
+from keras import ops
+
+from itnet_keras.layers import l2_regularizer
+
+
+class ConvRow(typing.NamedTuple):
+    """One conv of an iteration at one scale: its name, kernel shape (kh, kw, in, out;
+    out = 1 for a depthwise kernel), whether it is depthwise, and its part (mix, block, head)."""
+    name: str
+    kernel: tuple
+    depthwise: bool
+    part: str
+
+
+class WeightUse(typing.NamedTuple):
+    """A weight and how the iterations read it: `rows` is the size of its leading
+    per-iteration axis (None when shared), `first` the 0-based iteration that reads row 0.
+    Iteration n reads row n - first (the cost model counts with this)."""
+    variable: object
+    rows: typing.Optional[int]
+    first: int
+
+
+def _stacked(initializer, count):
+    """An initializer drawing `count` independent slices along a leading axis."""
+    initializer = keras.initializers.get(initializer)
+
+    def draw(shape, dtype=None):
+        return ops.stack([initializer(shape[1:], dtype=dtype) for _ in range(count)])
+
+    return draw
+
+
+class IterationWeights:
+    """Adds and reads the weights of a layer with `num_iterations` and `l2` attributes;
+    `build` starts with `self._usage = {}`."""
+
+    def weight_usage(self):
+        """A `WeightUse` (variable, rows, first) for every weight."""
+        return list(self._usage.values())
+
+    def _first_iteration(self, part):
+        return 1 if part == "mix" else 0
+
+    def _add(self, name, shape, part, per_iteration, initializer, regularize=False, trainable=True):
+        first = self._first_iteration(part)
+        rows = self.num_iterations - first if per_iteration else None
+        if rows is not None:
+            shape = (rows,) + tuple(shape)
+            initializer = _stacked(initializer, rows)
+        variable = self.add_weight(
+            name=name, shape=shape, initializer=initializer, trainable=trainable,
+            regularizer=l2_regularizer(self.l2) if regularize else None,
+        )
+        self._usage[name] = WeightUse(variable, rows, first)
+        return variable
+
+    def _pick(self, name, n, value=None):
+        """The slice of weight `name` (or of `value`, a tensor shaped like it) that
+        0-based iteration `n` reads."""
+        variable, rows, first = self._usage[name]
+        if value is None:
+            value = self._weight_values.get(name, variable)
+        value = ops.convert_to_tensor(value)
+        if rows is not None:
+            index = n - first
+            value = value[index] if isinstance(index, int) else ops.take(value, index, axis=0)
+        if self._static_weight_shapes:
+            value = ops.reshape(value, tuple(variable.shape[1:] if rows else variable.shape))
+        return value
+
+    _static_weight_shapes = False
+    _weight_values = {}  # weight name -> the tensor to read instead (inside `_rematerialized`)
+
+    @contextlib.contextmanager
+    def static_weight_shapes(self):
+        """While tracing in this context, every weight read in the loop gets its static
+        shape by a reshape. tf2onnx needs the kernel shape of every conv, which a variable
+        read or a gather inside a loop body does not carry. Not used for TFLite: there the
+        reshape makes full-integer quantization treat shared kernels as activations."""
+        self._static_weight_shapes = True
+        try:
+            yield
+        finally:
+            self._static_weight_shapes = False
