@@ -2,12 +2,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from itnet_keras.builtin_data import FRAME_COLORS, builtin_arrays
 from itnet_keras.datasets import (
     CITYSCAPES_TRAIN_IDS,
     DATASETS,
     DatasetError,
-    FRAME_COLORS,
-    builtin_arrays,
     default_data_dir,
     load_split,
 )

@@ -10,7 +10,8 @@ from PIL import Image
 from itnet_keras import anytime, build_itnet
 from itnet_keras import predict as predict_module
 from itnet_keras.augment import normalize
-from itnet_keras.datasets import builtin_arrays, get_spec
+from itnet_keras.builtin_data import builtin_arrays
+from itnet_keras.datasets import get_spec
 from itnet_keras.evaluate import class_colors
 
 SPEC = get_spec("builtin")
