@@ -274,10 +274,10 @@ def test_graph_memory_command(tmp_path, capsys):
 
 
 def test_latency_benchmark_command(tmp_path):
-    benchmark = export_script("benchmark")
+    measure_latency = export_script("measure_latency")
     out = tmp_path / "latency.md"
-    assert benchmark.main(["--preset", "tiny", "--input-size", "32x32", "--threads", "1", "--repeats", "2",
-                           "--output", str(out)]) == 0
+    assert measure_latency.main(["--preset", "tiny", "--input-size", "32x32", "--threads", "1", "--repeats", "2",
+                                 "--output", str(out)]) == 0
     (row,) = json.loads(out.with_suffix(".json").read_text())
     paths = ("anytime_s", "step_s", "finish_s", "unrolled_s", "unrolled_state_s")
     assert all(len(row[p]) == 4 and min(row[p]) > 0 for p in paths)
@@ -288,30 +288,32 @@ def test_latency_benchmark_command(tmp_path):
 def test_export_evaluation_command(tiny, float32_file, tmp_path):
     from itnet_keras.export.onnx import convert_onnx
 
-    evaluate = export_script("evaluate")
+    measure_accuracy = export_script("measure_accuracy")
     model, model_path = tiny
     path, _ = float32_file
     onnx_path = tmp_path / "tiny.onnx"
     convert_onnx(model, onnx_path, SPEC, SIZE)
     out = tmp_path / "accuracy.md"
-    assert evaluate.main([str(model_path), str(path), str(onnx_path), "--limit", "8", "--output", str(out)]) == 0
+    assert measure_accuracy.main([str(model_path), str(path), str(onnx_path), "--limit", "8",
+                                  "--output", str(out)]) == 0
     results = json.loads(out.with_suffix(".json").read_text())
     for name in (path.name, onnx_path.name):  # float32 and ONNX: the same argmax as Keras
         np.testing.assert_allclose(results[name], results["keras"], atol=1e-3)
     for signature in ("anytime", "finish"):  # each output computed alone, as an app does
-        assert evaluate.main([str(model_path), str(path), "--limit", "8", "--signature", signature,
-                              "--output", str(out)]) == 0
+        assert measure_accuracy.main([str(model_path), str(path), "--limit", "8", "--signature", signature,
+                                      "--output", str(out)]) == 0
         results = json.loads(out.with_suffix(".json").read_text())
         np.testing.assert_allclose(results[path.name], results["keras"], atol=1e-3)
-    assert evaluate.main([str(model_path), str(tmp_path / "none.tflite")]) == 2
-    assert evaluate.main([str(model_path), str(onnx_path), "--signature", "anytime"]) == 2  # ONNX: outputs only
+    assert measure_accuracy.main([str(model_path), str(tmp_path / "none.tflite")]) == 2
+    # ONNX: outputs only
+    assert measure_accuracy.main([str(model_path), str(onnx_path), "--signature", "anytime"]) == 2
 
 
 def test_export_evaluation_refuses_a_scale_the_file_was_not_made_for(tiny, float32_file, capsys):
-    evaluate = export_script("evaluate")
+    measure_accuracy = export_script("measure_accuracy")
     _, model_path = tiny
     path, _ = float32_file
-    assert evaluate.main([str(model_path), str(path), "--scale", "2", "--limit", "4"]) == 2
+    assert measure_accuracy.main([str(model_path), str(path), "--scale", "2", "--limit", "4"]) == 2
     assert (f"error: {path} takes 64x64 images but --scale 2 gives builtin images of 32x32: pass --scale 1"
             in capsys.readouterr().err)
 

@@ -231,8 +231,8 @@ def test_export_evaluation_checks_a_static_files_input_size(tiny, static_float32
     """export/measure_accuracy.py reads a static file's input size from its one signature."""
     from test_export import export_script
 
-    evaluate = export_script("evaluate")
+    measure_accuracy = export_script("measure_accuracy")
     _, model_path = tiny
     path = next(p for p in static_float32 if p.stem.endswith("_n2"))
-    assert evaluate.main([str(model_path), str(path), "--scale", "2", "--limit", "4"]) == 2
+    assert measure_accuracy.main([str(model_path), str(path), "--scale", "2", "--limit", "4"]) == 2
     assert f"error: {path} takes 64x64 images but --scale 2 gives builtin images of 32x32" in capsys.readouterr().err
