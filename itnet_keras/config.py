@@ -17,6 +17,8 @@ def _flag(help, default=None, choices=None):
 
 @dataclass
 class _Training:
+    """The fields of `FitConfig` before the model arguments (their order is that of `--help`)."""
+
     preset: str = _flag("model preset (itnet_keras.PRESETS)", default="tiny")
     data: str = _flag("dataset", default="builtin", choices=DATASET_NAMES)
     data_dir: typing.Optional[str] = _flag("dataset folder (default: the dataset's default location)")

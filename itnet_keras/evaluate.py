@@ -47,9 +47,9 @@ from keras import ops  # noqa: E402
 from itnet_keras.costs import output_costs  # noqa: E402
 from itnet_keras.datasets import get_spec, spec_with_classes  # noqa: E402
 from itnet_keras.files import save_figure, write_atomic  # noqa: E402
+from itnet_keras.metrics import anytime_auc, confusion_matrix, iou_from_confusion, mean_iou  # noqa: E402
 from itnet_keras.model import model_args  # noqa: E402  (and registers the custom layers for loading)
 from itnet_keras.pipeline import make_dataset  # noqa: E402
-from itnet_keras.metrics import anytime_auc, confusion_matrix, iou_from_confusion, mean_iou  # noqa: E402
 
 
 def _class_model(model):
