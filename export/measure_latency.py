@@ -11,8 +11,8 @@ depend on them): the loop file, the unrolled file, and unrolled graphs of each o
 (the per-output baselines). Batch 1, LiteRT's default CPU delegate, median of `--repeats`
 calls.
 With `--quant`, the files of each mode side by side instead: the static file of each
-output n (`--flavor static`; an int8 one with `--input-type`) and the loop file's
-`anytime(image, n)`; int8 files calibrate on `--calibration-images` CamVid/Cityscapes
+output n (`--flavor static`) and the loop file's `anytime(image, n)` (int8 files with
+`--input-type`); int8 files calibrate on `--calibration-images` CamVid/Cityscapes
 training images.
 See `itnet_keras.export.measure.latency` for what each column measures.
 """
@@ -42,7 +42,7 @@ def build_parser():
                         help="with --preset: static and loop files in these modes, side by side")
     parser.add_argument("--iterations", type=int, nargs="+", help="--quant: the outputs n (default 1 2 4 8 16)")
     parser.add_argument("--input-type", choices=INPUT_TYPES, default="float32",
-                        help="--quant: the input of the int8 static files")
+                        help="--quant: the input of the int8 files")
     parser.add_argument("--no-loop", action="store_true", help="--quant: static files only")
     parser.add_argument("--calibration-images", type=int, default=4, help="--quant int8: calibration sample")
     parser.add_argument("--data-dir", help="--quant int8: dataset folder of the calibration images")

@@ -14,7 +14,7 @@ from itnet_keras import build_itnet
 from itnet_keras.datasets import get_spec
 from itnet_keras.export.artifacts import ExportError
 from itnet_keras.export.flatbuffer import (count_buffers_holding, loop_body_dtypes, loop_carried_types,
-                                          op_output_dtypes, signature_ops)
+                                          op_output_dtypes, signature_op_dtypes, signature_ops)
 from itnet_keras.export.measure import anytime_device as device
 from itnet_keras.export.measure.accuracy import exported_mious
 from itnet_keras.export.signatures import SIGNATURES
@@ -147,11 +147,18 @@ def test_float16_and_dynamic_stay_close(tiny, val_images, tmp_path, quant, atol)
         assert np.mean(got.argmax(-1) == want.argmax(-1)) > 0.97
 
 
-def test_int8_agrees_per_pixel_and_in_miou(tiny, val_images, tmp_path):
+@pytest.fixture(scope="module")
+def int8_file(tiny, tmp_path_factory):
     model, _ = tiny
     images, record = calibration_sample("builtin", SIZE, count=8, seed=0)
-    path = tmp_path / "tiny_int8.tflite"
+    path = tmp_path_factory.mktemp("int8") / "tiny_int8.tflite"
     summary = convert_tflite(model, path, "int8", SPEC, SIZE, images, record)
+    return path, summary, record
+
+
+def test_int8_agrees_per_pixel_and_in_miou(tiny, int8_file, val_images):
+    model, _ = tiny
+    path, summary, record = int8_file
     assert summary["ops"]["WHILE"] == 2 and summary["flex_ops"] == []
     assert json.loads(path.with_suffix(".json").read_text())["calibration"]["indices"] == record["indices"]
     # A truly integer loop: the WHILE carries int8 state, its body computes nothing in float32.
@@ -176,6 +183,34 @@ def test_int8_agrees_per_pixel_and_in_miou(tiny, val_images, tmp_path):
     encode, finish = runner(path, "encode"), runner(path, "finish")
     got = np.concatenate([finish(**encode(image=image[None]), n=np.int32(1))["logits"] for image in val])
     assert np.mean(got.argmax(-1) == want[0].argmax(-1)) > 0.85, "finish(1)"
+
+
+def test_int8_loop_file_computes_anytime_and_outputs_in_int8_only(tiny, int8_file, val_images):
+    """No float island around the control flow: `anytime` (the mixing of its last iteration
+    after the WHILE, the IF around it) and `outputs` hold no DEQUANTIZE and no float32 op
+    output besides the image's QUANTIZE; the full-resolution logits come out int8, their
+    scale and zero point in the tensor, and dequantized they stay close to Keras."""
+    model, _ = tiny
+    path, _, _ = int8_file
+    dtypes = signature_op_dtypes(path)
+    for signature in ("anytime", "outputs", "upsample"):
+        assert "DEQUANTIZE" not in dtypes[signature], (signature, dtypes[signature])
+        floats = {op for op, counts in dtypes[signature].items() if "float32" in counts}
+        assert not floats, (signature, floats)
+    for op in ("RESIZE_BILINEAR", "CONCATENATION"):
+        assert set(dtypes["anytime"][op]) == {"int8"}, dtypes["anytime"][op]
+    images = val_images[0][:2]
+    want = keras_outputs(model, images)
+    for signature in ("outputs", "anytime", "upsample", "finish"):
+        assert {d["dtype"] for d in runner(path, signature).get_output_details().values()} == {np.int8}
+    anytime = runner(path, "anytime")
+    details = anytime.get_output_details()["logits"]
+    scale, zero = details["quantization"]
+    for n in (1, 4):
+        got = np.concatenate([anytime(image=image[None], iterations=np.int32(n))["logits"] for image in images])
+        logits = (got.astype(np.float32) - zero) * scale
+        assert np.mean(logits.argmax(-1) == want[n - 1].argmax(-1)) > 0.85, f"anytime({n})"
+        assert np.abs(logits - want[n - 1]).mean() < 0.1 * np.abs(want[n - 1]).max(), f"anytime({n})"
 
 
 def test_integer_loop_check_refuses_a_float_loop(float32_file):

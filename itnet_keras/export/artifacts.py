@@ -4,6 +4,7 @@ that its destination is writable, and the sidecar metadata written beside it."""
 import tempfile
 from pathlib import Path
 
+from itnet_keras.export.int8_loop import INT8_LOGITS_SIGNATURES
 from itnet_keras.export.static import signature_key
 from itnet_keras.model import model_args
 
@@ -53,6 +54,10 @@ def metadata(model, spec, input_size, quant, batch_size=1, calibration=None, ite
         meta["output_n"] = iterations
         meta["signatures"] = {signature_key(iterations): f"image -> logits [B, H, W, C] of output {iterations}"}
         meta["output"] = {"name": "logits", "dtype": "int8" if quant == "int8" else "float32"}
-        if quant == "int8":
-            meta["output"]["note"] = "quantized logits (scale, zero point in the tensor); the argmax needs neither"
+    if quant == "int8":
+        meta["output"] = {"name": "logits", "dtype": "int8",
+                          "note": "quantized logits (scale, zero point in the tensor); the argmax needs neither"}
+        if iterations is None:
+            meta["output"]["signatures"] = list(INT8_LOGITS_SIGNATURES)
+            meta["output"]["note"] += "; the states and step's head logits stay float32"
     return meta

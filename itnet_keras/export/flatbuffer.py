@@ -99,23 +99,43 @@ def nested_subgraphs(op, codes):
     return []
 
 
+def _signature_graphs(model, codes, index):
+    """Indices of the subgraphs a signature whose subgraph is `index` runs: its own, and
+    those its control-flow ops run (a WHILE's body, an IF's branches), each once."""
+    seen, pending = [], [index]
+    while pending:
+        graph = pending.pop()
+        if graph in seen:
+            continue
+        seen.append(graph)
+        for op in model.subgraphs[graph].operators or []:
+            pending += nested_subgraphs(op, codes)
+    return seen
+
+
 def signature_ops(path):
     """{signature: op counts over the subgraphs it runs}: its own, and those its control-flow
     ops run (a WHILE's body, an IF's branches), each counted once."""
     model = load(path)
     codes = [op_name(c) for c in model.operatorCodes]
+    return {key: dict(collections.Counter(codes[op.opcodeIndex] for graph in _signature_graphs(model, codes, index)
+                                          for op in model.subgraphs[graph].operators or []))
+            for key, index in signature_subgraphs(model).items()}
+
+
+def signature_op_dtypes(path):
+    """{signature: {op name: {dtype: number of outputs}}} over the subgraphs it runs (as
+    `signature_ops`): a float island of a quantized file shows as float32 outputs, or as a
+    `DEQUANTIZE`."""
+    model = load(path)
+    codes = [op_name(c) for c in model.operatorCodes]
     result = {}
     for key, index in signature_subgraphs(model).items():
-        seen, pending, ops = set(), [index], collections.Counter()
-        while pending:
-            graph = pending.pop()
-            if graph in seen:
-                continue
-            seen.add(graph)
-            for op in model.subgraphs[graph].operators or []:
-                ops[codes[op.opcodeIndex]] += 1
-                pending += nested_subgraphs(op, codes)
-        result[key] = dict(ops)
+        ops = collections.defaultdict(collections.Counter)
+        for graph in (model.subgraphs[i] for i in _signature_graphs(model, codes, index)):
+            for op in graph.operators or []:
+                ops[codes[op.opcodeIndex]].update(TYPE_NAMES[graph.tensors[t].type] for t in op.outputs)
+        result[key] = {name: dict(counts) for name, counts in ops.items()}
     return result
 
 

@@ -6,7 +6,9 @@ signatures, calibration sample), both atomically, after checking the flatbuffer:
 ops only (no `Flex`), and one `WHILE` in each signature that runs the loop (`outputs`,
 `anytime`). `convert_static` writes the `static` flavour (module `static`): one file per
 output n, one subgraph, no control flow. With a dataset `spec`, TFLite Model Metadata (labels,
-normalization, output activation) goes inside every file (`tflite_metadata`).
+normalization, output activation) goes inside every file (`tflite_metadata`). The `anytime`
+and `outputs` of an int8 loop file compute in int8 from the image's `QUANTIZE` to the
+full-resolution logits, which int8 files hand out as int8 (`int8_loop`).
 """
 
 import json
@@ -23,7 +25,7 @@ from itnet_keras.datasets import load_split
 from itnet_keras.export import INPUT_TYPES, QUANT_MODES
 from itnet_keras.export.artifacts import ExportError, metadata, writable_destination
 from itnet_keras.export.flatbuffer import inspect_tflite, loop_carried_types, signature_ops
-from itnet_keras.export.int8_loop import carry_int8
+from itnet_keras.export.int8_loop import INT8_LOGITS_SIGNATURES, carry_int8, int8_logits, integer_islands
 from itnet_keras.export.signatures import signatures_of, write_saved_model
 from itnet_keras.export.static import signature_key, static_archive, static_calibration, unrolled_copy
 from itnet_keras.export.tflite_metadata import embed_metadata
@@ -146,7 +148,7 @@ def convert_tflite(model, path, quant="float32", spec=None, input_size=None, cal
         with quietly():  # the converter's C++ log lines
             data = tflite_converter(saved_model, signatures, quant, representative).convert()
         if quant == "int8":
-            data = carry_int8(data)
+            data = int8_logits(integer_islands(carry_int8(data)), INT8_LOGITS_SIGNATURES)
             if input_type == "uint8":  # the image's QUANTIZE takes bytes: no float op
                 try:
                     data = camera_byte_inputs(data, spec.normalization)

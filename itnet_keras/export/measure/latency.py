@@ -52,8 +52,10 @@ def _medians(calls, repeats):
 
 
 def _image(interpreter, signature="outputs"):
+    """A random image for `signature`'s input: float in 0..1, or bytes for a uint8 input."""
     details = interpreter.get_signature_runner(signature).get_input_details()["image"]
-    return np.random.default_rng(0).random(details["shape"], dtype=np.float32)
+    image = np.random.default_rng(0).random(details["shape"], dtype=np.float32)
+    return (image * 255).astype(np.uint8) if details["dtype"] == np.uint8 else image
 
 
 def per_output_latency(path, threads, repeats, iterations, unrolled_anytime=None):
@@ -165,8 +167,8 @@ def measure(loop_file, unrolled_file, threads, repeats, unrolled_anytime=None):
 def quant_files(preset, input_size, folder, quants, iterations, calibration_images, input_type="float32",
                 loop=True, **model_args):
     """Files of `preset` (random weights) in each mode of `quants`: {(flavor, quant, n): path}
-    for the static files of each n of `iterations` (input `input_type` for int8; float32
-    files take float images) and, with `loop`, {("loop", quant, None): path}."""
+    for the static files of each n of `iterations` and, with `loop`, {("loop", quant, None):
+    path}; int8 files take `input_type` images, the others float images."""
     folder, files = Path(folder), {}
     spec = get_spec(PRESET_DATASET[preset])
     model = build_itnet(preset, input_shape=(*input_size, 3), **model_args)
@@ -177,7 +179,8 @@ def quant_files(preset, input_size, folder, quants, iterations, calibration_imag
                        input_type=kind)
         files.update({("static", quant, n): static_path(folder / f"static_{quant}.tflite", n) for n in iterations})
         if loop:
-            convert_tflite(model, folder / f"loop_{quant}.tflite", quant, spec, input_size, images)
+            convert_tflite(model, folder / f"loop_{quant}.tflite", quant, spec, input_size, images,
+                           input_type=kind)
             files["loop", quant, None] = folder / f"loop_{quant}.tflite"
     return files
 
@@ -185,12 +188,7 @@ def quant_files(preset, input_size, folder, quants, iterations, calibration_imag
 def _static_call(path, threads):
     interpreter = Interpreter(model_path=str(path), num_threads=threads)
     (key,) = interpreter.get_signature_list()
-    runner = interpreter.get_signature_runner(key)
-    details = runner.get_input_details()["image"]
-    image = np.random.default_rng(0).random(details["shape"], dtype=np.float32)
-    if details["dtype"] == np.uint8:
-        image = (image * 255).astype(np.uint8)
-    return partial(runner, image=image)
+    return partial(interpreter.get_signature_runner(key), image=_image(interpreter, key))
 
 
 def quant_latency(files, threads, repeats, iterations):
@@ -200,7 +198,7 @@ def quant_latency(files, threads, repeats, iterations):
     for (flavor, quant, _), path in files.items():
         if flavor == "loop":
             interpreter = Interpreter(model_path=str(path), num_threads=threads)
-            loops[quant] = (interpreter.get_signature_runner("anytime"), _image(interpreter))
+            loops[quant] = (interpreter.get_signature_runner("anytime"), _image(interpreter, "anytime"))
     result = {}
     for n in iterations:
         calls = {f"static {quant}": _static_call(path, threads)
