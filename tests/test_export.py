@@ -203,6 +203,7 @@ def test_int8_loop_file_computes_anytime_and_outputs_in_int8_only(tiny, int8_fil
     want = keras_outputs(model, images)
     for signature in ("outputs", "anytime", "upsample", "finish"):
         assert {d["dtype"] for d in runner(path, signature).get_output_details().values()} == {np.int8}
+    assert json.loads(path.with_suffix(".json").read_text())["output"]["dtype"] == "int8"  # the sidecar says so
     anytime = runner(path, "anytime")
     details = anytime.get_output_details()["logits"]
     scale, zero = details["quantization"]

@@ -53,8 +53,8 @@ def metadata(model, spec, input_size, quant, batch_size=1, calibration=None, ite
     if iterations is not None:
         meta["output_n"] = iterations
         meta["signatures"] = {signature_key(iterations): f"image -> logits [B, H, W, C] of output {iterations}"}
-        meta["output"] = {"name": "logits", "dtype": "int8" if quant == "int8" else "float32"}
-    if quant == "int8":
+        meta["output"] = {"name": "logits", "dtype": "float32"}
+    if quant == "int8":  # both flavours hand out int8 logits
         meta["output"] = {"name": "logits", "dtype": "int8",
                           "note": "quantized logits (scale, zero point in the tensor); the argmax needs neither"}
         if iterations is None:
