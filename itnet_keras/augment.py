@@ -2,8 +2,16 @@
 
 Every dataset is resized to its `image_size` divided by `scale` (image bilinear, label
 nearest; a no-op for CamVid at scale 1, 1024x2048 -> 512x1024 for Cityscapes). Training
-adds a random horizontal flip and, where the dataset has one, a random crop. The result
-of `Augmentation(...)(image, label, seed)` depends only on its arguments.
+then follows one of two recipes (`RECIPES`):
+
+- `paper` (the default; SPEC s.7): a random horizontal flip and, where the dataset has
+  one, a random crop.
+- `strong` (not in the paper; docs/training.md says where each step comes from): a random
+  scale of 0.5 to 2.0, then padding up to the training crop (image 0, label the ignore
+  value) and a random crop, the flip, and photometric changes: brightness and contrast,
+  hue and saturation, gamma. The label is only ever resampled nearest.
+
+The result of `Augmentation(...)(image, label, seed)` depends only on its arguments.
 """
 
 import os
@@ -45,12 +53,38 @@ def training_crop(spec, crop=None, scale=1):
     return crop
 
 
-def build_transform(spec, training, crop=None, scale=1):
-    """The albumentations pipeline for one dataset: resize, then flip and crop if training."""
+RECIPES = ("paper", "strong")
+SCALE_RANGE = (0.5, 2.0)  # the `strong` recipe's random scale factors
+
+
+def check_recipe(recipe):
+    if recipe not in RECIPES:
+        raise ValueError(f"augmentation recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
+    return recipe
+
+
+def strong_steps(spec, crop):
+    """The `strong` recipe's training steps after the resize; `crop` is (h, w)."""
+    return [
+        A.RandomScale(scale_limit=(SCALE_RANGE[0] - 1, SCALE_RANGE[1] - 1), interpolation=cv2.INTER_LINEAR,
+                      mask_interpolation=cv2.INTER_NEAREST, p=1.0),
+        A.PadIfNeeded(*crop, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=spec.ignore_label),
+        A.RandomCrop(*crop),
+        A.HorizontalFlip(p=0.5),
+        A.RandomBrightnessContrast(brightness_limit=0.25, contrast_limit=0.25, p=0.5),
+        A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=20, val_shift_limit=0, p=0.5),
+        A.RandomGamma(gamma_limit=(80, 120), p=0.5),
+    ]
+
+
+def build_transform(spec, training, crop=None, scale=1, recipe="paper"):
+    """The albumentations pipeline for one dataset: resize, then the recipe's steps if training."""
     h, w = input_size(spec, scale)
     steps = [A.Resize(h, w, interpolation=cv2.INTER_LINEAR,
                       mask_interpolation=cv2.INTER_NEAREST)]
-    if training:
+    if training and check_recipe(recipe) == "strong":
+        steps += strong_steps(spec, training_crop(spec, crop, scale) or (h, w))
+    elif training:
         steps.append(A.HorizontalFlip(p=0.5))
         crop = training_crop(spec, crop, scale)
         if crop is not None:
@@ -71,8 +105,9 @@ class Augmentation:
     the output does not depend on which worker runs it or in what order.
     """
 
-    def __init__(self, spec, training, crop=None, scale=1):
+    def __init__(self, spec, training, crop=None, scale=1, recipe="paper"):
         self.spec, self.training, self.crop, self.scale = spec, training, crop, scale
+        self.recipe = check_recipe(recipe)
         crop = training_crop(spec, crop, scale) if training else None
         self.output_size = crop or input_size(spec, scale)
         self._local = threading.local()
@@ -81,7 +116,7 @@ class Augmentation:
         transform = getattr(self._local, "transform", None)
         if transform is None:
             transform = self._local.transform = build_transform(
-                self.spec, self.training, self.crop, self.scale)
+                self.spec, self.training, self.crop, self.scale, self.recipe)
         # One shared stream for all steps (set_random_seed would seed each step alike,
         # correlating the flip with the crop position).
         transform.set_random_state(np.random.default_rng(seed), random.Random(seed))

@@ -45,6 +45,9 @@ class FitConfig(_WithModel):
     # Input.
     crop: typing.Optional[str] = _flag("training crop HEIGHTxWIDTH (default: the dataset's)")
     scale: int = _flag("downscale images and labels by this integer factor first", default=1)
+    augment: str = _flag("training augmentation: 'paper' (flip and crop, the paper's recipe) or 'strong' (also a "
+                         "random scale 0.5-2.0 and photometric changes; see docs/training.md)", default="paper",
+                         choices=("paper", "strong"))
     limit: typing.Optional[int] = _flag("use only the first LIMIT images of each split")
     workers: int = _flag("input pipeline threads", default=1)
     # Run.
@@ -69,7 +72,11 @@ class FitConfig(_WithModel):
     POSITIVE_INTS = ("epochs", "batch_size", "limit", "scale", "workers")
 
     def check_numbers(self):
-        """Raise ValueError naming the flag of the first numeric value out of range."""
+        """Raise ValueError naming the flag of the first numeric or choice value out of range."""
+        for item in dataclasses.fields(self):
+            choices, value = item.metadata.get("choices"), getattr(self, item.name)
+            if choices and value is not None and value not in choices:
+                raise ValueError(f"{flag_of(item.name)} {value!r}: expected one of {', '.join(choices)}")
         for name in self.POSITIVE_INTS:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and value >= 1):

@@ -246,6 +246,13 @@ def training_record(model_path):
                          f"configuration of {model_path}") from None
 
 
+def training_summary(record):
+    """What an evaluation records of the model's training (a `fit` configuration as a dict):
+    the augmentation recipe (runs older than the `--augment` flag trained with `paper`) and
+    the output weights."""
+    return {"augment": record.get("augment", "paper"), "output_weights": record.get("output_weights")}
+
+
 def evaluation_inputs(model, model_path, data=None, scale=None):
     """(dataset name, scale) to evaluate `model` with: the ones given, else the ones its
     training run recorded, else the dataset with the model's class count at scale 1 (with
@@ -274,7 +281,9 @@ def main(argv=None):
         data, scale = evaluation_inputs(model, args.model, args.data, args.scale)
         dataset = make_dataset(data, args.split, data_dir=args.data_dir, batch_size=args.batch_size,
                                scale=scale, limit=args.limit)
-        result = write_report(model, dataset, args.output, source={"file": str(args.model)})
+        record = training_record(args.model)
+        source = {"file": str(args.model), **(training_summary(record) if record else {})}
+        result = write_report(model, dataset, args.output, source=source)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

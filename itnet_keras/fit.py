@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 from itnet_keras.datasets import check_split  # noqa: E402
-from itnet_keras.evaluate import format_outputs, load_itnet, write_report  # noqa: E402
+from itnet_keras.evaluate import format_outputs, load_itnet, training_summary, write_report  # noqa: E402
 from itnet_keras.files import atomic_path, write_atomic  # noqa: E402
 from itnet_keras.losses import MaskedCrossEntropy, output_weights  # noqa: E402
 from itnet_keras.metrics import SegmentationMeanIoU  # noqa: E402
@@ -318,7 +318,7 @@ def _datasets(config):
             raise ConfigError(f"--crop {config.crop!r}: expected HEIGHTxWIDTH") from error
     common = dict(data_dir=config.data_dir, scale=config.scale, limit=config.limit, batch_size=config.batch_size)
     train = make_dataset(config.data, "train", training=True, seed=config.seed, crop=crop,
-                         workers=config.workers, **common)
+                         workers=config.workers, augment=config.augment, **common)
     val = make_dataset(config.data, "val", **common)
     return train, val
 
@@ -421,7 +421,7 @@ def _run(config, callbacks):
                             f"checkpoint of epoch {state['epoch']} in {folder} is kept")
     best = folder / ("best.keras" if (folder / "best.keras").is_file() else "last.keras")
     source = {"file": best.name, "epoch": state["best_epoch"] if best.name == "best.keras" else state["epoch"],
-              "epochs_trained": state["epoch"]}
+              "epochs_trained": state["epoch"], **training_summary(dataclasses.asdict(config))}
     return write_report(load_itnet(best), val, folder, label=config.preset, loss_weights=weights, source=source)
 
 

@@ -98,14 +98,15 @@ class SyncEpoch(keras.callbacks.Callback):
 
 
 def make_dataset(name, split, *, data_dir=None, batch_size=8, training=False, seed=0,
-                 limit=None, crop=None, scale=1, output_names=None, workers=1,
+                 limit=None, crop=None, scale=1, output_names=None, workers=1, augment="paper",
                  **builtin_kwargs):
     """A `SegmentationDataset` of `split` of dataset `name` (see `datasets.load_split`).
 
     `crop` (h, w) overrides the training crop; `scale` divides the image size first
-    (e.g. CamVid scale=2: 180x240 images, 176x240 training crops).
+    (e.g. CamVid scale=2: 180x240 images, 176x240 training crops); `augment` is the
+    training recipe (`augment.RECIPES`).
     """
     data = load_split(name, split, data_dir=data_dir, limit=limit, **builtin_kwargs)
-    augmentation = Augmentation(data.spec, training, crop=crop, scale=scale)
+    augmentation = Augmentation(data.spec, training, crop=crop, scale=scale, recipe=augment)
     return SegmentationDataset(data, augmentation, batch_size=batch_size, training=training,
                                seed=seed, output_names=output_names, workers=workers)

@@ -176,6 +176,7 @@ def test_unwritable_output_folder(tmp_path):
     (["--epochs", "many"], "--epochs: invalid int value: 'many'"),
     (["--bn-placement", "after"], "--bn-placement: invalid choice"),
     (["--weight-sharing", "maybe"], "--weight-sharing: 'maybe': expected true or false"),
+    (["--augment", "heavy"], "--augment: invalid choice: 'heavy'"),
 ])
 def test_unknown_flag_values_name_the_flag(flags, culprit, capsys):
     with pytest.raises(SystemExit):
@@ -194,6 +195,24 @@ def test_bad_values_give_one_clear_error(tmp_path, flags, culprit, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and culprit in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # no stray run folder
+
+
+def test_augment_recipe_is_saved_kept_on_resume_and_recorded_in_evaluations(tmp_path):
+    from itnet_keras import evaluate
+
+    folder = tmp_path / "run"
+    result = fit.run(*config_for(folder, "--epochs", "1", "--augment", "strong"))
+    assert json.loads((folder / "config.json").read_text())["fit"]["augment"] == "strong"
+    assert result["model"]["augment"] == "strong" and result["model"]["output_weights"] == "all"
+    with pytest.raises(ConfigError, match="--augment 'paper' differs from the run's saved value 'strong'"):
+        fit.run(*parse_config(["--output", str(folder), "--resume", "--augment", "paper"]))
+    result = fit.run(*parse_config(["--output", str(folder), "--resume", "--epochs", "2"]))
+    assert fit.read_run_config(folder).augment == "strong" and result["model"]["augment"] == "strong"
+    assert evaluate.main([str(folder / "last.keras"), "--limit", "8", "--output", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["model"]["augment"] == "strong"
+    with pytest.raises(ConfigError, match="--augment 'heavy': expected one of paper, strong"):
+        fit.run(FitConfig(augment="heavy", output=str(tmp_path / "bad")))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_flags_come_from_the_config_dataclass():

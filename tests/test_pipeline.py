@@ -1,4 +1,5 @@
 import dataclasses
+import hashlib
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from itnet_keras.augment import Augmentation, sample_seed
-from itnet_keras.datasets import DATASETS
+from itnet_keras.datasets import DATASETS, load_split
 from itnet_keras.pipeline import SyncEpoch, make_dataset
 
 BUILTIN = dict(size=32, num_images=20)
@@ -91,6 +92,95 @@ def test_crop_and_scale_errors():
         Augmentation(DATASETS["camvid"], training=True, crop=(400, 480))
     with pytest.raises(ValueError, match=r"scale 7 for camvid"):
         Augmentation(DATASETS["camvid"], training=False, scale=7)
+
+
+def test_paper_recipe_is_byte_identical_to_before_the_strong_recipe(camvid_root):
+    """sha256 of 4 augmented CamVid training samples (seed 7, epoch 2), recorded with the
+    code before `--augment` existed (albumentations 2.0.8): the default must not move."""
+    split = load_split("camvid", "train", data_dir=camvid_root, limit=4)
+    expected = {1: "941fca48e6a5f9d2771b1d1ae3bd33fdc1e9650c11ae4e03796090f5990e4083",
+                4: "b9d06cdeadc6550e2828c7fbbc6563409b8abd84cd1156d7015332c1b7a4a074"}
+    for scale, digest in expected.items():
+        augmentation, sha = Augmentation(split.spec, training=True, scale=scale, recipe="paper"), hashlib.sha256()
+        for i in range(4):
+            image, label = augmentation(*split[i], sample_seed(7, 2, i))
+            sha.update(image.tobytes())
+            sha.update(label.tobytes())
+        assert sha.hexdigest() == digest, f"scale {scale}"
+
+
+def _stripes(shape, period, values=(2, 7)):
+    """Horizontal label stripes `period` rows high, alternating `values`, and a matching image."""
+    rows = np.where((np.arange(shape[0]) // period) % 2, values[1], values[0]).astype(np.uint8)
+    label = np.repeat(rows[:, None], shape[1], axis=1)
+    return np.stack([label * 20, 255 - label * 20, np.full_like(label, 7)], axis=-1), label
+
+
+def _interior_runs(column, ignore):
+    """Lengths of the runs of equal values in `column`, without the first and last run and
+    without runs of `ignore` (padding)."""
+    edges = np.flatnonzero(np.diff(column)) + 1
+    runs = np.split(column, edges)[1:-1]
+    return [len(r) for r in runs if r[0] != ignore]
+
+
+def test_strong_recipe_labels_stay_classes_or_ignore_and_scale_varies_object_size():
+    spec = dataclasses.replace(DATASETS["camvid"], image_size=(96, 64), train_crop=(80, 56))
+    augmentation = Augmentation(spec, training=True, recipe="strong")
+    image, label = _stripes((96, 64), period=8)
+    heights, padded = [], 0
+    for index in range(60):
+        out_image, out_label = augmentation(image, label, sample_seed(0, 0, index))
+        assert out_image.shape == (80, 56, 3) and out_label.shape == (80, 56)
+        # nearest only: the two stripe values, and the ignore value where padded (linear
+        # resampling would create the values between 2 and 7)
+        assert set(np.unique(out_label)) <= {2, 7, spec.ignore_label}
+        padded += bool((out_label == spec.ignore_label).any())
+        runs = _interior_runs(out_label[:, 28], spec.ignore_label)
+        if runs:
+            heights.append(np.median(runs))
+    # stripes 8 rows high become 4 (x0.5) to 16 (x2.0) rows high
+    assert min(heights) <= 5.5 and max(heights) >= 12 and 4 <= min(heights) and max(heights) <= 16.5
+    assert padded > 5  # scales below the crop size are padded with the ignore value
+
+
+def test_strong_recipe_on_camvid_keeps_label_values_and_photometric_changes():
+    spec = dataclasses.replace(DATASETS["camvid"], image_size=(48, 64), train_crop=(40, 56))
+    image, label = _label_coded(np.random.default_rng(5), (48, 64), block=4)
+    paper = Augmentation(spec, training=True)
+    strong = Augmentation(spec, training=True, recipe="strong")
+    changed = 0
+    for index in range(30):
+        out_image, out_label = strong(image, label, sample_seed(1, 0, index))
+        assert out_label.dtype == np.uint8 and set(np.unique(out_label)) <= set(range(12))
+        assert out_image.dtype == np.float32 and 0 <= out_image.min() and out_image.max() <= 1
+        # pixels left at the paper's colour coding: fewer when brightness/contrast/hue/gamma act
+        changed += not np.array_equal(np.rint(out_image[..., 0] * 255)[out_label < 11],
+                                      (out_label * 20)[out_label < 11])
+    assert changed > 15
+    paper_image, paper_label = paper(image, label, 3)
+    np.testing.assert_array_equal(np.rint(paper_image[..., 0] * 255), paper_label * 20)
+
+
+def test_strong_recipe_is_deterministic_per_seed_and_thread():
+    spec = dataclasses.replace(DATASETS["camvid"], image_size=(48, 64), train_crop=(40, 56))
+    augmentation = Augmentation(spec, training=True, recipe="strong")
+    image, label = _label_coded(np.random.default_rng(6), (48, 64))
+    seeds = [sample_seed(7, 2, i) for i in range(32)]
+    serial = [augmentation(image, label, s) for s in seeds]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda s: augmentation(image, label, s), seeds[::-1]))[::-1]
+    again = Augmentation(spec, training=True, recipe="strong")
+    for seed, (a_image, a_label), (b_image, b_label) in zip(seeds, serial, parallel):
+        np.testing.assert_array_equal(a_image, b_image)
+        np.testing.assert_array_equal(a_label, b_label)
+        np.testing.assert_array_equal(again(image, label, seed)[0], a_image)
+    assert len({a.tobytes() for a, _ in serial}) == len(seeds)
+
+
+def test_recipe_error_names_the_value():
+    with pytest.raises(ValueError, match=r"augmentation recipe 'heavy': expected one of paper, strong"):
+        Augmentation(DATASETS["camvid"], training=True, recipe="heavy")
 
 
 # ---------------------------------------------------------------- batches
