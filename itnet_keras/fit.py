@@ -114,10 +114,14 @@ def read_run_config(folder):
                           "configuration as written by the run") from None
 
 
+RESUME_MAY_CHANGE = {"epochs", "data_dir", "workers"}
+
+
 def prepare_folder(config, given):
     """Check the (locked) run folder; returns the configuration to run with.
 
-    A resumed run keeps its saved configuration; only `--epochs` may change (the new total).
+    A resumed run keeps its saved configuration; only `--epochs` (the new total) and where and
+    how the data is read (`--data-dir`, `--workers`: a run moved to another machine) may change.
     """
     folder = Path(config.output)
     checkpoint = folder / "checkpoint.npz"
@@ -125,13 +129,13 @@ def prepare_folder(config, given):
         if not checkpoint.is_file():
             raise ConfigError(f"--resume: {checkpoint} does not exist (nothing to resume)")
         saved = read_run_config(folder)
-        for name in given - {"output", "resume", "verbose", "epochs"}:
+        for name in given - {"output", "resume", "verbose", *RESUME_MAY_CHANGE}:
             if getattr(config, name) != getattr(saved, name):
                 raise ConfigError(f"{flag_of(name)} {getattr(config, name)!r} differs from the "
                                   f"run's saved value {getattr(saved, name)!r}; a resumed run keeps its configuration "
-                                  "(only --epochs may change)")
-        epochs = config.epochs if "epochs" in given else saved.epochs
-        return dataclasses.replace(saved, output=config.output, resume=True, verbose=config.verbose, epochs=epochs)
+                                  "(only --epochs, --data-dir and --workers may change)")
+        changed = {name: getattr(config, name) for name in RESUME_MAY_CHANGE & given}
+        return dataclasses.replace(saved, output=config.output, resume=True, verbose=config.verbose, **changed)
     if checkpoint.exists():
         raise ConfigError(f"--output {folder} already holds a run: pass --resume to continue it, "
                           "or choose another folder")

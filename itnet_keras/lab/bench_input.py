@@ -37,7 +37,10 @@ from itnet_keras.pipeline import make_dataset  # noqa: E402
 CONFIGS = [
     ("builtin", dict()),
     ("camvid", dict()),
+    ("camvid", dict(augment="strong")),
     ("camvid", dict(scale=2)),
+    ("camvid", dict(scale=4)),
+    ("camvid", dict(scale=4, augment="strong")),
 ]
 
 

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The paper's CamVid recipe at full resolution on a GPU for a wall-time budget (issue 14), resuming
+# the open run carried in the repo, then the recipe comparisons if time remains. One device call,
+# JAX, no TensorFlow, no network. From the project's root, after `../shared/tools/device-pack`:
+#
+#   bash tools/device_train.sh                                       # results under $OUT (default: device_train/)
+#   DEVICE_TRAIN_TINY=1 JAX_PLATFORMS=cpu bash tools/device_train.sh  # the same at toy sizes (a CPU test)
+#
+# Settings (environment variables):
+#   RUN=device_runs/camvid_shared_full  the open run, resumed when it holds checkpoint.npz; config.json,
+#                     checkpoint.npz and log.csv are all that resuming needs (about 5 MB)
+#   EPOCHS=2000       the run's total; the learning rate steps x0.1 at 70% and 85% of it (the paper: 2000)
+#   TOTAL_S=540       seconds for the whole script (one device command may run 600 s)
+#   MAIN_S=330        seconds of them for the full-resolution run (start-up and compilation included)
+#   COMPARE_EPOCHS=30 COMPARE_SCALE=2   the comparisons, each a fresh run of camvid_shared at 1/COMPARE_SCALE
+#                     resolution: paper+all, strong+all, paper+thinned:4 (docs/training.md); a run that the
+#                     time left cannot hold is cut off and says so in summary.txt
+# Writes under $OUT (at most 8 files come back from a device call, 16 MiB each):
+#   summary.txt   versions, each stage's exit code and time, every epoch line, the mIoU per output
+#   main.tar      the run folder (config.json, checkpoint.npz, log.csv, best.keras and, when the run was cut
+#                 off, latest/evaluation.json of its last epoch; evaluation.json once it is complete):
+#                 unpack it into $RUN and commit to resume in the next session
+#   compare.tar   the comparison runs without their weights; logs.tar: every stage's log
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-device_train}
+mkdir -p "$OUT"
+[ -f .device-pack/setup.sh ] && . .device-pack/setup.sh
+export KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+start=$SECONDS
+RUN=${RUN:-device_runs/camvid_shared_full}
+if [ -n "${DEVICE_TRAIN_TINY:-}" ]; then
+  preset=tiny; data=(--data builtin --limit 16); moved=(); cmp_data=("${data[@]}"); EPOCHS=${EPOCHS:-3}
+  TOTAL_S=${TOTAL_S:-900}; MAIN_S=${MAIN_S:-300}; COMPARE_EPOCHS=${COMPARE_EPOCHS:-1}; cmp_scale=()
+else
+  preset=camvid_shared; data=(--data camvid --data-dir .device-pack/camvid); moved=("${data[@]:2}")
+  EPOCHS=${EPOCHS:-2000}
+  TOTAL_S=${TOTAL_S:-540}; MAIN_S=${MAIN_S:-330}; COMPARE_EPOCHS=${COMPARE_EPOCHS:-30}
+  cmp_data=("${data[@]}"); cmp_scale=(--scale "${COMPARE_SCALE:-2}")
+fi
+work=${WORK:-/tmp/device_train}
+rm -rf "$work"
+mkdir -p "$work/logs"
+summary=$OUT/summary.txt
+: > "$summary"
+left() { echo $((TOTAL_S - (SECONDS - start))); }
+stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $work/logs/NAME.log
+  local name=$1 seconds=$2; shift 2
+  local t0=$SECONDS
+  timeout "$seconds" "$@" > "$work/logs/$name.log" 2>&1
+  local rc=$?
+  echo "$name: exit $rc after $((SECONDS - t0)) s (limit $seconds s)$([ $rc = 124 ] && echo ', cut off')" | tee -a "$summary"
+  grep -a "^epoch [0-9]*/[0-9]* [0-9]*s:" "$work/logs/$name.log" >> "$summary"
+  return $rc
+}
+miou() {  # miou EVALUATION_JSON: one line of val mIoU per output
+  $py -c "import json, sys; r = json.load(open(sys.argv[1])); m = r.get('model', {}); \
+print(sys.argv[1].split('/', 3)[-1] + ':', m.get('file'), 'epoch', m.get('epoch'), 'of', m.get('epochs_trained'), \
+'|', ' '.join(f\"{o['miou']:.3f}\" for o in r['outputs']), '| input', r['input_size'])" "$1" >> "$summary" 2>&1
+}
+{ echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null) EPOCHS=$EPOCHS TOTAL_S=$TOTAL_S MAIN_S=$MAIN_S"
+  nvidia-smi -L 2>/dev/null
+  $py -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)"; } >> "$summary" 2>&1
+
+# 1. The paper's recipe at full resolution, resumed where the repo carries the open run.
+run=$work/run
+if [ -f "$RUN/checkpoint.npz" ]; then
+  cp -r "$RUN" "$run"
+  echo "resuming $RUN: $(tail -n 1 "$run/log.csv" | cut -d, -f1) + 1 epochs done" >> "$summary"
+  fit=(--output "$run" --resume --epochs "$EPOCHS" "${moved[@]}")   # the data's place here; the rest is saved
+else
+  echo "no checkpoint in $RUN: a new run" >> "$summary"
+  fit=(--preset "$preset" "${data[@]}" --epochs "$EPOCHS" --batch-size 8 --output-weights all --augment paper
+       --output "$run")
+fi
+main_s=$(( MAIN_S < $(left) ? MAIN_S : $(left) ))
+stage fit_main "$main_s" $py -m itnet_keras.fit "${fit[@]}"
+if [ $? = 0 ]; then
+  miou "$run/evaluation.json"
+elif [ -f "$run/last.keras" ]; then   # cut off: evaluate its last completed epoch (val, every output)
+  stage evaluate_latest $(( $(left) > 150 ? 150 : $(left) )) $py -m itnet_keras.evaluate "$run/last.keras" \
+    "${data[@]}" --split val --output "$run/latest" && miou "$run/latest/evaluation.json"
+fi
+tar -C "$run" -cf "$OUT/main.tar" --exclude=tensorboard --exclude=last.keras --exclude=run.lock .
+echo "main.tar: $(du -m "$OUT/main.tar" | cut -f1) MiB" >> "$summary"
+
+# 2. The comparisons (items 2 and 3): same model, epochs and seed; the recipe and the output weights vary.
+names=(paper_all strong_all paper_thinned4)
+flags=("--augment paper --output-weights all" "--augment strong --output-weights all"
+       "--augment paper --output-weights thinned:4")
+for i in 0 1 2; do
+  share=$(( $(left) / (3 - i) ))
+  if [ "$share" -lt 60 ]; then
+    echo "cmp_${names[$i]}: skipped, $(left) s left" | tee -a "$summary"
+    continue
+  fi
+  # shellcheck disable=SC2086  # the flags are words
+  stage "cmp_${names[$i]}" "$share" $py -m itnet_keras.fit --preset "$preset" "${cmp_data[@]}" "${cmp_scale[@]}" \
+    --epochs "$COMPARE_EPOCHS" --batch-size 8 --workers 8 ${flags[$i]} --output "$work/cmp_${names[$i]}" \
+    && miou "$work/cmp_${names[$i]}/evaluation.json"
+done
+tar -C "$work" -cf "$OUT/compare.tar" --exclude='*.keras' --exclude=checkpoint.npz --exclude=tensorboard \
+  --exclude=run.lock $(cd "$work" && ls -d cmp_* 2>/dev/null)
+tar -C "$work" -cf "$OUT/logs.tar" logs
+echo "done after $((SECONDS - start)) s" >> "$summary"
+cat "$summary"
