@@ -1,6 +1,7 @@
 """`python -m itnet_keras.fit` end to end: artifacts, resume (also after SIGKILL), bad input."""
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -224,6 +225,10 @@ def test_augment_recipe_is_saved_kept_on_resume_and_recorded_in_evaluations(tmp_
     assert fit.read_run_config(folder).augment == "strong" and result["model"]["augment"] == "strong"
     assert evaluate.main([str(folder / "last.keras"), "--limit", "8", "--output", str(tmp_path / "eval")]) == 0
     assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["model"]["augment"] == "strong"
+    from itnet_keras.augment import RECIPES
+
+    field = next(f for f in dataclasses.fields(FitConfig) if f.name == "augment")
+    assert field.metadata["choices"] == RECIPES  # the flag offers what the pipeline knows
     with pytest.raises(ConfigError, match="--augment 'heavy': expected one of paper, strong"):
         fit.run(FitConfig(augment="heavy", output=str(tmp_path / "bad")))
     assert not (tmp_path / "bad").exists()

@@ -67,7 +67,7 @@ print(sys.argv[1].split('/', 3)[-1] + ':', m.get('file'), 'epoch', m.get('epoch'
 run=$work/run
 if [ -f "$RUN/checkpoint.npz" ]; then
   cp -r "$RUN" "$run"
-  echo "resuming $RUN: $(tail -n 1 "$run/log.csv" | cut -d, -f1) + 1 epochs done" >> "$summary"
+  echo "resuming $RUN: $(( $(tail -n 1 "$run/log.csv" | cut -d, -f1) + 1 )) epochs done" >> "$summary"
   fit=(--output "$run" --resume --epochs "$EPOCHS" "${moved[@]}")   # the data's place here; the rest is saved
 else
   echo "no checkpoint in $RUN: a new run" >> "$summary"
