@@ -13,8 +13,8 @@
 #   TOTAL_S=540       seconds for the whole script (one device command may run 600 s)
 #   MAIN_S=330        seconds of them for the full-resolution run (start-up and compilation included)
 #   COMPARE_EPOCHS=30 COMPARE_SCALE=2   the comparisons, each a fresh run of camvid_shared at 1/COMPARE_SCALE
-#                     resolution: paper+all, strong+all, paper+thinned:4 (docs/training.md); a run that the
-#                     time left cannot hold is cut off and says so in summary.txt
+#                     resolution: paper+all, strong+all, paper+thinned:4 (docs/training.md), each given a third
+#                     of the time left (none when that is under a minute); a run cut off says so in summary.txt
 # Writes under $OUT (at most 8 files come back from a device call, 16 MiB each):
 #   summary.txt   versions, each stage's exit code and time, every epoch line, the mIoU per output
 #   main.tar      the run folder (config.json, checkpoint.npz, log.csv, best.keras and, when the run was cut
@@ -56,8 +56,9 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $work/
 }
 miou() {  # miou EVALUATION_JSON: one line of val mIoU per output
   $py -c "import json, sys; r = json.load(open(sys.argv[1])); m = r.get('model', {}); \
-print(sys.argv[1].split('/', 3)[-1] + ':', m.get('file'), 'epoch', m.get('epoch'), 'of', m.get('epochs_trained'), \
-'|', ' '.join(f\"{o['miou']:.3f}\" for o in r['outputs']), '| input', r['input_size'])" "$1" >> "$summary" 2>&1
+print(sys.argv[1].split('/', 3)[-1] + ':', m.get('file'), *(['epoch', m['epoch'], 'of', m['epochs_trained']] \
+if 'epoch' in m else []), '| val mIoU per output', ' '.join(f\"{o['miou']:.3f}\" for o in r['outputs']), \
+'| input', r['input_size'])" "$1" >> "$summary" 2>&1
 }
 { echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null) EPOCHS=$EPOCHS TOTAL_S=$TOTAL_S MAIN_S=$MAIN_S"
   nvidia-smi -L 2>/dev/null
@@ -82,26 +83,28 @@ elif [ -f "$run/last.keras" ]; then   # cut off: evaluate its last completed epo
   stage evaluate_latest $(( $(left) > 150 ? 150 : $(left) )) $py -m itnet_keras.evaluate "$run/last.keras" \
     "${data[@]}" --split val --output "$run/latest" && miou "$run/latest/evaluation.json"
 fi
-tar -C "$run" -cf "$OUT/main.tar" --exclude=tensorboard --exclude=last.keras --exclude=run.lock .
+$py -c "import json, sys, numpy; print('the checkpoint holds epoch', json.loads(str(numpy.load(sys.argv[1])['state']))['epoch'], \
+'of', sys.argv[2])" "$run/checkpoint.npz" "$EPOCHS" >> "$summary" 2>&1
+tar -C "$run" -cf "$OUT/main.tar" --exclude=tensorboard --exclude=last.keras --exclude=run.lock --exclude='.*.tmp*' .
 echo "main.tar: $(du -m "$OUT/main.tar" | cut -f1) MiB" >> "$summary"
 
 # 2. The comparisons (items 2 and 3): same model, epochs and seed; the recipe and the output weights vary.
 names=(paper_all strong_all paper_thinned4)
 flags=("--augment paper --output-weights all" "--augment strong --output-weights all"
        "--augment paper --output-weights thinned:4")
+share=$(( $(left) / 3 ))   # the same time limit for each, so that a cut-off leaves them comparable
+[ "$share" -lt 60 ] && echo "comparisons: skipped, $(left) s left" | tee -a "$summary"
 for i in 0 1 2; do
-  share=$(( $(left) / (3 - i) ))
-  if [ "$share" -lt 60 ]; then
-    echo "cmp_${names[$i]}: skipped, $(left) s left" | tee -a "$summary"
-    continue
-  fi
+  [ "$share" -lt 60 ] && break
   # shellcheck disable=SC2086  # the flags are words
   stage "cmp_${names[$i]}" "$share" $py -m itnet_keras.fit --preset "$preset" "${cmp_data[@]}" "${cmp_scale[@]}" \
     --epochs "$COMPARE_EPOCHS" --batch-size 8 --workers 8 ${flags[$i]} --output "$work/cmp_${names[$i]}" \
     && miou "$work/cmp_${names[$i]}/evaluation.json"
 done
-tar -C "$work" -cf "$OUT/compare.tar" --exclude='*.keras' --exclude=checkpoint.npz --exclude=tensorboard \
-  --exclude=run.lock $(cd "$work" && ls -d cmp_* 2>/dev/null)
+compared=$(cd "$work" && ls -d cmp_* 2>/dev/null)
+# shellcheck disable=SC2086  # the folder names are words
+[ -n "$compared" ] && tar -C "$work" -cf "$OUT/compare.tar" --exclude='*.keras' --exclude=checkpoint.npz \
+  --exclude=tensorboard --exclude=run.lock $compared
 tar -C "$work" -cf "$OUT/logs.tar" logs
 echo "done after $((SECONDS - start)) s" >> "$summary"
 cat "$summary"
