@@ -57,7 +57,8 @@ def test_fit_lowers_the_loss_writes_every_artifact_and_shows_progress(tmp_path, 
                                            "blue-framed shape"}
     assert report["auc"] > 0 and "normalized_auc" in report
     state = checkpoint_arrays(folder)[1]
-    assert report["model"] == {"file": "best.keras", "epoch": state["best_epoch"], "epochs_trained": 3}
+    assert report["model"] == {"file": "best.keras", "epoch": state["best_epoch"], "epochs_trained": 3,
+                               "augment": "paper", "output_weights": "all"}
     captured = capsys.readouterr()
     # Progress: 4 training and 4 validation batches per epoch; not a terminal, so (with
     # MIN_SECONDS 0) a line every batch; then the final evaluation's.
