@@ -1,0 +1,31 @@
+"""CamVid val mIoU of outputs 1, 8 and 16 with the batch norms' moving statistics (inference)
+and with each batch's own statistics: a large gap means the moving averages lag the weights.
+
+    python tools/batch_norm_check.py MODEL.keras CAMVID_DIR
+"""
+
+import sys
+
+import numpy as np
+
+from itnet_keras.evaluate import load_itnet
+from itnet_keras.metrics import confusion_matrix, mean_iou
+from itnet_keras.pipeline import make_dataset
+
+
+def main(model_path, data_dir):
+    model = load_itnet(model_path)
+    val = make_dataset("camvid", "val", data_dir=data_dir, batch_size=8)
+    for training in (False, True):
+        matrices = [0, 0, 0]
+        for i in range(len(val)):
+            images, labels = val[i]
+            outputs = model(images, training=training)  # training=True also moves this copy's statistics
+            matrices = [cm + confusion_matrix(np.asarray(labels), np.argmax(np.asarray(outputs[n]), -1), 11, 11)
+                        for cm, n in zip(matrices, (0, 7, 15))]
+        what = "each batch's statistics" if training else "moving statistics"
+        print(what, [round(float(mean_iou(cm)), 3) for cm in matrices])
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
