@@ -24,6 +24,8 @@ import numpy as np
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
 import albumentations as A  # noqa: E402
 
+from itnet_keras.presets import AUGMENT_RECIPES as RECIPES  # noqa: E402
+
 
 def sample_seed(seed, epoch, index):
     """One integer seed per (run seed, epoch, sample index)."""
@@ -53,7 +55,6 @@ def training_crop(spec, crop=None, scale=1):
     return crop
 
 
-RECIPES = ("paper", "strong")
 SCALE_RANGE = (0.5, 2.0)  # the `strong` recipe's random scale factors
 
 

@@ -8,7 +8,7 @@ import typing
 from dataclasses import dataclass, field
 
 from itnet_keras.cli import boolean
-from itnet_keras.presets import DATASET_NAMES, MODEL_ARGS
+from itnet_keras.presets import AUGMENT_RECIPES, DATASET_NAMES, MODEL_ARGS
 
 
 def _flag(help, default=None, choices=None):
@@ -47,7 +47,7 @@ class FitConfig(_WithModel):
     scale: int = _flag("downscale images and labels by this integer factor first", default=1)
     augment: str = _flag("training augmentation: 'paper' (flip and crop, the paper's recipe) or 'strong' (also a "
                          "random scale 0.5-2.0 and photometric changes; see docs/training.md)", default="paper",
-                         choices=("paper", "strong"))
+                         choices=AUGMENT_RECIPES)
     limit: typing.Optional[int] = _flag("use only the first LIMIT images of each split")
     workers: int = _flag("input pipeline threads", default=1)
     # Run.

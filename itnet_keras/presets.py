@@ -59,6 +59,7 @@ PRESET_DATASET = {
 
 # The datasets `--data` takes (their specs live in `datasets.DATASETS`).
 DATASET_NAMES = ("builtin", "camvid", "cityscapes")
+AUGMENT_RECIPES = ("paper", "strong")  # training augmentation (`augment.py`, `fit --augment`)
 
 
 def resolve_model_args(preset=None, **overrides):
