@@ -30,6 +30,9 @@ class _Training:
         "(outputs 1, 1+K, 1+2K, ... and N: the paper's final results), 'single:n' (output n only), 'last:m' "
         "(the last m outputs), 'linear' (output n weighs n), or N comma-separated weights such as '0,0,1'",
         default="all")
+    bn_batches: int = _flag("after training, re-estimate the batch norms' moving statistics of the reported model "
+                            "over this many training batches (dropout off; 0: keep the moving averages; "
+                            "see docs/training.md)", default=50)
 
 
 # Model arguments (`presets.MODEL_ARGS` with a flag): None keeps the preset's value.
@@ -81,6 +84,8 @@ class FitConfig(_WithModel):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{flag_of(name)} {value!r}: expected an integer >= 1")
+        if not (isinstance(self.bn_batches, int) and self.bn_batches >= 0):
+            raise ValueError(f"--bn-batches {self.bn_batches!r}: expected an integer >= 0")
         if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
                 and self.learning_rate > 0):
             raise ValueError(f"--learning-rate {self.learning_rate!r}: expected a finite number > 0")

@@ -7,7 +7,8 @@ With no flags it trains the tiny preset on the built-in dataset (a few minutes o
                        when the process ends, however it ends
     config.json        the resolved configuration and model arguments
     checkpoint.npz     weights + optimizer state + progress, rewritten after every epoch
-    last.keras, best.keras   the latest model and the best one (val mIoU of the last output)
+    last.keras, best.keras   the latest model and the best one (val mIoU of the last output);
+                       at the end the reported one's batch norms are recalibrated (--bn-batches)
     log.csv, tensorboard/    per-epoch logs
     evaluation.json, miou_over_macs.png, predictions.png   the final evaluation (on val)
 
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from itnet_keras.cli import parse_size
 from itnet_keras.config import FitConfig, flag_of, parse_config
-from itnet_keras.console import Progress, quiet_startup
+from itnet_keras.console import Progress, progress, quiet_startup
 
 if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
     quiet_startup(parse_config(sys.argv[1:])[0].verbose)
@@ -40,6 +41,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
+from itnet_keras.batch_norm import recalibrate, training_images  # noqa: E402
 from itnet_keras.datasets import check_split  # noqa: E402
 from itnet_keras.evaluate import format_outputs, load_itnet, training_summary, write_report  # noqa: E402
 from itnet_keras.files import atomic_path, write_atomic  # noqa: E402
@@ -114,14 +116,15 @@ def read_run_config(folder):
                           "configuration as written by the run") from None
 
 
-RESUME_MAY_CHANGE = {"epochs", "data_dir", "workers"}
+RESUME_MAY_CHANGE = {"epochs", "data_dir", "workers", "bn_batches"}
 
 
 def prepare_folder(config, given):
     """Check the (locked) run folder; returns the configuration to run with.
 
-    A resumed run keeps its saved configuration; only `--epochs` (the new total) and where and
-    how the data is read (`--data-dir`, `--workers`: a run moved to another machine) may change.
+    A resumed run keeps its saved configuration; only `--epochs` (the new total), where and
+    how the data is read (`--data-dir`, `--workers`: a run moved to another machine) and the
+    batch-norm recalibration after training (`--bn-batches`) may change.
     """
     folder = Path(config.output)
     checkpoint = folder / "checkpoint.npz"
@@ -133,7 +136,7 @@ def prepare_folder(config, given):
             if getattr(config, name) != getattr(saved, name):
                 raise ConfigError(f"{flag_of(name)} {getattr(config, name)!r} differs from the "
                                   f"run's saved value {getattr(saved, name)!r}; a resumed run keeps its configuration "
-                                  "(only --epochs, --data-dir and --workers may change)")
+                                  "(only --epochs, --data-dir, --workers and --bn-batches may change)")
         changed = {name: getattr(config, name) for name in RESUME_MAY_CHANGE & given}
         return dataclasses.replace(saved, output=config.output, resume=True, verbose=config.verbose, **changed)
     if checkpoint.exists():
@@ -424,9 +427,15 @@ def _run(config, callbacks):
         raise TrainingError(f"the loss became NaN in epoch {checkpoint.nan_epoch}; training stopped and the "
                             f"checkpoint of epoch {state['epoch']} in {folder} is kept")
     best = folder / ("best.keras" if (folder / "best.keras").is_file() else "last.keras")
+    model = load_itnet(best)
+    if config.bn_batches:  # the reported file, its batch norms recalibrated (batch_norm.py)
+        recalibrate(model, progress(training_images(train, config.bn_batches, first_epoch=config.epochs),
+                                    "batch-norm recalibration", total=config.bn_batches, unit="batches"))
+        save_model(model, best)
     source = {"file": best.name, "epoch": state["best_epoch"] if best.name == "best.keras" else state["epoch"],
-              "epochs_trained": state["epoch"], **training_summary(dataclasses.asdict(config))}
-    return write_report(load_itnet(best), val, folder, label=config.preset, loss_weights=weights, source=source)
+              "epochs_trained": state["epoch"], "bn_batches": config.bn_batches,
+              **training_summary(dataclasses.asdict(config))}
+    return write_report(model, val, folder, label=config.preset, loss_weights=weights, source=source)
 
 
 def main(argv=None):

@@ -14,13 +14,16 @@ import numpy as np
 import pytest
 
 from itnet_keras import console, fit
+from itnet_keras.batch_norm import moving_statistics, recalibrate, training_images
 from itnet_keras.config import FitConfig, parse_config
+from itnet_keras.evaluate import load_itnet
 from itnet_keras.fit import ConfigError, TrainingError
+from itnet_keras.pipeline import make_dataset
 
 ARTIFACTS = ["config.json", "checkpoint.npz", "last.keras", "best.keras", "log.csv", "tensorboard",
              "evaluation.json", "miou_over_macs.png", "predictions.png"]
 # The tiny preset on 32 built-in 64x64 images: 4 batches of 8 per epoch.
-SMALL_RUN = ["--limit", "32", "--epochs", "3", "--learning-rate", "3e-3"]
+SMALL_RUN = ["--limit", "32", "--epochs", "3", "--learning-rate", "3e-3", "--bn-batches", "4"]
 
 
 def config_for(folder, *flags):
@@ -58,13 +61,19 @@ def test_fit_lowers_the_loss_writes_every_artifact_and_shows_progress(tmp_path, 
     assert report["auc"] > 0 and "normalized_auc" in report
     state = checkpoint_arrays(folder)[1]
     assert report["model"] == {"file": "best.keras", "epoch": state["best_epoch"], "epochs_trained": 3,
-                               "augment": "paper", "output_weights": "all"}
+                               "bn_batches": 4, "augment": "paper", "output_weights": "all"}
+    # best.keras holds its batch norms recalibrated over 4 training batches of epoch 3 (the next)
+    best, again = load_itnet(folder / "best.keras"), load_itnet(folder / "best.keras")
+    recalibrate(again, training_images(make_dataset("builtin", "train", training=True, limit=32), 4, first_epoch=3))
+    for saved, wanted in zip(moving_statistics(best), moving_statistics(again)):
+        np.testing.assert_allclose(np.array(saved), np.array(wanted), rtol=1e-5, atol=1e-6)
     captured = capsys.readouterr()
     # Progress: 4 training and 4 validation batches per epoch; not a terminal, so (with
     # MIN_SECONDS 0) a line every batch; then the final evaluation's.
     lines = [line.split(",")[0] for line in captured.err.splitlines()]
     assert lines[:24] == [f"epoch {e}/3: {b}/8 batches" for e in (1, 2, 3) for b in range(1, 9)]
-    assert lines[24:] == [f"builtin val: {b}/4 batches" for b in range(1, 5)]
+    assert lines[24:28] == [f"batch-norm recalibration: {b}/4 batches" for b in range(1, 5)]
+    assert lines[28:] == [f"builtin val: {b}/4 batches" for b in range(1, 5)]
     assert "loss" in captured.err.splitlines()[0] and "validation" in captured.err.splitlines()[7]
     # The end: the epoch best.keras comes from, and the val mIoU of every output.
     out = captured.out.splitlines()
@@ -205,6 +214,7 @@ def test_unknown_flag_values_name_the_flag(flags, culprit, capsys):
     (["--crop", "big"], "--crop 'big': expected HEIGHTxWIDTH"),
     (["--width", "1"], "--width 1: expected"),
     (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--bn-batches", "-1"], "--bn-batches -1: expected an integer >= 0"),
 ])
 def test_bad_values_give_one_clear_error(tmp_path, flags, culprit, capsys):
     assert fit.main([*SMALL_RUN, "--output", str(tmp_path / "run"), *flags]) == 2

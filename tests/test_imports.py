@@ -46,6 +46,7 @@ def test_imports_have_no_cycle_and_helpers_are_leaves():
     floor = floors(imports)
     assert floor["itnet_keras.files"] == floor["itnet_keras.cli"] == floor["itnet_keras.presets"] == 0
     assert floor["itnet_keras.model"] < floor["itnet_keras.evaluate"] < floor["itnet_keras.fit"]
+    assert floor["itnet_keras.model"] < floor["itnet_keras.batch_norm"] < floor["itnet_keras.fit"]
 
 
 def test_tools_and_measurement_are_imported_by_nothing_below_them():

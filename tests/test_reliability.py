@@ -24,7 +24,7 @@ from itnet_keras.datasets import DatasetError, load_split
 from itnet_keras.fit import ConfigError, TrainingError
 
 # The tiny preset on 16 built-in images at scale 2 (32x32): 2 batches of 8 per epoch.
-SMALL = ["--limit", "16", "--epochs", "1", "--scale", "2"]
+SMALL = ["--limit", "16", "--epochs", "1", "--scale", "2", "--bn-batches", "2"]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@
 # Writes under $OUT (at most 8 files come back from a device call, 16 MiB each):
 #   summary.txt   versions, each stage's exit code and time, every epoch line, the mIoU per output
 #   main.tar      the run folder (config.json, checkpoint.npz, log.csv, best.keras and, when the run was cut
-#                 off, latest/evaluation.json of its last epoch; evaluation.json once it is complete):
+#                 off, latest/evaluation.json of its last epoch with its batch norms recalibrated;
+#                 evaluation.json, of best.keras recalibrated by fit, once it is complete):
 #                 unpack it into $RUN and commit to resume in the next session
 #   compare.tar   the comparison runs without their weights; logs.tar: every stage's log
 set -uo pipefail
@@ -79,13 +80,15 @@ main_s=$(( MAIN_S < $(left) ? MAIN_S : $(left) ))
 stage fit_main "$main_s" $py -m itnet_keras.fit "${fit[@]}"
 if [ $? = 0 ]; then
   miou "$run/evaluation.json"
-elif [ -f "$run/last.keras" ]; then   # cut off: evaluate its last completed epoch (val, every output)
-  stage evaluate_latest $(( $(left) > 150 ? 150 : $(left) )) $py -m itnet_keras.evaluate "$run/last.keras" \
+elif [ -f "$run/last.keras" ]; then   # cut off: its last completed epoch, batch norms recalibrated, on val
+  stage recalibrate_latest $(( $(left) > 120 ? 120 : $(left) )) $py -m itnet_keras.recalibrate "$run/last.keras" \
+    "${moved[@]}" --output "$run/latest.keras" &&
+  stage evaluate_latest $(( $(left) > 150 ? 150 : $(left) )) $py -m itnet_keras.evaluate "$run/latest.keras" \
     "${data[@]}" --split val --output "$run/latest" && miou "$run/latest/evaluation.json"
 fi
 $py -c "import json, sys, numpy; print('the checkpoint holds epoch', json.loads(str(numpy.load(sys.argv[1])['state']))['epoch'], \
 'of', sys.argv[2])" "$run/checkpoint.npz" "$EPOCHS" >> "$summary" 2>&1
-tar -C "$run" -cf "$OUT/main.tar" --exclude=tensorboard --exclude=last.keras --exclude=run.lock --exclude='.*.tmp*' .
+tar -C "$run" -cf "$OUT/main.tar" --exclude=tensorboard --exclude=last.keras --exclude=latest.keras --exclude=run.lock --exclude='.*.tmp*' .
 echo "main.tar: $(du -m "$OUT/main.tar" | cut -f1) MiB" >> "$summary"
 
 # 2. The comparisons (items 2 and 3): same model, epochs and seed; the recipe and the output weights vary.

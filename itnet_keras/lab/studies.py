@@ -43,7 +43,7 @@ def _differences(saved, config, model):
     """Names of the settings in which a run folder's config.json differs from `config` and
     `model` (its resolved model arguments; the folder and --resume ignored)."""
     wanted = dataclasses.asdict(config)
-    ignored = {"output", "resume", *FitConfig.MODEL_FIELDS}
+    ignored = {"output", "resume", "bn_batches", *FitConfig.MODEL_FIELDS}  # bn_batches: after training only
     differs = [k for k in wanted if k not in ignored and saved["fit"].get(k) != wanted[k]]
     differs += [k for k in model if k != "num_classes" and saved["model"].get(k) != model[k]]
     return sorted(differs)
