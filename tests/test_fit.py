@@ -176,15 +176,18 @@ def test_existing_run_needs_resume_and_resume_keeps_the_configuration(tmp_path):
 
 def test_resume_on_another_machine_may_read_the_data_elsewhere(tmp_path, camvid_fixture):
     """A run moved to another machine (e.g. from this CPU to a GPU) finds its data at another
-    path: --data-dir and --workers may change on --resume, and the new values are saved."""
-    flags = ["--data", "camvid", "--scale", "4", "--batch-size", "2", "--epochs", "1", "--preset", "tiny"]
+    path: --data-dir and --workers may change on --resume, and the new values are saved (so
+    may --bn-batches, which acts after training)."""
+    flags = ["--data", "camvid", "--scale", "4", "--batch-size", "2", "--epochs", "1", "--preset", "tiny",
+             "--bn-batches", "2"]
     fit.run(*parse_config([*flags, "--data-dir", str(camvid_fixture), "--output", str(tmp_path / "run")]))
     moved = tmp_path / "elsewhere"
     camvid_fixture.rename(moved)
-    fit.run(*parse_config(["--output", str(tmp_path / "run"), "--resume", "--epochs", "2", "--data-dir", str(moved),
-                           "--workers", "2"]))
+    report = fit.run(*parse_config(["--output", str(tmp_path / "run"), "--resume", "--epochs", "2", "--data-dir",
+                                    str(moved), "--workers", "2", "--bn-batches", "3"]))
     saved = fit.read_run_config(tmp_path / "run")
-    assert (saved.data_dir, saved.workers, saved.epochs) == (str(moved), 2, 2)
+    assert (saved.data_dir, saved.workers, saved.epochs, saved.bn_batches) == (str(moved), 2, 2, 3)
+    assert report["model"]["bn_batches"] == 3
     assert checkpoint_arrays(tmp_path / "run")[1]["epoch"] == 2
 
 

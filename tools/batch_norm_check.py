@@ -1,5 +1,6 @@
 """CamVid val mIoU of outputs 1, 8 and 16 with the batch norms' moving statistics (inference)
 and with each batch's own statistics: a large gap means the moving averages lag the weights.
+`python -m itnet_keras.recalibrate` re-estimates them (docs/training.md).
 
     python tools/batch_norm_check.py MODEL.keras CAMVID_DIR
 """
