@@ -30,7 +30,8 @@ def build_parser():
     parser.add_argument("--crop", help="HEIGHTxWIDTH (default: the recorded one, else the dataset's)")
     parser.add_argument("--augment", choices=AUGMENT_RECIPES, help="default: the recorded recipe, else paper")
     parser.add_argument("--batch-size", type=positive(int), help="default: the recorded one, else 8")
-    parser.add_argument("--limit", type=positive(int), help="only the first LIMIT training images (default: the recorded limit)")
+    parser.add_argument("--limit", type=positive(int),
+                        help="only the first LIMIT training images (default: the recorded limit)")
     parser.add_argument("--seed", type=int, help="shuffle and augmentation seed (default: the recorded one, else 0)")
     add_verbose_flag(parser)
     return parser
