@@ -118,7 +118,7 @@ def resize(array, size, nearest=False):
 
 
 class KerasPredictor:
-    """A `.keras` ItNet: `logits(image [1, H, W, 3], n)` through `itnet_keras.anytime`."""
+    """A `.keras` ItNet: `logits(pixels [1, H, W, 3] uint8, n)` through `itnet_keras.anytime`."""
 
     def __init__(self, path, data=None, input_size=None):
         self.model = load_itnet(path)
@@ -142,13 +142,14 @@ class KerasPredictor:
     def size_for(self, image_size):
         return self.input_size or image_size
 
-    def logits(self, image, n):
-        return np.asarray(anytime(self.model, image, n))
+    def logits(self, pixels, n):
+        return np.asarray(anytime(self.model, normalize(pixels, self.spec), n))
 
 
 class TFLitePredictor:
     """A `.tflite` file's `anytime` signature (LiteRT); its sidecar `.json` gives the
-    normalization and class names, the file its input size."""
+    normalization and class names, the file its input size and type: normalized float32,
+    or the uint8 pixels themselves (`--input-type uint8`)."""
 
     def __init__(self, path, input_size=None):
         from ai_edge_litert.interpreter import Interpreter  # lazy: LiteRT is the optional `export` extra
@@ -167,7 +168,8 @@ class TFLitePredictor:
         except Exception as error:  # LiteRT raises ValueError or RuntimeError
             raise PredictError(f"cannot load {path} as an ItNet .tflite file with an `anytime` signature: "
                                f"{error}") from None
-        self.file_size = tuple(int(d) for d in self.run.get_input_details()["image"]["shape"][1:3])
+        image = self.run.get_input_details()["image"]
+        self.file_size, self.takes_pixels = tuple(int(d) for d in image["shape"][1:3]), image["dtype"] == np.uint8
         if input_size is not None and tuple(input_size) != self.file_size:
             raise PredictError(f"--input-size {input_size[0]}x{input_size[1]}: {Path(path).name} takes "
                                f"{self.file_size[0]}x{self.file_size[1]} images only (export it again with "
@@ -176,8 +178,9 @@ class TFLitePredictor:
     def size_for(self, image_size):
         return self.file_size
 
-    def logits(self, image, n):
-        return self.run(image=image.astype(np.float32), iterations=np.int32(n))["logits"]
+    def logits(self, pixels, n):
+        image = pixels if self.takes_pixels else normalize(pixels, self.spec)
+        return self.run(image=image, iterations=np.int32(n))["logits"]
 
 
 def open_model(path, data=None, input_size=None):
@@ -262,7 +265,7 @@ def run(args):
             raise PredictError(f"image {path} is {size[0]}x{size[1]} (height x width): expected at least 8x8")
         if size != image.shape[:2] and isinstance(predictor, TFLitePredictor):
             resized.setdefault(image.shape[:2], []).append(path.name)
-        x = normalize(resize(image, size), predictor.spec)[None]
+        x = resize(image, size)[None]
         if size not in budgets:
             if args.deadline_ms is None:
                 budgets[size] = (args.iterations or n_max, None)

@@ -11,9 +11,10 @@ from mediapipe.tasks.python import BaseOptions, vision
 from test_export import SIZE, SPEC, convert_cli, keras_outputs, trained_tiny
 
 from itnet_keras.export.artifacts import ExportError
-from itnet_keras.export.flatbuffer import op_output_dtypes
+from itnet_keras.export.flatbuffer import load, op_name, op_output_dtypes
 from itnet_keras.export.tflite import calibration_sample, check_static, convert_static, convert_tflite
 from itnet_keras.export.tflite_metadata import read_metadata
+from itnet_keras.export.xnnpack_forms import channel_affines, separable_upsampling
 
 # The ops the LiteRT GPU delegate documents as supported ("GPU ML operations support",
 # https://ai.google.dev/edge/litert/performance/gpu, as of 2025-07): a static float file
@@ -236,3 +237,43 @@ def test_export_evaluation_checks_a_static_files_input_size(tiny, static_float32
     path = next(p for p in static_float32 if p.stem.endswith("_n2"))
     assert measure_accuracy.main([str(model_path), str(path), "--scale", "2", "--limit", "4"]) == 2
     assert f"error: {path} takes 64x64 images but --scale 2 gives builtin images of 32x32" in capsys.readouterr().err
+
+
+def _resize_axes(path):
+    """For each RESIZE_BILINEAR of a file's first subgraph: which of height and width it changes."""
+    model = load(path)
+    graph, codes = model.subgraphs[0], [op_name(c) for c in model.operatorCodes]
+    shapes = [(list(graph.tensors[op.inputs[0]].shape), list(graph.tensors[op.outputs[0]].shape))
+              for op in graph.operators if codes[op.opcodeIndex] == "RESIZE_BILINEAR"]
+    return [tuple(a != b for a, b in zip(before[1:3], after[1:3])) for before, after in shapes]
+
+
+def test_xnnpack_forms_replace_affines_and_int8_upsampling_keeping_the_numbers(tiny, camera_frames, tmp_path,
+                                                                               monkeypatch):
+    """Static files as the converter makes them and with `xnnpack_forms`: no per-channel MUL
+    (a 1x1 DEPTHWISE_CONV_2D instead), int8 resizes along one axis at a time, the same outputs."""
+    import itnet_keras.export.tflite as tflite
+
+    model, _ = tiny
+    frames, images = camera_frames
+    calibration = calibration_sample("builtin", SIZE, count=8, seed=0)[0]
+    want = keras_outputs(model, images)[1].argmax(-1)
+    for name in ("channel_affines", "separable_upsampling"):
+        monkeypatch.setattr(tflite, name, lambda data: data)
+    for quant, input_type, pixels in (("float32", "float32", images), ("int8", "uint8", frames)):
+        (plain, summary), = convert_static(model, tmp_path / f"{quant}.tflite", [2], quant, SPEC, SIZE,
+                                           calibration if quant == "int8" else None, input_type=input_type).items()
+        data = channel_affines(plain.read_bytes())
+        forms = tmp_path / f"{quant}_forms.tflite"
+        forms.write_bytes(separable_upsampling(data) if quant == "int8" else data)
+        ops = check_static(forms, 2)["ops"]
+        assert summary["ops"]["MUL"] >= 2 and "MUL" not in ops  # the data block's two max-pool branches
+        assert ops["DEPTHWISE_CONV_2D"] >= summary["ops"]["DEPTHWISE_CONV_2D"] + 2
+        assert (_resize_axes(forms) == _resize_axes(plain)) == (quant == "float32")  # a float resize stays one op
+        assert all(sum(axes) == 1 for axes in _resize_axes(forms)) == (quant == "int8"), _resize_axes(forms)
+        got, before = run_static(forms, pixels, 2, pixels.dtype), run_static(plain, pixels, 2, pixels.dtype)
+        if quant == "float32":
+            np.testing.assert_allclose(got, before, atol=1e-5)
+        else:  # one rounding less in each affine, one more in the upsampling: as close to Keras
+            assert np.mean(got.argmax(-1) == before.argmax(-1)) >= 0.98
+            assert np.mean(got.argmax(-1) == want) >= np.mean(before.argmax(-1) == want) - 0.01

@@ -8,7 +8,9 @@ ops only (no `Flex`), and one `WHILE` in each signature that runs the loop (`out
 output n, one subgraph, no control flow. With a dataset `spec`, TFLite Model Metadata (labels,
 normalization, output activation) goes inside every file (`tflite_metadata`). The `anytime`
 and `outputs` of an int8 loop file compute in int8 from the image's `QUANTIZE` to the
-full-resolution logits, which int8 files hand out as int8 (`int8_loop`).
+full-resolution logits, which int8 files hand out as int8 (`int8_loop`). Every file then
+gets the forms XNNPACK runs faster (`xnnpack_forms`): per-channel affines as 1x1 depthwise
+convs, and in int8 the logits' upsampling as two one-axis resizes.
 """
 
 import json
@@ -30,6 +32,7 @@ from itnet_keras.export.signatures import signatures_of, write_saved_model
 from itnet_keras.export.static import signature_key, static_archive, static_calibration, unrolled_copy
 from itnet_keras.export.tflite_metadata import embed_metadata
 from itnet_keras.export.uint8_input import camera_byte_inputs, uint8_pixel_input, zero_point
+from itnet_keras.export.xnnpack_forms import channel_affines, separable_upsampling
 from itnet_keras.files import write_atomic
 from itnet_keras.model import encode, iterative_block, model_args
 
@@ -148,12 +151,13 @@ def convert_tflite(model, path, quant="float32", spec=None, input_size=None, cal
         with quietly():  # the converter's C++ log lines
             data = tflite_converter(saved_model, signatures, quant, representative).convert()
         if quant == "int8":
-            data = int8_logits(integer_islands(carry_int8(data)), INT8_LOGITS_SIGNATURES)
+            data = separable_upsampling(int8_logits(integer_islands(carry_int8(data)), INT8_LOGITS_SIGNATURES))
             if input_type == "uint8":  # the image's QUANTIZE takes bytes: no float op
                 try:
                     data = camera_byte_inputs(data, spec.normalization)
                 except ValueError as error:
                     raise ExportError(str(error)) from None
+        data = channel_affines(data)
         if spec is not None:
             data = _embedded(data, model, spec, input_type=input_type)
         candidate = Path(work) / "model.tflite"
@@ -217,6 +221,7 @@ def convert_static(model, path, iterations, quant="float32", spec=None, input_si
             with quietly():  # the converter's C++ log lines
                 data = tflite_converter(Path(work) / "saved_model", [signature_key(n)], quant, representative,
                                         integer_io).convert()
+            data = channel_affines(separable_upsampling(data) if int8 else data)
             if int8 and input_type == "uint8":
                 data = uint8_pixel_input(data, normalization)
             if spec is not None:

@@ -36,10 +36,10 @@ from itnet_keras.model import anytime, build_itnet, encode, iterative_block
 from itnet_keras.presets import PRESET_DATASET
 
 
-def _medians(calls, repeats):
-    """{name: median seconds} of `calls` ({name: call}), after one untimed call each. The
-    calls take turns, `repeats` rounds, so that a slow spell of the machine hits all alike
-    and their ratios hold even when the absolute times drift."""
+def timed_in_turns(calls, repeats):
+    """{name: [seconds of each call]} of `calls` ({name: call}), after one untimed call each.
+    The calls take turns, `repeats` rounds, so that a slow spell of the machine hits all
+    alike and their ratios hold even when the absolute times drift."""
     for call in calls.values():
         call()
     times = {name: [] for name in calls}
@@ -48,7 +48,12 @@ def _medians(calls, repeats):
             start = time.perf_counter()
             call()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def _medians(calls, repeats):
+    """{name: median seconds} of `calls` timed in turns (`timed_in_turns`)."""
+    return {name: statistics.median(values) for name, values in timed_in_turns(calls, repeats).items()}
 
 
 def _image(interpreter, signature="outputs"):
