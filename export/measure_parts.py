@@ -75,7 +75,8 @@ def main(argv=None):
     if args.output:
         command = "python export/measure_parts.py " + " ".join(sys.argv[1:] if argv is None else argv)
         setup = (f"{platform.machine()}, LiteRT default CPU delegate (XNNPACK), 1 thread, batch 1, "
-                 f"{spec.image_size[0]}x{spec.image_size[1]}, median (fastest) of {args.repeats}, the files timed in turns\n\n")
+                 f"{spec.image_size[0]}x{spec.image_size[1]}, median (fastest) of {args.repeats}, "
+                 "the files timed in turns\n\n")
         write_result_files(args.output, command, setup + table, {" / ".join(k): v for k, v in times.items()})
     return 0
 

@@ -1,20 +1,20 @@
 """Export-time rewrites of a `.tflite` file into ops that XNNPACK (LiteRT's CPU delegate)
-runs faster, with the same numbers (measured in docs/latency_quant_camvid_shared.md).
+runs faster, the same function; the Keras model and its training stay as they are.
+Timed part by part in docs/latency_parts_camvid_shared.md (export/measure_parts.py).
 
-`channel_affines`: a per-channel affine `x * scale + shift` (then ReLU) of a [1, H, W, C]
-tensor with constant vectors, as the converter leaves the data block's max-pool branches
-(`DataBlock._stage`) and the batch norms of an unrolled graph, is a `MUL` and an `ADD`
-that broadcast a C-vector: with C = 3 (the max-pooled image) XNNPACK's elementwise kernels
-run on 3 values at a time, slower in int8 than in float32. It becomes one
-`DEPTHWISE_CONV_2D` 1x1 (kernel: the scale; bias: the shift; the activation fused),
-vectorized over the pixels, in float32 and in int8 (the scale as per-channel int8 weights,
-one rounding where the `MUL` and `ADD` rounded twice).
+`channel_affines` (every file): the converter leaves a per-channel affine `x * scale +
+shift` (then ReLU) of a [1, H, W, C] tensor by constant C-vectors, the batch norm of each
+max-pool branch of the data block (`DataBlock._stage`, C = 3 and 26), as a `MUL` and an
+`ADD` that broadcast a C-vector; XNNPACK's elementwise kernels then run C values at a
+time. It becomes one `DEPTHWISE_CONV_2D` 1x1 (kernel: the scale; bias: the shift; the
+activation fused). In int8 the kernel holds each channel's scale as +-127 steps of its own
+(exact) and the result is rounded once, where the `MUL` and the `ADD` rounded twice.
 
 `separable_upsampling` (int8 files): the head's logits [1, h, w, C] (C = the classes, 11
 for CamVid) are resized bilinearly to the input size [1, 8h, 8w, C]. XNNPACK's int8
-`RESIZE_BILINEAR` interpolates each output pixel's C values in turn, which with C below
-16 (one vector of int8) is no faster than float32. A bilinear resize is separable, so a
-resize of an int8 tensor with fewer than 16 channels that enlarges both axes becomes
+`RESIZE_BILINEAR` interpolates each output pixel's C values in turn, which with C below 16
+(one 128-bit vector of int8) is no faster than its float32 kernel. A bilinear resize is
+separable, so an int8 resize of fewer than 16 channels that enlarges both axes becomes
 
     RESIZE_BILINEAR  [1, h, w, C] -> [1, h, W, C]       along the width only
     RESHAPE          -> [1, h, 1, W * C]                 each row one pixel of W * C values
@@ -25,9 +25,8 @@ with the attributes of the original resize (half-pixel centers, as Keras resizes
 of an axis to its own size is the identity in either convention). The second resize blends
 two rows of W * C values per output row, which XNNPACK vectorizes fully; the first makes an
 eighth of the output. The quantization is the same throughout (an int8 resize keeps its
-input's scale), and the intermediate [1, h, W, C] is rounded to int8 once: the result
-differs from the one-op resize by at most one quantization step. Float32 files keep the
-one op, which XNNPACK runs faster in float32 than the two.
+input's scale), and the intermediate [1, h, W, C] is rounded to int8 once more. Float32
+files keep the one op: XNNPACK's float32 kernel is as fast or faster than the two.
 """
 
 import copy
@@ -107,7 +106,9 @@ def _vector(model, graph, tensor, channels):
     t = graph.tensors[tensor]
     data = model.buffers[t.buffer].data
     shape = [] if t.shape is None else list(t.shape)
-    if data is None or len(data) == 0 or shape not in ([channels], [1, 1, 1, channels]) or t.type not in (FLOAT32, INT8):
+    if data is None or len(data) == 0 or t.type not in (FLOAT32, INT8):
+        return None
+    if shape not in ([channels], [1, 1, 1, channels]):
         return None
     values = np.frombuffer(np.asarray(data, np.uint8).tobytes(), _NUMPY[t.type]).astype(np.float64)
     if t.type == INT8:
@@ -125,7 +126,8 @@ def _affine_operand(model, graph, op, codes, name):
         return None
     for x, c in (op.inputs, op.inputs[::-1]):
         shape = graph.tensors[x].shape
-        if shape is not None and len(shape) == 4 and shape[0] == 1 and model.buffers[graph.tensors[x].buffer].data is None:
+        constant = model.buffers[graph.tensors[x].buffer].data is not None
+        if shape is not None and len(shape) == 4 and shape[0] == 1 and not constant:
             values = _vector(model, graph, c, int(shape[3]))
             if values is not None:
                 return x, values
@@ -234,7 +236,8 @@ def _separable(model, graph, op):
 
 def separable_upsampling(data):
     """Rewrite every int8 `RESIZE_BILINEAR` of a `.tflite` file (bytes) with fewer than
-    `VECTOR_CHANNELS` channels that enlarges both axes as two one-axis resizes (see the module's docstring); returns the new bytes."""
+    `VECTOR_CHANNELS` channels that enlarges both axes as two one-axis resizes (see the
+    module's docstring); returns the new bytes."""
     model = parse(data)
     codes = [op_name(c) for c in model.operatorCodes]
     for graph in model.subgraphs:
