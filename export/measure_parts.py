@@ -33,11 +33,11 @@ def build_parser():
 if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
     quiet_startup(build_parser().parse_args().verbose)
 
+from itnet_keras.evaluate import load_itnet  # noqa: E402
 from itnet_keras.export.measure.latency import timed_in_turns  # noqa: E402
 from itnet_keras.export.measure.parts import part_calls  # noqa: E402
 from itnet_keras.export.tflite import calibration_sample  # noqa: E402
 from itnet_keras.files import markdown_table, write_result_files  # noqa: E402
-from itnet_keras.evaluate import load_itnet  # noqa: E402
 from itnet_keras.model import build_itnet, model_args  # noqa: E402
 
 

@@ -4,7 +4,7 @@ beside int8, as the converter makes them and with `xnnpack_forms`.
 Each part is a prefix of output n's graph (`anytime` of an unrolled copy, as the static
 flavour computes it) or the upsampling alone, converted like a static file (int8: uint8
 camera bytes in, int8 out, calibrated on the same images); the difference of two prefixes is
-the time of the ops between them. All files are timed in turns (`latency._medians`).
+the time of the ops between them. All files are timed in turns (`latency.timed_in_turns`).
 """
 
 import tempfile
@@ -49,7 +49,7 @@ def part_functions(unrolled, outputs=(1, 2)):
     return parts
 
 
-def _convert(unrolled, function, shape, int8, calibration, forms):
+def _convert(unrolled, function, shape, takes_image, int8, calibration, forms):
     spec = tf.TensorSpec((1, *shape), tf.float32, name="x")
     archive = keras.export.ExportArchive()
     archive.track(unrolled)
@@ -57,7 +57,6 @@ def _convert(unrolled, function, shape, int8, calibration, forms):
     with tempfile.TemporaryDirectory() as work:
         archive.write_out(str(Path(work) / "saved_model"), verbose=False)
         representative = (lambda: (("part", {"x": c}) for c in calibration)) if int8 else None
-        takes_image = shape[-1] == 3
         integer_io = (tf.uint8 if takes_image else tf.int8, tf.int8) if int8 else None
         with quietly():
             data = tflite_converter(Path(work) / "saved_model", ["part"], "int8" if int8 else "float32",
@@ -89,7 +88,7 @@ def part_calls(model, images, outputs=(1, 2)):
     for name, (function, shape, takes_image) in parts.items():
         for variant in ("converter", "forms"):
             for quant in ("float32", "int8"):
-                file = _convert(unrolled, function, shape, quant == "int8", batches if takes_image else head,
-                                variant == "forms")
+                file = _convert(unrolled, function, shape, takes_image, quant == "int8",
+                                batches if takes_image else head, variant == "forms")
                 calls[name, variant, quant] = _call(file)
     return calls
