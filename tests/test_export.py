@@ -321,6 +321,32 @@ def test_latency_benchmark_command(tmp_path):
     assert "| app, `finish` last ms | / unrolled |" in out.read_text()
 
 
+def test_latency_parts_are_prefixes_of_the_real_outputs(tiny):
+    """export/measure_parts.py times parts of output n's graph: "output n" is output n, and its
+    part before the upsampling resized by the "8x upsampling alone" part is output n too."""
+    from itnet_keras.export.measure.parts import part_functions
+    from itnet_keras.export.static import unrolled_copy
+
+    model, _ = tiny
+    parts = part_functions(unrolled_copy(model))
+    images = np.random.default_rng(0).random((1, *SIZE, 3), np.float32)
+    outputs = model(images)
+    for n in (1, 2):
+        np.testing.assert_allclose(parts[f"output {n}"][0](images), outputs[n - 1], atol=1e-5)
+        head = parts[f"output {n} before upsampling"][0](images)
+        assert head.shape[1:] == parts["8x upsampling alone"][1]
+        np.testing.assert_allclose(parts["8x upsampling alone"][0](head), outputs[n - 1], atol=1e-5)
+
+
+@pytest.mark.large
+def test_latency_parts_command(tmp_path):
+    out = tmp_path / "parts.md"
+    assert export_script("measure_parts").main(["--preset", "tiny", "--repeats", "1", "--output", str(out)]) == 0
+    times = json.loads(out.with_suffix(".json").read_text())
+    assert len(times) == 9 * 4 and all(min(t) > 0 for t in times.values())
+    assert "| 8x upsampling alone |" in out.read_text()
+
+
 def test_export_evaluation_command(tiny, float32_file, tmp_path):
     from itnet_keras.export.onnx import convert_onnx
 
