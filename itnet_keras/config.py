@@ -61,7 +61,8 @@ class FitConfig(_WithModel):
                           "TensorFlow, keras.distribution.DataParallel on JAX)", default="default",
                           choices=("default", "mirrored"))
     remat: bool = _flag("recompute each loop iteration and each output's loss in the backward pass "
-                        "instead of keeping their activations (less memory, more compute)", default=False)
+                        "instead of keeping their activations, and train on the heads' 1/8-size logits "
+                        "(less memory, more compute)", default=False)
     verbose: bool = _flag("show TensorFlow's startup logs and warnings", default=False)
 
     MODEL_FIELDS = tuple(arg.name for arg in MODEL_ARGS if arg.flag)

@@ -47,7 +47,7 @@ from itnet_keras.evaluate import format_outputs, load_itnet, training_summary, w
 from itnet_keras.files import atomic_path, write_atomic  # noqa: E402
 from itnet_keras.losses import MaskedCrossEntropy, output_weights  # noqa: E402
 from itnet_keras.metrics import SegmentationMeanIoU  # noqa: E402
-from itnet_keras.model import build_itnet, iterative_block, model_args, output_names  # noqa: E402
+from itnet_keras.model import build_itnet, iterative_block, model_args, output_names, training_model  # noqa: E402
 from itnet_keras.pipeline import SyncEpoch, make_dataset  # noqa: E402
 
 # Imported where used: TensorFlow (`--strategy mirrored` on that backend only) and
@@ -181,11 +181,12 @@ def save_model(model, path):
 
 
 class RunCheckpoint(keras.callbacks.Callback):
-    """After every epoch: last.keras, best.keras, then checkpoint.npz (the commit point)."""
+    """After every epoch: last.keras, best.keras (of `saved`, the full model over the trained
+    one's layers), then checkpoint.npz (the commit point)."""
 
-    def __init__(self, folder, monitor, state):
+    def __init__(self, folder, monitor, state, saved):
         super().__init__()
-        self.folder, self.monitor, self.state = Path(folder), monitor, state
+        self.folder, self.monitor, self.state, self.saved = Path(folder), monitor, state, saved
         self.nan_epoch = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -194,11 +195,11 @@ class RunCheckpoint(keras.callbacks.Callback):
             self.nan_epoch = epoch + 1
             self.model.stop_training = True
             return
-        save_model(self.model, self.folder / "last.keras")
+        save_model(self.saved, self.folder / "last.keras")
         score = logs.get(self.monitor)
         if score is not None and score > self.state["best"]:
             self.state.update(best=float(score), best_epoch=epoch + 1)
-            save_model(self.model, self.folder / "best.keras")
+            save_model(self.saved, self.folder / "best.keras")
         self.state["epoch"] = epoch + 1
         save_checkpoint(self.folder / "checkpoint.npz", self.model, self.state)
 
@@ -296,8 +297,12 @@ def _trim_log(path, epochs_done):
 
 
 def compile_model(model, config, spec, steps_per_epoch):
-    """Compile with one loss per output and the step schedule; returns the output weights."""
-    names = model.output_names
+    """Compile the model `fit` trains with one loss per output and the step schedule; returns
+    it and the output weights. That model is `model`, or with `--remat` `training_model(model)`:
+    the heads' logits, which the losses and the mIoU metrics resize (docs/benchmarks.md)."""
+    heads = config.remat
+    trained = training_model(model) if heads else model
+    names = trained.output_names
     try:
         weights = output_weights(config.output_weights, len(names))
     except ValueError as error:
@@ -307,13 +312,14 @@ def compile_model(model, config, spec, steps_per_epoch):
         [max(1, int(0.7 * total)), max(2, int(0.85 * total))],
         [config.learning_rate, config.learning_rate * 0.1, config.learning_rate * 0.01],
     )
-    model.compile(
+    trained.compile(
         optimizer=keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999),
-        loss={name: MaskedCrossEntropy(spec.ignore_label, remat=config.remat) for name in names},
+        loss={name: MaskedCrossEntropy(spec.ignore_label, remat=config.remat, resize=heads) for name in names},
         loss_weights=dict(zip(names, weights)),
-        metrics={name: [SegmentationMeanIoU(spec.num_classes, spec.ignore_label, name="miou")] for name in names},
+        metrics={name: [SegmentationMeanIoU(spec.num_classes, spec.ignore_label, resize=heads, name="miou")]
+                 for name in names},
     )
-    return weights
+    return trained, weights
 
 
 def _datasets(config):
@@ -394,17 +400,17 @@ def _run(config, callbacks):
         iterative_block(model).remat = config.remat
         names = output_names(len(model.outputs))
         train.output_names = val.output_names = names
-        weights = compile_model(model, config, spec, len(train))
+        trained, weights = compile_model(model, config, spec, len(train))  # `model` is the one saved
     state = {"epoch": 0, "best": -1.0, "best_epoch": None}
     if config.resume:
-        state = load_checkpoint(folder / "checkpoint.npz", model)
+        state = load_checkpoint(folder / "checkpoint.npz", trained)
         if state["epoch"] > config.epochs:
             raise ConfigError(f"--epochs {config.epochs}: the run in {folder} has already completed "
                               f"{state['epoch']} epochs")
         _trim_log(folder / "log.csv", state["epoch"])
     resolved = {"fit": dataclasses.asdict(config), "model": model_args(model), "dataset": spec.name}
     write_atomic(folder / "config.json", json.dumps(resolved, indent=1))
-    checkpoint = RunCheckpoint(folder, f"val_{names[-1]}_miou", state)
+    checkpoint = RunCheckpoint(folder, f"val_{names[-1]}_miou", state, model)
     callbacks = [
         SyncEpoch(train), StopOnNaN(), checkpoint, EpochProgress(config.epochs, len(train) + len(val)),
         EpochSummary(config.epochs, names),
@@ -415,8 +421,8 @@ def _run(config, callbacks):
     if state["epoch"] < config.epochs:
         # JAX's distribution splits the batches only inside its scope; TensorFlow's strategy needs none here.
         with _scope(strategy if keras.backend.backend() == "jax" else None):
-            model.fit(train, validation_data=val, epochs=config.epochs, initial_epoch=state["epoch"],
-                      shuffle=False, callbacks=callbacks, verbose=0)
+            trained.fit(train, validation_data=val, epochs=config.epochs, initial_epoch=state["epoch"],
+                        shuffle=False, callbacks=callbacks, verbose=0)
         # A training stopped mid-epoch leaves tf.data's generator iterator in a reference
         # cycle; freed at exit, it prints "[[{{node PyFunc}}]]" errors. Free it now.
         gc.collect()

@@ -36,6 +36,13 @@ def resize_like(x, like):
     return ops.image.resize(x, size, interpolation="bilinear")
 
 
+def one_image_at_a_time(function, *batches):
+    """`function` of each image's [1, ...] slices of `batches`, the results stacked: a loop
+    (`ops.map`) that holds one image's temporaries at a time, e.g. logits resized to the
+    input size, which are 64x the heads' logits."""
+    return ops.map(lambda images: function(*(x[None] for x in images))[0], batches)
+
+
 def fold_norm(gamma, beta, mean, variance, epsilon):
     """A batch norm in inference as (scale, shift), to apply as `x * scale + shift`."""
     scale = gamma * ops.rsqrt(variance + epsilon)

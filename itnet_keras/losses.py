@@ -7,13 +7,18 @@ per output and `loss_weights=output_weights(schedule, N)` in `model.compile`.
 import keras
 from keras import ops
 
+from itnet_keras.layers import one_image_at_a_time, resize_like
+
 
 @keras.saving.register_keras_serializable(package="itnet_keras")
 class MaskedCrossEntropy(keras.losses.Loss):
     """Sparse categorical cross-entropy over pixels whose label is not `ignore_label`.
 
     `y_true` holds int labels [B, H, W] (or [B, H, W, 1]); `y_pred` logits (or
-    probabilities if `from_logits=False`) [B, H, W, C].
+    probabilities if `from_logits=False`) [B, H, W, C], or with `resize` [B, h, w, C],
+    resized bilinearly to H x W first (the heads' logits of `model.training_model`: the
+    same numbers as the model's outputs). With `remat`, the cross-entropy is computed one
+    image at a time and recomputed in the backward pass.
 
     Reduction: the mean over the valid pixels of the whole batch (not per image): pixels
     with the ignored label contribute nothing to the sum nor to the count. A batch without
@@ -24,7 +29,7 @@ class MaskedCrossEntropy(keras.losses.Loss):
     given, must broadcast to [B, H, W].
     """
 
-    def __init__(self, ignore_label, from_logits=True, remat=False, **kwargs):
+    def __init__(self, ignore_label, from_logits=True, remat=False, resize=False, **kwargs):
         super().__init__(**kwargs)
         if self.reduction not in ("sum_over_batch_size", "mean"):
             raise ValueError(
@@ -34,29 +39,34 @@ class MaskedCrossEntropy(keras.losses.Loss):
         self.ignore_label = int(ignore_label)
         self.from_logits = bool(from_logits)
         self.remat = bool(remat)
+        self.resize = bool(resize)
 
     def call(self, y_true, y_pred):
-        if self.remat:  # keep only y_pred for the backward pass, not the softmax and its kin
-            return keras.remat(self._per_pixel)(y_true, y_pred)
-        return self._per_pixel(y_true, y_pred)
-
-    def _per_pixel(self, y_true, y_pred):
         if len(y_true.shape) == len(y_pred.shape):
             y_true = ops.squeeze(y_true, axis=-1)
         labels = ops.cast(y_true, "int32")
         valid = ops.not_equal(labels, self.ignore_label)
         # Any in-range label at ignored pixels, so that no backend sees label 255.
         labels = ops.where(valid, labels, ops.zeros_like(labels))
-        per_pixel = ops.sparse_categorical_crossentropy(
-            labels, y_pred, from_logits=self.from_logits
-        )
+        if self.remat:
+            # One image at a time, recomputed in the backward pass: a step keeps y_pred, not
+            # its resized copy, the softmax and their kin, and holds one image's at a time.
+            per_pixel = one_image_at_a_time(keras.remat(self._cross_entropy), labels, y_pred)
+        else:
+            per_pixel = self._cross_entropy(labels, y_pred)
         valid = ops.cast(valid, per_pixel.dtype)
         # mean over valid pixels = sum(loss * valid) / total / (valid_count / total).
         return ops.divide_no_nan(per_pixel * valid, ops.mean(valid))
 
+    def _cross_entropy(self, labels, y_pred):
+        if self.resize:
+            y_pred = resize_like(y_pred, labels)
+        return ops.sparse_categorical_crossentropy(labels, y_pred, from_logits=self.from_logits)
+
     def get_config(self):
         config = super().get_config()
-        config.update(ignore_label=self.ignore_label, from_logits=self.from_logits, remat=self.remat)
+        config.update(ignore_label=self.ignore_label, from_logits=self.from_logits, remat=self.remat,
+                      resize=self.resize)
         return config
 
 

@@ -9,6 +9,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from itnet_keras.layers import one_image_at_a_time, resize_like
+
 # TensorFlow and JAX are imported inside the branches that run on that backend only: metrics
 # run on either backend without the other installed.
 
@@ -27,19 +29,22 @@ class SegmentationMeanIoU(keras.metrics.Metric):
     """mIoU of one output over a whole split (SPEC s.5), from an integer confusion matrix.
 
     `update_state(y_true, y_pred)`: int labels [B, H, W] (or [B, H, W, 1]) and logits
-    [B, H, W, C]; the prediction is the argmax. Pixels labelled `ignore_label`, or with
-    any label outside 0..num_classes-1, are not counted. `sample_weight`, broadcastable
-    to the labels, is a pixel mask: pixels with weight 0 are not counted.
+    [B, H, W, C], or with `resize` [B, h, w, C], resized bilinearly to H x W first, one image
+    at a time (as `MaskedCrossEntropy(resize=True)`); the prediction is the argmax. Pixels
+    labelled `ignore_label`, or with any label outside 0..num_classes-1, are not counted.
+    `sample_weight`, broadcastable to the labels, is a pixel mask: pixels with weight 0 are
+    not counted.
 
     Counts are int64 (int32 under JAX without x64: exact up to 2**31 per cell); each
     batch is counted in float32, exact below 2**24 pixels per batch.
     `result()` is the mean IoU over classes with a non-empty union in the split.
     """
 
-    def __init__(self, num_classes, ignore_label, name="miou", **kwargs):
+    def __init__(self, num_classes, ignore_label, resize=False, name="miou", **kwargs):
         super().__init__(name=name, **kwargs)
         self.num_classes = int(num_classes)
         self.ignore_label = int(ignore_label)
+        self.resize = bool(resize)
         self.total_cm = self.add_variable(
             shape=(self.num_classes, self.num_classes),
             initializer="zeros",
@@ -50,7 +55,7 @@ class SegmentationMeanIoU(keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         c = self.num_classes
         labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
-        preds = ops.reshape(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), (-1,))
+        preds = ops.reshape(self._classes(y_true, y_pred), (-1,))
         valid = (labels != self.ignore_label) & (labels >= 0) & (labels < c)
         if sample_weight is not None:
             weight = ops.convert_to_tensor(sample_weight)
@@ -64,6 +69,15 @@ class SegmentationMeanIoU(keras.metrics.Metric):
         )
         counts = ops.reshape(ops.cast(counts, self.total_cm.dtype), (c, c))
         self.total_cm.assign_add(counts)
+
+    def _classes(self, y_true, y_pred):
+        def argmax(y_pred):
+            return ops.cast(ops.argmax(y_pred, axis=-1), "int32")
+
+        if not self.resize:
+            return argmax(y_pred)
+        # A resized batch is 64x the heads' logits: one image at a time.
+        return one_image_at_a_time(lambda y, p: argmax(resize_like(p, y)), y_true, y_pred)
 
     def result(self):
         cm = ops.cast(self.total_cm, "float32")
@@ -86,7 +100,7 @@ class SegmentationMeanIoU(keras.metrics.Metric):
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_classes=self.num_classes, ignore_label=self.ignore_label)
+        config.update(num_classes=self.num_classes, ignore_label=self.ignore_label, resize=self.resize)
         return config
 
 

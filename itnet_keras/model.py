@@ -3,6 +3,7 @@
 The functional model has one input `image` [batch, H, W, 3] and N outputs
 `output_1 .. output_N` (logits at the input resolution). `encode`, `step`, `finish` and
 `anytime` reuse the model's own layers for anytime inference, as export does.
+`training_model` is the same network with the outputs before their resize (`fit --remat`).
 """
 
 import keras
@@ -35,6 +36,21 @@ def build_itnet(preset=None, input_shape=(None, None, 3), name="itnet", **model_
         for index, output_name in enumerate(output_names(args["num_iterations"]))
     ]
     return keras.Model(images, outputs, name=name)
+
+
+def training_model(model):
+    """The model `fit --remat` trains: the same layers and weights as `model`, its outputs
+    `output_1 .. output_N` the heads' logits before `OutputResize` ([batch, H/8, W/8, C]).
+
+    `MaskedCrossEntropy(resize=True, remat=True)` and `SegmentationMeanIoU(resize=True)`
+    resize them to the labels' size one image at a time, the same numbers as `model`'s
+    outputs give: a training step then holds N small logits and one image's resized logits
+    per output, not N full-size outputs (docs/benchmarks.md). `model` stays the one to save, evaluate and
+    export."""
+    logits = iterative_block(model).output
+    names = output_names(len(model.outputs))
+    heads = [keras.layers.Identity(name=name)(logits[index]) for index, name in enumerate(names)]
+    return keras.Model(model.input, heads, name=f"{model.name}_training")
 
 
 def model_args(model):

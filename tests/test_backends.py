@@ -17,7 +17,8 @@ from itnet_keras import build_itnet
 from itnet_keras.evaluate import predict_classes, split_confusion_matrices
 from itnet_keras.iterative_block import IterativeBlock
 from itnet_keras.losses import MaskedCrossEntropy
-from itnet_keras.model import iterative_block
+from itnet_keras.metrics import SegmentationMeanIoU
+from itnet_keras.model import iterative_block, training_model
 from itnet_keras.pipeline import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,51 +96,79 @@ def test_evaluation_compiles_one_prediction_per_split(monkeypatch, tmp_path):
     np.testing.assert_array_equal(predict_classes(model, images, 2), expected)
 
 
-def _loss_and_gradients(remat, dropout):
+def _loss_and_gradients(remat, dropout, heads=False):
+    """Loss, gradients and the outputs' confusion matrices of one training step of `tiny`
+    (some pixels ignored), on the model's outputs or, with `heads`, on `training_model`'s
+    logits before their resize."""
     keras.utils.set_random_seed(1)
     model = build_itnet("tiny", num_classes=4, input_shape=(32, 32, 3), dropout=dropout)
     iterative_block(model).remat = remat
+    trained = training_model(model) if heads else model
     rng = np.random.default_rng(0)
     images, labels = rng.random((2, 32, 32, 3), dtype=np.float32), rng.integers(0, 4, (2, 32, 32))
-    loss_fn = MaskedCrossEntropy(255, remat=remat)
+    labels[:, :5] = 255
+    loss_fn = MaskedCrossEntropy(255, remat=remat, resize=heads)
+    metrics = [SegmentationMeanIoU(4, 255, resize=heads) for _ in trained.outputs]
 
     @tf.function
     def step():
         with tf.GradientTape() as tape:
-            loss = sum(loss_fn(labels, o) for o in model(images, training=True))
+            outputs = trained(images, training=True)
+            loss = sum(loss_fn(labels, o) for o in outputs)
+        for metric, output in zip(metrics, outputs):
+            metric.update_state(labels, output)
         return loss, tape.gradient(loss, model.trainable_variables)
 
     loss, gradients = step()
-    return float(loss), [np.asarray(g) for g in gradients]
+    return float(loss), [np.asarray(g) for g in gradients], [m.confusion_matrix() for m in metrics]
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_remat_gives_the_same_loss_and_gradients_tensorflow(dropout):
-    loss, gradients = _loss_and_gradients(False, dropout)
-    remat_loss, remat_gradients = _loss_and_gradients(True, dropout)
+    loss, gradients, _ = _loss_and_gradients(False, dropout)
+    remat_loss, remat_gradients, _ = _loss_and_gradients(True, dropout)
     assert remat_loss == pytest.approx(loss, rel=1e-6)
     assert len(gradients) == len(remat_gradients)
     for a, b in zip(gradients, remat_gradients):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
+def test_training_on_the_heads_logits_gives_the_outputs_numbers_tensorflow():
+    """`fit --remat` trains `training_model` (the heads' logits at 1/8 of the input size; the
+    loss and the mIoU resize them): the same loss, gradients and confusion matrices as the
+    model's full-resolution outputs."""
+    trained = training_model(build_itnet("tiny", input_shape=(32, 32, 3)))
+    assert trained.output_names == ["output_1", "output_2", "output_3", "output_4"]
+    assert [tuple(o.shape) for o in trained.outputs] == [(None, 4, 4, 4)] * 4
+    loss, gradients, matrices = _loss_and_gradients(True, 0.1)
+    heads_loss, heads_gradients, heads_matrices = _loss_and_gradients(True, 0.1, heads=True)
+    assert heads_loss == pytest.approx(loss, rel=1e-6)
+    assert len(gradients) == len(heads_gradients)
+    for a, b in zip(gradients, heads_gradients):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+    assert sum(int(m.sum()) for m in matrices) == 4 * 2 * 27 * 32  # every labelled pixel, per output
+    for a, b in zip(matrices, heads_matrices):
+        np.testing.assert_array_equal(b, a)
+
+
 @pytest.mark.large  # 1.5 minutes on the 2-core machine, 7 under load: kept out of the default suite
 def test_jax_remat_and_data_parallel(tmp_path):
-    """JAX on 2 host devices: --remat gives the same loss and gradients and less memory in
-    XLA's estimate; the shifted depthwise conv gives XLA's numbers; `fit --strategy
-    mirrored` trains data parallel (the weights are replicated over both devices), and
-    refuses a batch it cannot split."""
+    """JAX on 2 host devices: --remat, and with it training on the heads' logits, give the same
+    loss and gradients, and --remat less memory in XLA's estimate; the shifted depthwise conv
+    gives XLA's numbers; `fit --strategy mirrored` trains data parallel (the weights are
+    replicated over both devices), and refuses a batch it cannot split."""
     out = run_jax("""
         import json, jax, numpy as np, keras
         from itnet_keras import build_itnet, fit
         from itnet_keras.lab.bench import compiled_memory
         from itnet_keras.losses import MaskedCrossEntropy
-        from itnet_keras.model import iterative_block
+        from itnet_keras.model import iterative_block, training_model
 
-        def loss_and_gradients(remat):
+        def loss_and_gradients(remat, heads=False):
             keras.utils.set_random_seed(1)
             model = build_itnet("tiny", num_classes=4, input_shape=(32, 32, 3), dropout=0.1)
             iterative_block(model).remat = remat
+            model = training_model(model) if heads else model
             rng = np.random.default_rng(0)
             x, y = rng.random((2, 32, 32, 3), dtype=np.float32), rng.integers(0, 4, (2, 32, 32))
             trainable = [v.value for v in model.trainable_variables]
@@ -147,14 +176,16 @@ def test_jax_remat_and_data_parallel(tmp_path):
 
             def loss(trainable):
                 outputs, _ = model.stateless_call(trainable, rest, x, training=True)
-                return sum(MaskedCrossEntropy(255, remat=remat)(y, o) for o in outputs)
+                return sum(MaskedCrossEntropy(255, remat=remat, resize=heads)(y, o) for o in outputs)
 
             return jax.value_and_grad(loss)(trainable)
 
-        (loss, grads), (remat_loss, remat_grads) = loss_and_gradients(False), loss_and_gradients(True)
-        print("loss", float(loss), float(remat_loss))
-        print("grad", max(float(np.max(np.abs(a - b))) for a, b in zip(grads, remat_grads)),
-              max(float(np.max(np.abs(a))) for a in grads))
+        (loss, grads) = loss_and_gradients(False)
+        for name, (other_loss, other_grads) in (("remat", loss_and_gradients(True)),
+                                                ("heads", loss_and_gradients(True, heads=True))):
+            print(name + "_loss", float(loss), float(other_loss))
+            print(name + "_grad", max(float(np.max(np.abs(a - b))) for a, b in zip(grads, other_grads)),
+                  max(float(np.max(np.abs(a))) for a in grads))
         memory = [compiled_memory("tiny", 8, False, (64, 64), remat)["temp_mb"] for remat in (False, True)]
         print("temp", *memory)
 
@@ -183,9 +214,11 @@ def test_jax_remat_and_data_parallel(tmp_path):
         print(errors.getvalue())
     """, tmp_path, devices=2)
     values = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in out.splitlines()
-              if line.split() and line.split()[0] in ("loss", "grad", "temp", "depthwise", "devices", "refused")}
-    assert values["loss"][0] == pytest.approx(values["loss"][1], rel=1e-6)
-    assert values["grad"][0] < 1e-4 * values["grad"][1]
+              if line.split() and line.split()[0] in ("remat_loss", "remat_grad", "heads_loss", "heads_grad", "temp",
+                                                      "depthwise", "devices", "refused")}
+    for name in ("remat", "heads"):  # --remat, and training on the heads' logits with --remat
+        assert values[f"{name}_loss"][0] == pytest.approx(values[f"{name}_loss"][1], rel=1e-6)
+        assert values[f"{name}_grad"][0] < 1e-4 * values[f"{name}_grad"][1]
     assert values["temp"][1] < values["temp"][0]
     assert values["depthwise"][0] < 1e-5 * values["depthwise"][1]  # XLA's grouped conv = the shifted sums
     assert values["devices"] == [2, 2]

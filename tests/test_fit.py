@@ -149,6 +149,24 @@ def test_resume_after_sigkill(tmp_path, capsys):
     assert (folder / "evaluation.json").is_file()
 
 
+def test_remat_trains_the_heads_logits_and_saves_the_full_model(tmp_path):
+    """--remat fits `training_model` (the heads' 1/8-size logits; the losses and the mIoU
+    resize them) and saves and evaluates the full model, outputs at the input size."""
+    trained = {}
+
+    class Trained(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            trained["name"], trained["outputs"] = self.model.name, self.model.output_names
+
+    result = fit.run(*parse_config(["--limit", "8", "--epochs", "1", "--remat", "--output", str(tmp_path / "run")]),
+                     callbacks=[Trained()])
+    assert trained == {"name": "itnet_training", "outputs": ["output_1", "output_2", "output_3", "output_4"]}
+    assert 0 < float(log_rows(tmp_path / "run")[0]["val_output_4_miou"]) <= 1
+    assert len(result["outputs"]) == 4
+    saved = keras.models.load_model(tmp_path / "run" / "last.keras", compile=False)
+    assert [tuple(o.shape) for o in saved(np.zeros((1, 64, 64, 3), "float32"))] == [(1, 64, 64, 4)] * 4
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     class Poison(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):

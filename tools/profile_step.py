@@ -6,7 +6,8 @@
 Builds the model and data as `python -m itnet_keras.lab.bench` does (compiled as `fit` compiles
 it), then jit-compiles and times, each as the median of `--steps` runs:
 
-- `forward`: the model in training mode (all N outputs at full resolution);
+- `forward`: the model `fit` trains, in training mode (all N outputs at full resolution;
+  with `--remat` the N heads' logits, `model.training_model`);
 - `loss + gradients`: forward, the weighted per-output losses and the backward pass;
 - `train step`: Keras' `train_step` as `fit` runs it (adds the optimizer update and the
   N mIoU metrics);
@@ -80,8 +81,9 @@ def profile(preset, input_size, batch_size, steps, remat=False, trace=None):
         return jax.value_and_grad(loss)(trainable)
 
     classes = model.outputs[0].shape[-1]
-    metrics = [SegmentationMeanIoU(classes, losses[0].ignore_label) for _ in names]  # as `fit` compiles
-    logits = [jax.numpy.zeros((batch_size, *input_size, classes), "float32")] * len(names)
+    metrics = [SegmentationMeanIoU(classes, losses[0].ignore_label, resize=losses[0].resize)  # as `fit` compiles
+               for _ in names]
+    logits = [jax.numpy.zeros((batch_size, *model.outputs[0].shape[1:]), "float32")] * len(names)
 
     def update_metrics(values, logits, labels):
         return [m.stateless_update_state(v, labels, o)

@@ -63,11 +63,11 @@ from itnet_keras.presets import PRESET_DATASET  # noqa: E402
 
 
 def compiled_model(preset, batch_size, unroll, input_size, remat):
-    """A model compiled as `fit` compiles it, and one batch of random data."""
+    """The model `fit` trains, compiled as `fit` compiles it, and one batch of random data."""
     spec = DATASETS[PRESET_DATASET[preset]]
     model = build_itnet(preset, input_shape=(*input_size, 3), unroll=unroll)
     iterative_block(model).remat = remat
-    compile_model(model, FitConfig(preset=preset, remat=remat), spec, steps_per_epoch=1000)
+    model, _ = compile_model(model, FitConfig(preset=preset, remat=remat), spec, steps_per_epoch=1000)
     rng = np.random.default_rng(0)
     images = rng.random((batch_size, *input_size, 3), dtype=np.float32)
     labels = rng.integers(0, spec.num_classes, (batch_size, *input_size)).astype(np.int32)
