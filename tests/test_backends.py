@@ -180,7 +180,7 @@ def test_jax_remat_and_data_parallel(tmp_path):
 
             return jax.value_and_grad(loss)(trainable)
 
-        (loss, grads) = loss_and_gradients(False)
+        loss, grads = loss_and_gradients(False)
         for name, (other_loss, other_grads) in (("remat", loss_and_gradients(True)),
                                                 ("heads", loss_and_gradients(True, heads=True))):
             print(name + "_loss", float(loss), float(other_loss))
