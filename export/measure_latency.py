@@ -4,7 +4,7 @@
     python export/measure_latency.py FILE.tflite [--unrolled UNROLLED.tflite] [--threads 1 2] [--repeats 5]
     python export/measure_latency.py --preset camvid_shared [--input-size 360x480] [--output docs/latency.md]
     python export/measure_latency.py --preset camvid_shared --quant float32 int8 --iterations 1 4 16 \
-        [--input-type uint8] [--no-loop] --threads 1
+        [--input-type uint8] [--no-loop] [--model TRAINED.keras] --threads 1
 
 With `--preset` the files are converted first (float32, random weights: latency does not
 depend on them): the loop file, the unrolled file, and unrolled graphs of each output n
@@ -44,6 +44,8 @@ def build_parser():
     parser.add_argument("--input-type", choices=INPUT_TYPES, default="float32",
                         help="--quant: the input of the int8 files")
     parser.add_argument("--no-loop", action="store_true", help="--quant: static files only")
+    parser.add_argument("--model", help="--quant: the files of this trained .keras ItNet (at --preset's dataset)"
+                        " instead of random weights")
     parser.add_argument("--calibration-images", type=int, default=4, help="--quant int8: calibration sample")
     parser.add_argument("--data-dir", help="--quant int8: dataset folder of the calibration images")
     parser.add_argument("--output", help="also write the table (markdown) and OUTPUT.json there")
@@ -54,6 +56,7 @@ def build_parser():
 if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
     quiet_startup(build_parser().parse_args().verbose)
 
+from itnet_keras.evaluate import load_itnet  # noqa: E402
 from itnet_keras.export.measure.latency import measure, preset_files, quant_files, quant_latency  # noqa: E402
 from itnet_keras.export.tflite import calibration_sample  # noqa: E402
 from itnet_keras.files import markdown_table, write_result_files  # noqa: E402
@@ -100,8 +103,8 @@ def format_quant_rows(rows, quants):
                                     *(f"{row[a] / row[b]:.2f}x" for _, a, b in ratios)] for n, row in rows.items()])
 
 
-def run_quant(args):
-    """The `--quant` table: (markdown, rows)."""
+def run_quant(args, trained=None):
+    """The `--quant` table: (markdown, rows); the files of the `trained` model if one is given."""
     dataset = DATASETS[PRESET_DATASET[args.preset]]
     size = args.input_size or dataset.image_size
     iterations = args.iterations or [1, 2, 4, 8, 16]
@@ -110,7 +113,7 @@ def run_quant(args):
         images, _ = calibration_sample(dataset.name, size, args.calibration_images, data_dir=args.data_dir)
     with tempfile.TemporaryDirectory() as work:
         files = quant_files(args.preset, size, work, args.quant, iterations, images, args.input_type,
-                            loop=not args.no_loop)
+                            loop=not args.no_loop, trained=trained)
         rows = {}
         for count in args.threads:
             rows[count] = quant_latency(files, count, args.repeats, iterations)
@@ -126,8 +129,22 @@ def main(argv=None):
         parser.error("give a .tflite file or --preset, not both")
     if args.quant and not args.preset:
         parser.error("--quant needs --preset")
+    if args.model and not args.quant:
+        parser.error("--model needs --quant")
     if args.quant:
-        table, rows = run_quant(args)
+        trained = None
+        if args.model:
+            try:
+                trained = load_itnet(args.model)
+            except (FileNotFoundError, ValueError) as error:
+                print(f"error: --model: {error}", file=sys.stderr)
+                return 2
+            classes = DATASETS[PRESET_DATASET[args.preset]].num_classes
+            if trained.outputs[0].shape[-1] != classes:
+                print(f"error: --model {args.model} has {trained.outputs[0].shape[-1]} classes, --preset "
+                      f"{args.preset}'s dataset {classes}", file=sys.stderr)
+                return 2
+        table, rows = run_quant(args, trained)
         print(table)
         if args.output:
             command = "python export/measure_latency.py " + " ".join(sys.argv[1:] if argv is None else argv)

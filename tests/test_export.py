@@ -347,6 +347,25 @@ def test_latency_parts_command(tmp_path):
     assert "| 8x upsampling alone |" in out.read_text()
 
 
+def test_latency_files_of_a_trained_model_compute_its_outputs(tiny, tmp_path):
+    """measure_latency.py --quant --model times the trained model's files, not random weights;
+    a model of another dataset is refused with the flag and the class counts."""
+    from itnet_keras.export.measure.latency import quant_files
+
+    model, model_path = tiny
+    files = quant_files("tiny", SIZE, tmp_path, ["float32"], [2], None, loop=False, trained=model)
+    images = np.random.default_rng(0).random((1, *SIZE, 3), np.float32)
+    run = Interpreter(model_path=str(files["static", "float32", 2])).get_signature_runner("output_2")
+    (got,) = run(image=images).values()
+    np.testing.assert_allclose(got, model(images)[1], atol=2e-4)
+    out = tmp_path / "latency.md"
+    args = ["--preset", "camvid_shared", "--quant", "float32", "--model", str(model_path), "--output", str(out)]
+    error = subprocess.run([sys.executable, str(ROOT / "export" / "measure_latency.py"), *args],
+                           capture_output=True, text=True)
+    assert error.returncode == 2 and f"--model {model_path} has 4 classes" in error.stderr
+    assert not out.exists()
+
+
 def test_export_evaluation_command(tiny, float32_file, tmp_path):
     from itnet_keras.export.onnx import convert_onnx
 

@@ -33,6 +33,7 @@ from itnet_keras.export.tflite import check_tflite, convert_static, convert_tfli
 from itnet_keras.files import write_atomic
 from itnet_keras.layers import resize_like
 from itnet_keras.model import anytime, build_itnet, encode, iterative_block
+from itnet_keras.model import model_args as trained_args
 from itnet_keras.presets import PRESET_DATASET
 
 
@@ -170,13 +171,18 @@ def measure(loop_file, unrolled_file, threads, repeats, unrolled_anytime=None):
 
 
 def quant_files(preset, input_size, folder, quants, iterations, calibration_images, input_type="float32",
-                loop=True, **model_args):
-    """Files of `preset` (random weights) in each mode of `quants`: {(flavor, quant, n): path}
+                loop=True, trained=None, **model_args):
+    """Files of `preset` (random weights), or of the `trained` ItNet (its architecture and
+    weights; the dataset of `preset`), in each mode of `quants`: {(flavor, quant, n): path}
     for the static files of each n of `iterations` and, with `loop`, {("loop", quant, None):
     path}; int8 files take `input_type` images, the others float images."""
     folder, files = Path(folder), {}
     spec = get_spec(PRESET_DATASET[preset])
-    model = build_itnet(preset, input_shape=(*input_size, 3), **model_args)
+    if trained is None:
+        model = build_itnet(preset, input_shape=(*input_size, 3), **model_args)
+    else:
+        model = build_itnet(input_shape=(*input_size, 3), **{**trained_args(trained), **model_args})
+        model.set_weights(trained.get_weights())
     for quant in quants:
         images = calibration_images if quant == "int8" else None
         kind = input_type if quant == "int8" else "float32"
