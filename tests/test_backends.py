@@ -45,7 +45,7 @@ def run_jax(script, tmp_path, devices=1):
 def test_fit_and_evaluate_run_without_tensorflow(tmp_path):
     out = run_jax(NO_TENSORFLOW + """
         from itnet_keras import evaluate, fit
-        assert fit.main(["--limit", "16", "--epochs", "1", "--output", "run"]) == 0
+        assert fit.main(["--limit", "16", "--epochs", "1", "--bn-batches", "2", "--output", "run"]) == 0
         assert evaluate.main(["run/last.keras", "--limit", "12", "--batch-size", "8", "--output", "eval"]) == 0
         assert "tensorflow" not in sys.modules
         try:

@@ -19,7 +19,8 @@ class Mode:
 
 MODES = {
     "smoke": Mode(
-        "smoke", fit=dict(data="builtin", limit=16, epochs=1, batch_size=8, bn_batches=2),
+        # bn_batches=0: a test that the notebook runs (the recalibration has its own tests)
+        "smoke", fit=dict(data="builtin", limit=16, epochs=1, batch_size=8, bn_batches=0),
         network=dict(num_iterations=4, num_scales=2, expansion=2, dropout=0.0, l2=0.0),
         widths={"shared": 12, "independent": 8}, input_size=(64, 64), mac_budget=9.0e5,
         description="built-in data, 16 images, 1 epoch, N=4, L=2, t=2 (a test that the notebook runs)",
