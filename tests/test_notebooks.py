@@ -37,9 +37,10 @@ def smoke_runs(tmp_path_factory):
     return tmp_path_factory.mktemp("smoke_runs")
 
 
-# The four slowest smoke runs (about 80, 60, 40 and 35 s on 2 cores) are marked large to keep
-# the default suite under 15 minutes; `python -m pytest -m large` runs them.
-SLOW = ("02_architecture_search", "03_multi_output", "04_weight_sharing", "05_batchnorm_width")
+# The five slowest smoke runs (about 35 to 80 s each on 2 cores) are marked large to keep the
+# default suite under 15 minutes; `python -m pytest -m large` runs them.
+SLOW = ("01_architecture_costs", "02_architecture_search", "03_multi_output", "04_weight_sharing",
+        "05_batchnorm_width")
 
 
 @pytest.mark.parametrize("source", [pytest.param(p, marks=pytest.mark.large) if p.stem in SLOW else p
