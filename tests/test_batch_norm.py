@@ -107,7 +107,7 @@ def test_a_training_step_moves_every_statistic_toward_the_batch_with_the_momentu
         np.testing.assert_allclose(new, 0.99 * before + 0.01 * batch, rtol=1e-5, atol=1e-6, err_msg=variable.path)
 
 
-@pytest.mark.large  # about 20 s; fit's run without TensorFlow (tests/test_backends.py) recalibrates under JAX by default
+@pytest.mark.large  # about 20 s; fit without TensorFlow (tests/test_backends.py) also recalibrates under JAX
 def test_recalibration_on_jax(tmp_path):
     script = """
         import keras, numpy as np
