@@ -33,7 +33,6 @@ from itnet_keras.export.tflite import check_tflite, convert_static, convert_tfli
 from itnet_keras.files import write_atomic
 from itnet_keras.layers import resize_like
 from itnet_keras.model import anytime, build_itnet, encode, iterative_block
-from itnet_keras.model import model_args as trained_args
 from itnet_keras.presets import PRESET_DATASET
 
 
@@ -178,11 +177,8 @@ def quant_files(preset, input_size, folder, quants, iterations, calibration_imag
     path}; int8 files take `input_type` images, the others float images."""
     folder, files = Path(folder), {}
     spec = get_spec(PRESET_DATASET[preset])
-    if trained is None:
-        model = build_itnet(preset, input_shape=(*input_size, 3), **model_args)
-    else:
-        model = build_itnet(input_shape=(*input_size, 3), **{**trained_args(trained), **model_args})
-        model.set_weights(trained.get_weights())
+    # The converters export at `input_size` whatever size a model was built for.
+    model = trained if trained is not None else build_itnet(preset, input_shape=(*input_size, 3), **model_args)
     for quant in quants:
         images = calibration_images if quant == "int8" else None
         kind = input_type if quant == "int8" else "float32"
