@@ -33,7 +33,8 @@ def build_parser():
                         help="TFLite: loop (all signatures) or static (one file per --iterations n)")
     parser.add_argument("--iterations", type=int, nargs="+", help="static: the outputs n, one file each")
     parser.add_argument("--input-type", choices=INPUT_TYPES, default="float32",
-                        help="TFLite: uint8 takes camera bytes (normalization inside the graph)")
+                        help="TFLite: uint8 takes camera bytes (normalization inside the graph); int8 (--quant int8 only) "
+                             "the bytes minus 128, so that every op runs in XNNPACK")
     parser.add_argument("--data", choices=DATASET_NAMES, help="the model's dataset")
     parser.add_argument("--data-dir", help="dataset folder (int8 calibration images)")
     parser.add_argument("--input-size", type=parse_size, help="HEIGHTxWIDTH (default: the dataset's)")
@@ -87,7 +88,7 @@ def main(argv=None):
     if args.flavor == "loop" and args.iterations:
         parser.error("--iterations needs --flavor static")
     if args.format == "onnx" and args.input_type != "float32":
-        parser.error("--input-type uint8 needs --format tflite")
+        parser.error(f"--input-type {args.input_type} needs --format tflite")
     try:
         written = run(args)
     except (OSError, ValueError, DatasetError, ImportError) as error:  # ImportError: no metadata writer

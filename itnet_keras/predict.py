@@ -149,7 +149,7 @@ class KerasPredictor:
 class TFLitePredictor:
     """A `.tflite` file's `anytime` signature (LiteRT); its sidecar `.json` gives the
     normalization and class names, the file its input size and type: normalized float32,
-    or the uint8 pixels themselves (`--input-type uint8`)."""
+    or the pixels themselves (`--input-type uint8`, or int8: the bytes minus 128)."""
 
     def __init__(self, path, input_size=None):
         from ai_edge_litert.interpreter import Interpreter  # lazy: LiteRT is the optional `export` extra
@@ -169,7 +169,7 @@ class TFLitePredictor:
             raise PredictError(f"cannot load {path} as an ItNet .tflite file with an `anytime` signature: "
                                f"{error}") from None
         image = self.run.get_input_details()["image"]
-        self.file_size, self.takes_pixels = tuple(int(d) for d in image["shape"][1:3]), image["dtype"] == np.uint8
+        self.file_size, self.input_dtype = tuple(int(d) for d in image["shape"][1:3]), image["dtype"]
         if input_size is not None and tuple(input_size) != self.file_size:
             raise PredictError(f"--input-size {input_size[0]}x{input_size[1]}: {Path(path).name} takes "
                                f"{self.file_size[0]}x{self.file_size[1]} images only (export it again with "
@@ -179,7 +179,10 @@ class TFLitePredictor:
         return self.file_size
 
     def logits(self, pixels, n):
-        image = pixels if self.takes_pixels else normalize(pixels, self.spec)
+        if self.input_dtype == np.float32:
+            image = normalize(pixels, self.spec)
+        else:  # camera bytes, minus 128 for an int8 input (`export.camera_input`, which needs TensorFlow)
+            image = pixels if self.input_dtype == np.uint8 else (pixels ^ np.uint8(0x80)).view(np.int8)
         return self.run(image=image, iterations=np.int32(n))["logits"]
 
 

@@ -2,19 +2,23 @@
 ImageSegmenter and LiteRT, metadata inside every file, camera-byte input, an integer int8 file."""
 
 import dataclasses
+import json
 
 import mediapipe as mp
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from mediapipe.tasks.python import BaseOptions, vision
+from tensorflow.lite.python import schema_py_generated as schema
 from test_export import SIZE, SPEC, convert_cli, keras_outputs, trained_tiny
 
 from itnet_keras.export.artifacts import ExportError
 from itnet_keras.export.flatbuffer import load, op_name, op_output_dtypes
+from itnet_keras.export.measure.accuracy import exported_mious
 from itnet_keras.export.tflite import calibration_sample, check_static, convert_static, convert_tflite
 from itnet_keras.export.tflite_metadata import read_metadata
 from itnet_keras.export.xnnpack_forms import channel_affines, separable_upsampling
+from itnet_keras.pipeline import make_dataset
 
 # The ops the LiteRT GPU delegate documents as supported ("GPU ML operations support",
 # https://ai.google.dev/edge/litert/performance/gpu, as of 2025-07): a static float file
@@ -34,8 +38,6 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def camera_frames():
     """Validation images as camera bytes (uint8 RGB) and as the model's input (x / 255)."""
-    from itnet_keras.pipeline import make_dataset
-
     images, _ = make_dataset("builtin", "val", batch_size=6)[0]
     frames = np.round(np.asarray(images) * 255).astype(np.uint8)
     return frames, frames.astype(np.float32) / 255
@@ -180,6 +182,48 @@ def test_int8_static_file_is_integer_from_camera_bytes_to_logits(tiny, camera_fr
     run = Interpreter(model_path=str(path), experimental_op_resolver_type=builtin).get_signature_runner("output_4")
     reference = np.concatenate([run(image=f[None])["logits"] for f in frames]).argmax(-1)
     assert min(np.mean(masks == got), np.mean(reference == got)) >= 0.97
+
+
+def test_int8_input_is_the_camera_bytes_minus_128(tiny, camera_frames, tmp_path):
+    """`--input-type int8`: the uint8 input with zero point 128 less, so that the image's
+    QUANTIZE is int8 -> int8 (which XNNPACK runs, unlike uint8 -> int8) and the logits stay."""
+    model, _ = tiny
+    frames, images = camera_frames
+    signed = (frames ^ np.uint8(0x80)).view(np.int8)
+    calibration = calibration_sample("builtin", SIZE, count=4, seed=0)[0]
+    (u8, _), = convert_static(model, tmp_path / "u8.tflite", [4], "int8", SPEC, SIZE, calibration,
+                              input_type="uint8").items()
+    (i8, _), = convert_static(model, tmp_path / "i8.tflite", [4], "int8", SPEC, SIZE, calibration,
+                              input_type="int8").items()
+    details = Interpreter(model_path=str(i8)).get_input_details()[0]
+    assert details["dtype"] == np.int8 and details["quantization"] == (pytest.approx(1 / 255), -128)
+    file = load(i8)
+    (graph,), codes = file.subgraphs, [op_name(c) for c in file.operatorCodes]
+    quantize_inputs = [graph.tensors[op.inputs[0]].type for op in graph.operators if codes[op.opcodeIndex] == "QUANTIZE"]
+    assert set(quantize_inputs) == {schema.TensorType.INT8}  # the image's too
+    (dtypes,) = op_output_dtypes(i8)
+    assert all(set(c) == {"int8"} for c in dtypes.values()), dict(dtypes)
+    got, want = run_static(i8, signed, 4, np.int8), run_static(u8, frames, 4, np.uint8)
+    assert np.abs(got.astype(int) - want).max() <= 1 and np.mean(got.argmax(-1) == want.argmax(-1)) >= 0.995
+    assert "minus 128" in next(t for t in read_metadata(i8)["subgraph_metadata"][0]["input_tensor_metadata"]
+                               if t["name"] == "image")["description"]
+    assert json.loads(i8.with_suffix(".json").read_text())["input"]["dtype"] == "int8"
+    loop = tmp_path / "loop.tflite"
+    convert_tflite(model, loop, "int8", SPEC, SIZE, calibration, input_type="int8")
+    interpreter = Interpreter(model_path=str(loop))
+    for signature in ("outputs", "anytime", "encode"):
+        details = interpreter.get_signature_runner(signature).get_input_details()["image"]
+        assert details["dtype"] == np.int8 and details["quantization"] == (pytest.approx(1 / 255), -128)
+    run = interpreter.get_signature_runner("anytime")
+    got = np.concatenate([run(image=f[None], iterations=np.int32(4))["logits"] for f in signed]).argmax(-1)
+    assert np.mean(got == keras_outputs(model, images)[3].argmax(-1)) >= 0.85
+    # measure_accuracy gives each file the bytes its input takes
+    dataset = make_dataset("builtin", "val", batch_size=4, limit=8)
+    static_miou = exported_mious(i8, dataset)[3]
+    assert static_miou == pytest.approx(exported_mious(u8, dataset)[3], abs=0.01)
+    assert exported_mious(loop, dataset, signature="anytime")[3] == pytest.approx(static_miou, abs=0.05)
+    with pytest.raises(ExportError, match="--input-type int8 needs --quant int8"):
+        convert_static(model, tmp_path / "f.tflite", [4], "float32", SPEC, SIZE, input_type="int8")
 
 
 def test_loop_file_takes_camera_bytes_too(tiny, float32_loop, camera_frames, tmp_path):

@@ -91,22 +91,24 @@ def test_tflite_file_resizes_other_sizes_and_says_so(model_file, tflite_file, ph
     assert summary["images"][2]["input_size"] == [64, 64] and summary["images"][2]["size"] == [48, 80]
 
 
-@pytest.mark.parametrize("quant", ["float32", "int8"])
-def test_tflite_file_taking_camera_bytes(model_file, tflite_file, photos, tmp_path, quant):
-    """A file exported with --input-type uint8 gets the pixels as they are, not normalized floats."""
+@pytest.mark.parametrize("quant, input_type", [("float32", "uint8"), ("int8", "int8")])
+def test_tflite_file_taking_camera_bytes(model_file, tflite_file, photos, tmp_path, quant, input_type):
+    """A file exported with --input-type uint8 gets the pixels as they are, not normalized floats;
+    one with int8 (int8 files) the pixels minus 128."""
     from ai_edge_litert.interpreter import Interpreter
 
     from itnet_keras.export.tflite import calibration_sample, convert_tflite
 
     model, path = model_file
-    bytes_file = tmp_path / f"tiny_{quant}_uint8.tflite"
+    bytes_file = tmp_path / f"tiny_{quant}_{input_type}.tflite"
     calibration = calibration_sample("builtin", (64, 64), count=4)[0] if quant == "int8" else None
-    convert_tflite(model, bytes_file, quant, SPEC, (64, 64), calibration, input_type="uint8")
+    convert_tflite(model, bytes_file, quant, SPEC, (64, 64), calibration, input_type=input_type)
     out = tmp_path / "out"
     assert predict(bytes_file, photos / "a.png", "--output", out, "--iterations", "3", "--raw") == 0
     image = np.asarray(Image.open(photos / "a.png"))
     run = Interpreter(model_path=str(bytes_file)).get_signature_runner("anytime")
-    expected = run(image=image[None], iterations=np.int32(3))["logits"][0].argmax(-1)
+    given = image if input_type == "uint8" else (image.astype(np.int16) - 128).astype(np.int8)
+    expected = run(image=given[None], iterations=np.int32(3))["logits"][0].argmax(-1)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "a_classes.png")), expected)
     if quant == "float32":  # the same classes as the float-input file
         run = Interpreter(model_path=str(tflite_file)).get_signature_runner("anytime")

@@ -5,7 +5,7 @@
 - `tflite`: conversion in four quantization modes, the sidecar metadata, checks; the
   `loop` flavour and the `static` one.
 - `static`: the static flavour (output n, one subgraph, no control flow).
-- `uint8_input`: camera bytes in (`--input-type uint8`), for both flavours.
+- `camera_input`: camera bytes in (`--input-type uint8`, and `int8` for int8 files), for both flavours.
 - `tflite_metadata`: TFLite Model Metadata inside each file (MediaPipe's writer).
 - `int8_loop`: makes the `WHILE` of an int8 file carry int8 tensors.
 - `flatbuffer`: reads a `.tflite` file (ops per subgraph, buffers, loop dtypes) to prove the checks.
@@ -22,7 +22,7 @@ import importlib.util
 
 QUANT_MODES = ("float32", "float16", "dynamic", "int8")  # of `tflite.convert_tflite`
 FLAVORS = ("loop", "static")  # `tflite.convert_tflite` and `tflite.convert_static`
-INPUT_TYPES = ("float32", "uint8")  # the image an app passes (`uint8_input`)
+INPUT_TYPES = ("float32", "uint8", "int8")  # the image an app passes (`camera_input`)
 EVALUATED_SIGNATURES = ("outputs", "anytime", "finish")  # how `measure.accuracy.exported_mious` computes output n
 
 

@@ -32,6 +32,9 @@ def metadata(model, spec, input_size, quant, batch_size=1, calibration=None, ite
     normalization = f"pixel * {scale:.10g} + {offset:.10g} (RGB, pixel in 0..255)"
     if input_type == "uint8":
         normalization = "inside the graph: pass camera bytes (RGB, 0..255); it computes " + normalization
+    if input_type == "int8":
+        normalization = ("inside the graph: pass camera bytes minus 128 as int8 (RGB byte ^ 0x80); it computes "
+                         + normalization)
     meta = {
         "format": "tflite", "flavor": "loop" if iterations is None else "static", "quantization": quant,
         "dataset": spec.name, "labels": list(spec.class_names), "ignore_label": spec.ignore_label,

@@ -6,10 +6,10 @@ runs. A static file computes output n of an unrolled copy of the model (`unroll=
 the same weights): n iterations, the last at the finest scale, the head, the 8x upsampling.
 Its one signature `output_n` maps `image` to `logits` [1, H, W, C].
 
-`--input-type uint8` takes camera bytes (module `uint8_input`). An int8 static file hands
-its logits out as int8 (their scale and zero point in the tensor; the argmax needs
-neither): with a uint8 input, no float tensor is left in it, and no full-resolution
-DEQUANTIZE costs time.
+`--input-type uint8` (and `int8` for int8 files) takes camera bytes (module
+`camera_input`). An int8 static file hands its logits out as int8 (their scale and zero
+point in the tensor; the argmax needs neither): with a camera-byte input, no float tensor
+is left in it, and no full-resolution DEQUANTIZE costs time.
 """
 
 import keras
@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from itnet_keras.console import progress
-from itnet_keras.export.uint8_input import zero_point
+from itnet_keras.export.camera_input import pixels_of, zero_point
 from itnet_keras.model import anytime, build_itnet, model_args
 
 
@@ -37,10 +37,11 @@ def static_archive(unrolled, n, input_size, normalization=None, input_type="floa
     """An `ExportArchive` with signature `output_n`: image -> logits of output n.
 
     `input_type="uint8"` with `normalization` (scale, offset): the float modes take uint8
-    pixels, cast and normalize them; with `int8=True`, the image stays the float input the
-    converter turns into uint8 (`uint8_pixel_input`): the normalized image when the
-    normalization is a quantization (`zero_point`), else pixels 0..255 normalized here."""
-    pixels = input_type == "uint8" and not (int8 and zero_point(normalization) is not None)
+    pixels, cast and normalize them; with `int8=True` (`input_type` uint8 or int8), the
+    image stays the float input the converter turns into uint8 (`uint8_pixel_input`): the
+    normalized image when the normalization is a quantization (`zero_point`), else pixels
+    0..255 normalized here."""
+    pixels = input_type != "float32" and not (int8 and zero_point(normalization) is not None)
     dtype = tf.uint8 if pixels and not int8 else tf.float32
     spec = tf.TensorSpec((1, *input_size, 3), dtype, name="image")
 
@@ -58,15 +59,14 @@ def static_archive(unrolled, n, input_size, normalization=None, input_type="floa
 
 def static_calibration(images, n, normalization=None, input_type="float32"):
     """The representative dataset of an int8 static file: the calibration images (already
-    normalized), as pixels 0..255 for a uint8 input that the graph normalizes."""
-    pixels = input_type == "uint8" and zero_point(normalization) is None
+    normalized), as pixels 0..255 for a camera-byte input that the graph normalizes."""
+    pixels = input_type != "float32" and zero_point(normalization) is None
 
     def generate():
         for image in progress(images, f"int8 calibration, output {n}", unit="images"):
             image = np.asarray(image, np.float32)
             if pixels:
-                scale, offset = normalization
-                image = np.clip(np.round((image - offset) / scale), 0, 255).astype(np.float32)
+                image = pixels_of(image, normalization).astype(np.float32)
             yield signature_key(n), {"image": image[None]}
 
     return generate

@@ -26,12 +26,12 @@ from itnet_keras.console import progress, quietly
 from itnet_keras.datasets import load_split
 from itnet_keras.export import INPUT_TYPES, QUANT_MODES
 from itnet_keras.export.artifacts import ExportError, metadata, writable_destination
+from itnet_keras.export.camera_input import camera_byte_inputs, uint8_pixel_input, zero_point
 from itnet_keras.export.flatbuffer import inspect_tflite, loop_carried_types, signature_ops
 from itnet_keras.export.int8_loop import INT8_LOGITS_SIGNATURES, carry_int8, int8_logits, integer_islands
 from itnet_keras.export.signatures import signatures_of, write_saved_model
 from itnet_keras.export.static import signature_key, static_archive, static_calibration, unrolled_copy
 from itnet_keras.export.tflite_metadata import embed_metadata
-from itnet_keras.export.uint8_input import camera_byte_inputs, uint8_pixel_input, zero_point
 from itnet_keras.export.xnnpack_forms import channel_affines, separable_upsampling
 from itnet_keras.files import write_atomic
 from itnet_keras.model import encode, iterative_block, model_args
@@ -117,7 +117,18 @@ def _embedded(data, model, spec, iterations=None, input_type="float32"):
     description = (f"ItNet semantic segmentation ({spec.name}, {args['num_classes']} classes, width "
                    f"{args['width']}, {'shared' if args['weight_sharing'] else 'independent'} weights): {what}")
     return embed_metadata(data, "ItNet", description, spec.class_names, spec.normalization, args["num_classes"],
-                          float_input=input_type == "float32")
+                          input_type=input_type)
+
+
+def _check_input_type(input_type, quant, spec):
+    """Raise ExportError unless `input_type` is one of `INPUT_TYPES` that `quant` takes."""
+    if input_type not in INPUT_TYPES:
+        raise ExportError(f"--input-type {input_type!r}: expected one of {', '.join(INPUT_TYPES)}")
+    if input_type != "float32" and spec is None:
+        raise ExportError(f"--input-type {input_type} needs the dataset's normalization (--data)")
+    if input_type == "int8" and quant != "int8":
+        raise ExportError(f"--input-type int8 needs --quant int8 (got --quant {quant}): a {quant} file takes "
+                          "camera bytes as --input-type uint8")
 
 
 def convert_tflite(model, path, quant="float32", spec=None, input_size=None, calibration_images=None,
@@ -129,13 +140,12 @@ def convert_tflite(model, path, quant="float32", spec=None, input_size=None, cal
     """
     if quant not in QUANT_MODES:
         raise ExportError(f"--quant {quant!r}: expected one of {', '.join(QUANT_MODES)}")
-    if input_type not in INPUT_TYPES or (input_type == "uint8" and spec is None):
-        raise ExportError(f"--input-type {input_type!r}: expected one of {', '.join(INPUT_TYPES)} "
-                          "(uint8 with the dataset's normalization, --data)")
-    if quant == "int8" and input_type == "uint8" and zero_point(spec.normalization) is None:
-        raise ExportError(f"--input-type uint8 --quant int8: the normalization pixel * {spec.normalization[0]:.6g} "
-                          f"+ {spec.normalization[1]:.6g} has no integer zero point, which a loop file's uint8 "
-                          "image needs; use --flavor static (it normalizes in int8) or a float input")
+    _check_input_type(input_type, quant, spec)
+    if quant == "int8" and input_type != "float32" and zero_point(spec.normalization) is None:
+        scale, offset = spec.normalization
+        raise ExportError(f"--input-type {input_type} --quant int8: the normalization pixel * {scale:.6g} + "
+                          f"{offset:.6g} has no integer zero point, which a loop file's byte image needs; use "
+                          "--flavor static (it normalizes in int8) or a float input")
     if quant == "int8" and not iterative_block(model).weight_sharing:
         raise ExportError("--quant int8 needs a weight-sharing model: the kernels that the loop counter "
                           "picks (weight_sharing=False) are quantized as activations, which TFLite's int8 "
@@ -152,9 +162,9 @@ def convert_tflite(model, path, quant="float32", spec=None, input_size=None, cal
             data = tflite_converter(saved_model, signatures, quant, representative).convert()
         if quant == "int8":
             data = separable_upsampling(int8_logits(integer_islands(carry_int8(data)), INT8_LOGITS_SIGNATURES))
-            if input_type == "uint8":  # the image's QUANTIZE takes bytes: no float op
+            if input_type != "float32":  # the image's QUANTIZE takes bytes: no float op
                 try:
-                    data = camera_byte_inputs(data, spec.normalization)
+                    data = camera_byte_inputs(data, spec.normalization, input_type)
                 except ValueError as error:
                     raise ExportError(str(error)) from None
         data = channel_affines(data)
@@ -194,8 +204,7 @@ def convert_static(model, path, iterations, quant="float32", spec=None, input_si
     n (see `static`), with its sidecar. Returns {path: flatbuffer summary}."""
     if quant not in QUANT_MODES:
         raise ExportError(f"--quant {quant!r}: expected one of {', '.join(QUANT_MODES)}")
-    if input_type not in INPUT_TYPES:
-        raise ExportError(f"--input-type {input_type!r}: expected one of {', '.join(INPUT_TYPES)}")
+    _check_input_type(input_type, quant, spec)
     count = iterative_block(model).num_iterations
     bad = [n for n in iterations if not 1 <= n <= count]
     if not iterations or bad:
@@ -205,8 +214,6 @@ def convert_static(model, path, iterations, quant="float32", spec=None, input_si
         raise ExportError("--quant int8 needs calibration images (representative data)")
     input_size = tuple(input_size or spec.image_size)
     normalization = None if spec is None else spec.normalization
-    if input_type == "uint8" and normalization is None:
-        raise ExportError("--input-type uint8 needs the dataset's normalization (--data)")
     for n in iterations:
         writable_destination(static_path(path, n))
     unrolled, written = unrolled_copy(model), {}
@@ -217,13 +224,13 @@ def convert_static(model, path, iterations, quant="float32", spec=None, input_si
             archive = static_archive(unrolled, n, input_size, normalization, input_type, int8)
             archive.write_out(str(Path(work) / "saved_model"), verbose=False)
             representative = static_calibration(calibration_images, n, normalization, input_type) if int8 else None
-            integer_io = (tf.uint8 if input_type == "uint8" else None, tf.int8) if int8 else None
+            integer_io = (tf.uint8 if input_type != "float32" else None, tf.int8) if int8 else None
             with quietly():  # the converter's C++ log lines
                 data = tflite_converter(Path(work) / "saved_model", [signature_key(n)], quant, representative,
                                         integer_io).convert()
             data = channel_affines(separable_upsampling(data) if int8 else data)
-            if int8 and input_type == "uint8":
-                data = uint8_pixel_input(data, normalization)
+            if int8 and input_type != "float32":
+                data = uint8_pixel_input(data, normalization, input_type)
             if spec is not None:
                 data = _embedded(data, model, spec, n, input_type)
             candidate = Path(work) / "model.tflite"

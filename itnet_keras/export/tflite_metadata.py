@@ -104,13 +104,14 @@ def _first_subgraph_tensors(data):
     return [describe(i) for i in graph.inputs], [describe(i) for i in graph.outputs]
 
 
-def embed_metadata(data, name, description, labels, normalization, num_classes, float_input=True):
+def embed_metadata(data, name, description, labels, normalization, num_classes, input_type="float32"):
     """`.tflite` bytes with the metadata inside; returns the new bytes.
 
     The metadata describes the first subgraph (the file's only one in the static flavour,
     one signature of a loop file): `image` as an RGB image input (with the normalization
-    `pixel * scale + offset`, as MediaPipe's mean/std, when `float_input`), outputs with C
-    channels as segmentation logits with the label file, any other tensor as a feature."""
+    `pixel * scale + offset`, as MediaPipe's mean/std, for a float input), outputs with C
+    channels as segmentation logits with the label file, any other tensor as a feature.
+    A uint8 or int8 (`input_type`) image is camera bytes that the file normalizes: mean 0, std 1."""
     _, metadata_writer, image_segmenter = _writers()
     writer = metadata_writer.MetadataWriter(bytearray(data))
     writer.add_general_info(name, description)
@@ -118,9 +119,11 @@ def embed_metadata(data, name, description, labels, normalization, num_classes, 
     inputs, outputs = _first_subgraph_tensors(data)
     for tensor, shape in inputs:
         if len(shape) == 4 and shape[-1] == 3:
-            mean, std = ([0.0 - offset / scale], [1 / scale]) if float_input else ([0.0], [1.0])
-            writer.add_image_input(mean, std, name="image",
-                                   description="RGB camera image, pixel * %.10g + %.10g" % (scale, offset))
+            mean, std = ([0.0 - offset / scale], [1 / scale]) if input_type == "float32" else ([0.0], [1.0])
+            given = {"float32": "normalized as pixel * %.10g + %.10g" % (scale, offset),
+                     "uint8": "camera bytes 0..255 (the file normalizes them)",
+                     "int8": "camera bytes minus 128, byte ^ 0x80 (the file normalizes them)"}[input_type]
+            writer.add_image_input(mean, std, name="image", description="RGB camera image, " + given)
         else:
             writer.add_feature_input(tensor, f"input {tensor} {shape}")
     segmentation = any(len(shape) == 4 and shape[-1] == num_classes for _, shape in outputs)

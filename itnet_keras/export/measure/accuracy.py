@@ -2,7 +2,7 @@
 on a dataset split, one image at a time: through its `outputs` function, or (`.tflite`)
 through the paths an app takes to output n: `anytime(image, n)`, or `encode`, n - 1
 `step` calls and `finish`. A static file (one signature `output_n`) has output n only; a
-uint8 input gets the split's images as camera bytes."""
+uint8 or int8 input gets the split's images as camera bytes."""
 
 from pathlib import Path
 
@@ -12,11 +12,21 @@ from ai_edge_litert.interpreter import Interpreter
 
 from itnet_keras.evaluate import split_confusion_matrices
 from itnet_keras.export import EVALUATED_SIGNATURES
+from itnet_keras.export.camera_input import file_image, pixels_of
 from itnet_keras.export.flatbuffer import iterations_of, load, signature_subgraphs
 from itnet_keras.metrics import mean_iou
 
 
-def _outputs_function(path, threads):
+def _image_for(runner, normalization):
+    """normalized image -> what `runner`'s `image` input takes: itself, or the camera bytes
+    (uint8, or int8: minus 128) of a file made with `--input-type`."""
+    dtype = runner.get_input_details()["image"]["dtype"]
+    if dtype == np.float32:
+        return lambda image: image
+    return lambda image: file_image(pixels_of(image, normalization), dtype, normalization)
+
+
+def _outputs_function(path, threads, normalization):
     """image [1, H, W, 3] -> {output_n: logits}, for a `.tflite` or an `.onnx` file."""
     if Path(path).suffix == ".onnx":
         options = onnxruntime.SessionOptions()
@@ -25,17 +35,20 @@ def _outputs_function(path, threads):
         names = [o.name for o in session.get_outputs()]
         return lambda image: dict(zip(names, session.run(None, {"image": image})))
     runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner("outputs")
-    return lambda image: runner(image=image)
+    given = _image_for(runner, normalization)
+    return lambda image: runner(image=given(image))
 
 
-def _app_function(path, threads, signature):
+def _app_function(path, threads, signature, normalization):
     """image [1, H, W, 3] -> {output_n: logits}, every output n computed as an app computes
     it alone: `anytime(image, n)`, or (`finish`) `finish(state after n - 1 steps, n)`."""
     interpreter = Interpreter(model_path=str(path), num_threads=threads)
     run = {name: interpreter.get_signature_runner(name) for name in ("anytime", "encode", "step", "finish")}
     count = iterations_of(path)
+    given = _image_for(run["anytime"], normalization)
 
     def outputs(image):
+        image = given(image)
         if signature == "anytime":
             return {f"output_{n}": run["anytime"](image=image, iterations=np.int32(n))["logits"]
                     for n in range(1, count + 1)}
@@ -61,13 +74,10 @@ def _static_function(path, threads, normalization):
     """image [1, H, W, 3] (normalized) -> {output_n: logits} of a static file."""
     n = static_output(path)
     runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner(f"output_{n}")
-    dtype = runner.get_input_details()["image"]["dtype"]
-    scale, offset = normalization
+    given = _image_for(runner, normalization)
 
     def outputs(image):
-        if dtype == np.uint8:
-            image = np.clip(np.round((image - offset) / scale), 0, 255).astype(np.uint8)
-        return {f"output_{n}": runner(image=image)["logits"]}
+        return {f"output_{n}": runner(image=given(image))["logits"]}
 
     return outputs
 
@@ -91,12 +101,13 @@ def exported_mious(path, dataset, threads=2, signature="outputs"):
     if signature not in EVALUATED_SIGNATURES or (signature != "outputs" and Path(path).suffix == ".onnx"):
         raise ValueError(f"--signature {signature!r}: not one of {EVALUATED_SIGNATURES} for {path}")
     n = static_output(path) if Path(path).suffix == ".tflite" else None
+    normalization = dataset.split.spec.normalization
     if n is not None:
-        run = _static_function(path, threads, dataset.split.spec.normalization)
+        run = _static_function(path, threads, normalization)
     elif signature == "outputs":
-        run = _outputs_function(path, threads)
+        run = _outputs_function(path, threads, normalization)
     else:
-        run = _app_function(path, threads, signature)
+        run = _app_function(path, threads, signature, normalization)
 
     def predict(images):
         results = [run(image[None]) for image in images]

@@ -28,6 +28,7 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from itnet_keras.datasets import get_spec
+from itnet_keras.export.camera_input import file_image
 from itnet_keras.export.flatbuffer import iterations_of
 from itnet_keras.export.tflite import check_tflite, convert_static, convert_tflite, static_path, tflite_converter
 from itnet_keras.files import write_atomic
@@ -57,10 +58,10 @@ def _medians(calls, repeats):
 
 
 def _image(interpreter, signature="outputs"):
-    """A random image for `signature`'s input: float in 0..1, or bytes for a uint8 input."""
+    """A random image for `signature`'s input: float in 0..1, or bytes for a uint8 or int8 input."""
     details = interpreter.get_signature_runner(signature).get_input_details()["image"]
-    image = np.random.default_rng(0).random(details["shape"], dtype=np.float32)
-    return (image * 255).astype(np.uint8) if details["dtype"] == np.uint8 else image
+    pixels = np.random.default_rng(0).integers(0, 256, details["shape"], dtype=np.uint8)
+    return file_image(pixels, details["dtype"], (1 / 255, 0.0))
 
 
 def per_output_latency(path, threads, repeats, iterations, unrolled_anytime=None):

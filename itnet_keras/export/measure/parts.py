@@ -16,9 +16,9 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from itnet_keras.console import quietly
+from itnet_keras.export.camera_input import uint8_pixel_input
 from itnet_keras.export.static import unrolled_copy
 from itnet_keras.export.tflite import tflite_converter
-from itnet_keras.export.uint8_input import uint8_pixel_input
 from itnet_keras.export.xnnpack_forms import channel_affines, separable_upsampling
 from itnet_keras.model import anytime, data_block, iterative_block
 
