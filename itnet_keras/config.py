@@ -31,8 +31,8 @@ class _Training:
         "(the last m outputs), 'linear' (output n weighs n), or N comma-separated weights such as '0,0,1'",
         default="all")
     bn_batches: int = _flag("after training, re-estimate the batch norms' moving statistics of the reported model "
-                            "over this many training batches (dropout off; 0: keep the moving averages; "
-                            "see docs/training.md)", default=50)
+                            "over this many training batches (dropout off), kept if they score higher on val "
+                            "(0: keep the moving averages; see docs/training.md)", default=50)
 
 
 # Model arguments (`presets.MODEL_ARGS` with a flag): None keeps the preset's value.

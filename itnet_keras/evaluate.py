@@ -233,13 +233,15 @@ def plot_prediction_strip(model, dataset, path, index=0):
     save_figure(fig, path, dpi=100)
 
 
-def write_report(model, dataset, output_dir, label="ItNet", loss_weights=None, source=None):
-    """Evaluate and write evaluation.json, miou_over_macs.png and predictions.png.
+def write_report(model, dataset, output_dir, label="ItNet", loss_weights=None, source=None, result=None):
+    """Evaluate (unless `result`, `evaluate_model`'s of the same model and split, is given) and
+    write evaluation.json, miou_over_macs.png and predictions.png.
 
     `source` (e.g. `{"file": "best.keras", "epoch": 27}`) is recorded as the result's `model`."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    result = evaluate_model(model, dataset, loss_weights)
+    if result is None:
+        result = evaluate_model(model, dataset, loss_weights)
     if source is not None:
         result["model"] = source
     write_atomic(output_dir / "evaluation.json", json.dumps(result, indent=1))

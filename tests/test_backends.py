@@ -64,7 +64,7 @@ def test_fit_and_evaluate_run_without_tensorflow(tmp_path):
 def test_tensorboard_logs_hold_the_epoch_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from itnet_keras.fit import EpochTensorBoard
+    from itnet_keras.callbacks import EpochTensorBoard
 
     callback = EpochTensorBoard(tmp_path)
     callback.on_train_begin()

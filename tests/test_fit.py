@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from itnet_keras import console, fit
+from itnet_keras import console, fit, run_folder
 from itnet_keras.batch_norm import moving_statistics, recalibrate, training_images
 from itnet_keras.config import FitConfig, parse_config
 from itnet_keras.evaluate import load_itnet
@@ -61,29 +61,58 @@ def test_fit_lowers_the_loss_writes_every_artifact_and_shows_progress(tmp_path, 
                                            "blue-framed shape"}
     assert report["auc"] > 0 and "normalized_auc" in report
     state = checkpoint_arrays(folder)[1]
+    scores = report["model"].pop("last_output_miou")
+    kept = report["model"].pop("bn_recalibrated")
     assert report["model"] == {"file": "best.keras", "epoch": state["best_epoch"], "epochs_trained": 3,
                                "bn_batches": 4, "augment": "paper", "output_weights": "all"}
-    # best.keras holds its batch norms recalibrated over 4 training batches of epoch 3 (the next)
+    # best.keras holds its batch norms recalibrated over 4 training batches of epoch 3 (the
+    # next) if that scored higher on val at the last output, else the training's averages
+    assert kept == (scores["recalibrated"] > scores["moving_averages"])
+    assert report["outputs"][-1]["miou"] == scores["recalibrated" if kept else "moving_averages"]
     best, again = load_itnet(folder / "best.keras"), load_itnet(folder / "best.keras")
-    recalibrate(again, training_images(make_dataset("builtin", "train", training=True, limit=32), 4, first_epoch=3))
-    for saved, wanted in zip(moving_statistics(best), moving_statistics(again)):
-        np.testing.assert_allclose(np.array(saved), np.array(wanted), rtol=1e-5, atol=1e-6)
+    train = make_dataset("builtin", "train", training=True, limit=32)
+    recalibrate(again, training_images(train, 4, first_epoch=3))
+    same = [np.allclose(np.array(saved), np.array(wanted), rtol=1e-5, atol=1e-6)
+            for saved, wanted in zip(moving_statistics(best), moving_statistics(again))]
+    assert all(same) if kept else not all(same)
     captured = capsys.readouterr()
     # Progress: 4 training and 4 validation batches per epoch; not a terminal, so (with
-    # MIN_SECONDS 0) a line every batch; then the final evaluation's.
+    # MIN_SECONDS 0) a line every batch; then val with the training's moving averages, the
+    # recalibration, and val with its statistics.
     lines = [line.split(",")[0] for line in captured.err.splitlines()]
+    val = [f"builtin val: {b}/4 batches" for b in range(1, 5)]
     assert lines[:24] == [f"epoch {e}/3: {b}/8 batches" for e in (1, 2, 3) for b in range(1, 9)]
-    assert lines[24:28] == [f"batch-norm recalibration: {b}/4 batches" for b in range(1, 5)]
-    assert lines[28:] == [f"builtin val: {b}/4 batches" for b in range(1, 5)]
+    assert lines[24:] == [*val, *(f"batch-norm recalibration: {b}/4 batches" for b in range(1, 5)), *val]
     assert "loss" in captured.err.splitlines()[0] and "validation" in captured.err.splitlines()[7]
     # The end: the epoch best.keras comes from, and the val mIoU of every output.
     out = captured.out.splitlines()
-    assert "epoch 3/3" in out[-8]
-    assert out[-7] == f"best.keras is from epoch {state['best_epoch']} of 3; val mIoU per output:"
+    assert "epoch 3/3" in out[-10]
+    assert out[-9] == f"best.keras is from epoch {state['best_epoch']} of 3"
+    which = "recalibrated over 4 batches" if kept else "the training's moving averages"
+    assert out[-8] == (f"its batch norms: {which} (val mIoU of the last output {scores['recalibrated']:.4f} recalibrated, "
+                       f"{scores['moving_averages']:.4f} with the moving averages)")
+    assert out[-7] == "val mIoU per output:"
     assert out[-6].split() == ["output", "mIoU", "MACs"]
     for line, o in zip(out[-5:-1], report["outputs"]):
         assert line.split()[:2] == [str(o["output"]), f"{o['miou']:.4f}"]
     assert out[-1] == f"normalized AUC of mIoU over MACs: {report['normalized_auc']:.4f}"
+
+    # A recalibration that scores lower on val is not kept: the file stays as it was.
+    def damaging(model, batches):
+        for variable in moving_statistics(model):
+            if variable.name.endswith("moving_mean"):
+                variable.assign(variable + 10.0)
+
+    monkeypatch.setattr(fit, "recalibrate", damaging)
+    before = [np.array(v) for v in moving_statistics(load_itnet(folder / "best.keras"))]
+    config = parse_config([*SMALL_RUN, "--bn-batches", "4", "--output", str(folder)])[0]
+    val = make_dataset("builtin", "val", limit=32)
+    model, result, kept = fit._reported_model(folder / "best.keras", config, train, val, None)
+    assert not kept["bn_recalibrated"]
+    assert kept["last_output_miou"]["recalibrated"] < kept["last_output_miou"]["moving_averages"]
+    assert result["outputs"][-1]["miou"] == kept["last_output_miou"]["moving_averages"]
+    for wanted, saved in zip(before, moving_statistics(load_itnet(folder / "best.keras"))):
+        np.testing.assert_array_equal(np.array(saved), wanted)
 
 
 def test_output_weights_help_lists_the_schedules(capsys):
@@ -204,7 +233,7 @@ def test_resume_on_another_machine_may_read_the_data_elsewhere(tmp_path, camvid_
     camvid_fixture.rename(moved)
     report = fit.run(*parse_config(["--output", str(tmp_path / "run"), "--resume", "--epochs", "2", "--data-dir",
                                     str(moved), "--workers", "2", "--bn-batches", "3"]))
-    saved = fit.read_run_config(tmp_path / "run")
+    saved = run_folder.read_run_config(tmp_path / "run")
     assert (saved.data_dir, saved.workers, saved.epochs, saved.bn_batches) == (str(moved), 2, 2, 3)
     assert report["model"]["bn_batches"] == 3
     assert checkpoint_arrays(tmp_path / "run")[1]["epoch"] == 2
@@ -255,7 +284,7 @@ def test_augment_recipe_is_saved_kept_on_resume_and_recorded_in_evaluations(tmp_
     with pytest.raises(ConfigError, match="--augment 'paper' differs from the run's saved value 'strong'"):
         fit.run(*parse_config(["--output", str(folder), "--resume", "--augment", "paper"]))
     result = fit.run(*parse_config(["--output", str(folder), "--resume", "--epochs", "2"]))
-    assert fit.read_run_config(folder).augment == "strong" and result["model"]["augment"] == "strong"
+    assert run_folder.read_run_config(folder).augment == "strong" and result["model"]["augment"] == "strong"
     assert evaluate.main([str(folder / "last.keras"), "--limit", "8", "--output", str(tmp_path / "eval")]) == 0
     assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["model"]["augment"] == "strong"
     from itnet_keras.augment import RECIPES

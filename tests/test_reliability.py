@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from test_export import export_script
 
-from itnet_keras import build_itnet, datasets, evaluate, files, fit
+from itnet_keras import build_itnet, datasets, evaluate, files, fit, run_folder
 from itnet_keras.config import parse_config
 from itnet_keras.datasets import DatasetError, load_split
 from itnet_keras.fit import ConfigError, TrainingError
@@ -66,8 +66,8 @@ def test_temporary_files_have_unique_names(tmp_path, monkeypatch):
     files.write_atomic(tmp_path / "config.json", "{}")
     files.write_atomic(tmp_path / "config.json", "{}")
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    fit.save_model(model, tmp_path / "last.keras")
-    fit.save_model(model, tmp_path / "last.keras")
+    run_folder.save_model(model, tmp_path / "last.keras")
+    run_folder.save_model(model, tmp_path / "last.keras")
     assert len(set(renamed)) == 4 and all(f".{os.getpid()}-" in name for name in renamed)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "last.keras"]
 

@@ -1,0 +1,94 @@
+"""The Keras callbacks of a `fit` run beside its checkpoint (`run_folder.RunCheckpoint`):
+progress over each epoch's batches, one line per epoch, TensorBoard scalars without
+TensorFlow, and a stop at a NaN loss."""
+
+import math
+import time
+from pathlib import Path
+
+import keras
+
+from itnet_keras.console import Progress
+
+# tensorboardX is imported where used: it is optional (without it, no TensorBoard logs).
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """A `console.Progress` over each epoch's training and validation batches, with the loss."""
+
+    def __init__(self, epochs, steps):
+        super().__init__()
+        self.epochs, self.steps = epochs, steps
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.bar = Progress(self.steps, f"epoch {epoch + 1}/{self.epochs}", unit="batches", leave=False)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(loss=float((logs or {}).get("loss", float("nan"))))
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.bar.update(validation=None)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.bar.close()
+
+
+class EpochSummary(keras.callbacks.Callback):
+    """One short line per epoch: time, loss and the mIoU of the first and last output."""
+
+    def __init__(self, epochs, names):
+        super().__init__()
+        self.epochs, self.first, self.last = epochs, names[0], names[-1]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+
+        def miou(prefix):
+            return " ".join(f"{logs.get(f'{prefix}{n}_miou', float('nan')):.3f}" for n in (self.first, self.last))
+
+        print(f"epoch {epoch + 1}/{self.epochs} {time.perf_counter() - self.start:.0f}s: "
+              f"loss {logs.get('loss', float('nan')):.4f}, mIoU of {self.first} and {self.last}: "
+              f"train {miou('')}, val {miou('val_')}", flush=True)
+
+
+class EpochTensorBoard(keras.callbacks.Callback):
+    """Per-epoch scalars for TensorBoard, written with tensorboardX, which needs no TensorFlow
+    (Keras' `TensorBoard` callback imports it): `train/` and `validation/` event files with
+    Keras' tags (`epoch_loss`, `epoch_output_1_miou`, ...). Without tensorboardX installed it
+    says so once and writes nothing; training goes on."""
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder, self.writers = Path(folder), None
+
+    def on_train_begin(self, logs=None):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            print(f"note: {self.folder} is not written: TensorBoard logs need tensorboardX "
+                  "(pip install tensorboardX)", flush=True)
+            return
+        self.writers = {part: SummaryWriter(str(self.folder / part)) for part in ("train", "validation")}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.writers is None:
+            return
+        for key, value in (logs or {}).items():
+            part, tag = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            self.writers[part].add_scalar(f"epoch_{tag}", float(value), epoch)
+        for writer in self.writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in (self.writers or {}).values():
+            writer.close()
+        self.writers = None
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if logs and not math.isfinite(logs.get("loss", 0.0)):
+            self.model.stop_training = True

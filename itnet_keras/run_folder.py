@@ -1,0 +1,174 @@
+"""A `fit` run's folder (its files are listed in fit.py): the lock that one run holds, the
+resolved configuration, the checkpoint that `--resume` continues from, the model files.
+Everything here is written atomically (files.py); docs/reliability.md tests what survives."""
+
+import contextlib
+import dataclasses
+import fcntl
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import ops
+
+from itnet_keras.config import FitConfig, flag_of
+from itnet_keras.files import atomic_path, write_atomic
+
+
+class ConfigError(ValueError):
+    """A flag value is wrong; the message names the flag."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a NaN loss, a damaged checkpoint); earlier checkpoints are kept."""
+
+
+LOCK_FILE = "run.lock"
+
+
+@contextlib.contextmanager
+def locked_folder(folder):
+    """Hold an exclusive lock on the run folder (created if missing) while the block runs.
+
+    The lock is `fcntl.flock` on `folder/run.lock`, which holds the owner's process id;
+    the OS releases it when the process ends, however it ends (a SIGKILLed run can be
+    resumed at once). A second run fails at once and touches nothing. A folder created
+    here is removed again if the block fails before anything but the lock was written.
+    """
+    folder = Path(folder)
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise ConfigError(f"--output {folder}: cannot write there ({error.strerror or error})") from error
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(lock, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ConfigError(f"--output {folder} is in use by another run (process {owner}): wait for it "
+                              "to end, or choose another folder") from None
+        os.ftruncate(lock, 0)
+        os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield folder
+        except BaseException:
+            if created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+                (folder / LOCK_FILE).unlink()
+                folder.rmdir()
+            raise
+    finally:
+        os.close(lock)
+
+
+def read_run_config(folder):
+    """The `FitConfig` saved in `folder/config.json`; a damaged file is named in the error."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"--resume: {path} does not exist (the run folder is incomplete)")
+    try:
+        return FitConfig(**json.loads(path.read_text())["fit"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"{path} is damaged ({type(error).__name__}: {error}): it should hold the run's "
+                          "configuration as written by the run") from None
+
+
+RESUME_MAY_CHANGE = {"epochs", "data_dir", "workers", "bn_batches"}
+
+
+def prepare_folder(config, given):
+    """Check the (locked) run folder; returns the configuration to run with.
+
+    A resumed run keeps its saved configuration; only `--epochs` (the new total), where and
+    how the data is read (`--data-dir`, `--workers`: a run moved to another machine) and the
+    batch-norm recalibration after training (`--bn-batches`) may change.
+    """
+    folder = Path(config.output)
+    checkpoint = folder / "checkpoint.npz"
+    if config.resume:
+        if not checkpoint.is_file():
+            raise ConfigError(f"--resume: {checkpoint} does not exist (nothing to resume)")
+        saved = read_run_config(folder)
+        for name in given - {"output", "resume", "verbose", *RESUME_MAY_CHANGE}:
+            if getattr(config, name) != getattr(saved, name):
+                raise ConfigError(f"{flag_of(name)} {getattr(config, name)!r} differs from the "
+                                  f"run's saved value {getattr(saved, name)!r}; a resumed run keeps its configuration "
+                                  "(only --epochs, --data-dir, --workers and --bn-batches may change)")
+        changed = {name: getattr(config, name) for name in RESUME_MAY_CHANGE & given}
+        return dataclasses.replace(saved, output=config.output, resume=True, verbose=config.verbose, **changed)
+    if checkpoint.exists():
+        raise ConfigError(f"--output {folder} already holds a run: pass --resume to continue it, "
+                          "or choose another folder")
+    return config
+
+
+def save_checkpoint(path, model, state):
+    arrays = {f"model/{i:04d}": ops.convert_to_numpy(v) for i, v in enumerate(model.variables)}
+    arrays |= {f"optimizer/{i:04d}": ops.convert_to_numpy(v) for i, v in enumerate(model.optimizer.variables)}
+    buffer = io.BytesIO()
+    np.savez(buffer, state=np.array(json.dumps(state)), **arrays)
+    write_atomic(path, buffer.getvalue(), "wb")
+
+
+def load_checkpoint(path, model):
+    """Restore weights and optimizer state in place; returns the saved progress."""
+    try:
+        with np.load(path) as data:
+            arrays = {key: data[key] for key in data.files}
+        state = json.loads(str(arrays.pop("state")))
+    except Exception as error:  # zipfile, zlib, numpy and json errors of a truncated or damaged file
+        raise TrainingError(f"{path} is damaged ({type(error).__name__}: {error}): the run cannot be resumed "
+                            "from it") from None
+    model.optimizer.build(model.trainable_variables)
+    for prefix, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
+        keys = sorted(k for k in arrays if k.startswith(prefix + "/"))
+        if len(keys) != len(variables):
+            raise TrainingError(f"{path}: {len(keys)} {prefix} arrays, the model has {len(variables)}")
+        for key, variable in zip(keys, variables):
+            if tuple(arrays[key].shape) != tuple(variable.shape):
+                raise TrainingError(f"{path}: {key} has shape {arrays[key].shape} where the model's {variable.path} "
+                                    f"has {tuple(variable.shape)}: the checkpoint is not of this model")
+            variable.assign(arrays[key])
+    return state
+
+
+def trim_log(path, epochs_done):
+    """Drop log rows of epochs that a resumed run repeats."""
+    if path.is_file():
+        lines = path.read_text().splitlines(keepends=True)
+        kept = lines[:1] + [line for line in lines[1:] if int(line.split(",")[0]) < epochs_done]
+        write_atomic(path, "".join(kept))
+
+
+def save_model(model, path):
+    with atomic_path(path, ".tmp.keras") as tmp:
+        model.save(tmp)
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """After every epoch: last.keras, best.keras (of `saved`, the full model over the trained
+    one's layers), then checkpoint.npz (the commit point)."""
+
+    def __init__(self, folder, monitor, state, saved):
+        super().__init__()
+        self.folder, self.monitor, self.state, self.saved = Path(folder), monitor, state, saved
+        self.nan_epoch = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if not math.isfinite(logs.get("loss", float("nan"))):
+            self.nan_epoch = epoch + 1
+            self.model.stop_training = True
+            return
+        save_model(self.saved, self.folder / "last.keras")
+        score = logs.get(self.monitor)
+        if score is not None and score > self.state["best"]:
+            self.state.update(best=float(score), best_epoch=epoch + 1)
+            save_model(self.saved, self.folder / "best.keras")
+        self.state["epoch"] = epoch + 1
+        save_checkpoint(self.folder / "checkpoint.npz", self.model, self.state)
