@@ -17,7 +17,7 @@ TFLite metadata goes inside each file; a sidecar `.json` repeats it. See export/
 import argparse
 import sys
 
-from itnet_keras.cli import parse_size
+from itnet_keras.cli import description, parse_size
 from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.datasets import DatasetError, get_spec, spec_with_classes
 from itnet_keras.export import FLAVORS, INPUT_TYPES, QUANT_MODES
@@ -25,7 +25,7 @@ from itnet_keras.presets import DATASET_NAMES
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python export/convert.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python export/convert.py", description=description(__doc__))
     parser.add_argument("model", help="a trained ItNet .keras file")
     parser.add_argument("--format", choices=("tflite", "onnx"), default="tflite")
     parser.add_argument("--quant", choices=QUANT_MODES, default="float32", help="TFLite only")

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from itnet_keras.cli import parse_size
+from itnet_keras.cli import description, parse_size
 from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.datasets import DATASETS
 from itnet_keras.export import QUANT_MODES
@@ -25,7 +25,7 @@ from itnet_keras.presets import PRESET_DATASET
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python export/graph_memory.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python export/graph_memory.py", description=description(__doc__))
     parser.add_argument("file", nargs="?", help="a .keras model or a .tflite file")
     parser.add_argument("--presets", nargs="+", choices=sorted(PRESET_DATASET))
     parser.add_argument("--input-size", type=parse_size, help="HEIGHTxWIDTH")

@@ -12,14 +12,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from itnet_keras.cli import positive
+from itnet_keras.cli import description, positive
 from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.export import EVALUATED_SIGNATURES
 from itnet_keras.presets import DATASET_NAMES
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python export/measure_accuracy.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python export/measure_accuracy.py", description=description(__doc__))
     parser.add_argument("model", help="the .keras model the files were exported from")
     parser.add_argument("files", nargs="+", help=".tflite or .onnx files")
     parser.add_argument("--data", default="builtin", choices=DATASET_NAMES)

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from itnet_keras.cli import parse_size
+from itnet_keras.cli import description, parse_size
 from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.datasets import DATASETS
 from itnet_keras.export import INPUT_TYPES, QUANT_MODES
@@ -31,7 +31,7 @@ from itnet_keras.presets import PRESET_DATASET
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python export/measure_latency.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python export/measure_latency.py", description=description(__doc__))
     parser.add_argument("file", nargs="?", help="a loop .tflite file from export/convert.py")
     parser.add_argument("--unrolled", help="the unrolled .tflite file to compare with")
     parser.add_argument("--preset", choices=sorted(PRESET_DATASET), help="convert this preset first")

@@ -14,13 +14,14 @@ import platform
 import statistics
 import sys
 
+from itnet_keras.cli import description
 from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.datasets import DATASETS
 from itnet_keras.presets import PRESET_DATASET
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python export/measure_parts.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python export/measure_parts.py", description=description(__doc__))
     parser.add_argument("model", nargs="?", help="a trained .keras ItNet (default: --preset, random weights)")
     parser.add_argument("--preset", choices=sorted(PRESET_DATASET), default="camvid_shared")
     parser.add_argument("--repeats", type=int, default=61)

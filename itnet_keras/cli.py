@@ -5,6 +5,12 @@ import argparse
 import math
 
 
+def description(doc):
+    """A command's `--help` description: the first paragraph of its module docstring on one
+    line, without a closing colon (the usage that follows it in the docstring is argparse's)."""
+    return " ".join(doc.strip().split("\n\n")[0].split()).rstrip(":")
+
+
 def parse_size(text):
     """'360x480' -> (360, 480): height x width."""
     try:

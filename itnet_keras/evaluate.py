@@ -16,13 +16,13 @@ import weakref
 import zipfile
 from pathlib import Path
 
-from itnet_keras.cli import positive
+from itnet_keras.cli import description, positive
 from itnet_keras.console import add_verbose_flag, progress, quiet_startup
 from itnet_keras.presets import DATASET_NAMES
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m itnet_keras.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m itnet_keras.evaluate", description=description(__doc__))
     parser.add_argument("model", help="a saved .keras model")
     parser.add_argument("--data", choices=DATASET_NAMES,
                         help="default: the one its training recorded, else the one with the model's class count")

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from itnet_keras.console import add_verbose_flag, progress, quiet_startup
-from itnet_keras.cli import parse_size
+from itnet_keras.cli import description, parse_size
 from itnet_keras.presets import DATASET_NAMES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -35,7 +35,7 @@ class PredictError(ValueError):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m itnet_keras.predict", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m itnet_keras.predict", description=description(__doc__))
     parser.add_argument("model", help="a trained ItNet: .keras, or .tflite from export/convert.py")
     parser.add_argument("images", nargs="+", help="image files, folders of images, or glob patterns")
     parser.add_argument("--output", required=True, help="folder for the masks")

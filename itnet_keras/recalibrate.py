@@ -13,13 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from itnet_keras.cli import parse_size, positive
+from itnet_keras.cli import description, parse_size, positive
 from itnet_keras.console import add_verbose_flag, progress, quiet_startup
 from itnet_keras.presets import AUGMENT_RECIPES, DATASET_NAMES
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m itnet_keras.recalibrate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m itnet_keras.recalibrate", description=description(__doc__))
     parser.add_argument("model", help="a saved .keras model")
     parser.add_argument("--output", required=True, help="the recalibrated model, a .keras file (may be MODEL itself)")
     parser.add_argument("--batches", type=positive(int), default=50,

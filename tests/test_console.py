@@ -15,8 +15,10 @@ from itnet_keras import console
 ROOT = Path(__file__).resolve().parents[1]
 # Every command, as a user runs it.
 COMMANDS = [["-m", f"itnet_keras.{name}"] for name in
-            ("fit", "evaluate", "predict", "costs", "download", "lab.bench", "lab.bench_input", "lab.notebooks")]
-COMMANDS += [[f"export/{name}.py"] for name in ("convert", "measure_accuracy", "measure_latency", "graph_memory")]
+            ("fit", "evaluate", "predict", "costs", "download", "recalibrate", "lab.bench", "lab.bench_input",
+             "lab.notebooks")]
+COMMANDS += [[f"export/{name}.py"] for name in ("convert", "measure_accuracy", "measure_latency", "measure_parts",
+                                                "graph_memory")]
 # Lines TensorFlow, absl, oneDNN, CUDA and LiteRT print when they start.
 STARTUP_NOISE = ("absl::InitializeLog", "I0000 ", "E0000 ", "W0000 ", "oneDNN", "cuda", "CUDA",
                  "To enable the following instructions", "XNNPACK")
@@ -90,6 +92,11 @@ def test_help_answers_before_tensorflow_loads(command):
     result = _run([*command, "--help"])
     assert result.returncode == 0 and "usage:" in result.stdout
     assert time.perf_counter() - start < 4
+    # The description, where there is one, is the docstring's whole first paragraph (not a
+    # sentence cut at its first line's end).
+    description = result.stdout.split("\n\n")[1]
+    if not description.endswith(":"):  # "options:" or "positional arguments:": none
+        assert " ".join(description.split()).endswith((".", ")")), description
 
 
 def test_startup_logs_only_with_verbose(tmp_path):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from itnet_keras.cli import parse_size  # noqa: E402
+from itnet_keras.cli import description, parse_size  # noqa: E402
 from itnet_keras.config import FitConfig  # noqa: E402
 from itnet_keras.lab.bench import compiled_model  # noqa: E402
 from itnet_keras.losses import output_weights  # noqa: E402
@@ -112,7 +112,7 @@ def profile(preset, input_size, batch_size, steps, remat=False, trace=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python tools/profile_step.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python tools/profile_step.py", description=description(__doc__))
     parser.add_argument("--preset", default="camvid_shared")
     parser.add_argument("--input-size", type=parse_size, default=(352, 480), help="HEIGHTxWIDTH")
     parser.add_argument("--batch-size", type=int, default=8)

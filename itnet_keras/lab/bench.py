@@ -28,11 +28,11 @@ import subprocess
 import sys
 import time
 
-from itnet_keras.cli import parse_size
+from itnet_keras.cli import description, parse_size
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m itnet_keras.lab.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m itnet_keras.lab.bench", description=description(__doc__))
     parser.add_argument("--presets", nargs="+", default=["camvid_shared", "camvid_independent"])
     parser.add_argument("--input-size", type=parse_size, default=(352, 480), help="HEIGHTxWIDTH")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 1])

@@ -18,6 +18,7 @@ import jupytext
 import nbformat
 from nbclient import NotebookClient
 
+from itnet_keras.cli import description
 from itnet_keras.files import write_atomic
 from itnet_keras.lab.modes import MODES
 
@@ -105,7 +106,7 @@ def update_markdown(source):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m itnet_keras.lab.notebooks", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m itnet_keras.lab.notebooks", description=description(__doc__))
     parser.add_argument("sources", nargs="+", help="notebook sources (notebooks/*.py)")
     parser.add_argument("--mode", default="smoke", help="smoke (minutes, built-in data) or full (CamVid)")
     parser.add_argument("--output", help="where to write the executed notebook (one source only)")
