@@ -1,8 +1,18 @@
 """The Keras callbacks of a `fit` run beside its checkpoint (`run_folder.RunCheckpoint`):
 progress over each epoch's batches, one line per epoch, TensorBoard scalars without
-TensorFlow, and a stop at a NaN loss."""
+TensorFlow, and a stop at a NaN loss.
+
+The two with batch hooks are `async_safe`: Keras then calls those hooks from worker
+threads, with the step's logs converted to Python numbers there, and goes on to dispatch the
+next step. A batch hook that is not async-safe makes Keras convert the logs at once, which
+waits for the step to finish: a host-device sync after every step, so the host's work of
+the next step (the batch, the dispatch) no longer overlaps the device's (JAX and torch; on
+TensorFlow Keras calls every hook at once). Keras waits for every pending hook before
+`on_epoch_end` and `on_test_end`.
+"""
 
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -14,20 +24,26 @@ from itnet_keras.console import Progress
 
 
 class EpochProgress(keras.callbacks.Callback):
-    """A `console.Progress` over each epoch's training and validation batches, with the loss."""
+    """A `console.Progress` over each epoch's training and validation batches, with the loss
+    (of the latest batch whose hook has run: hooks may run out of order)."""
+
+    async_safe = True
 
     def __init__(self, epochs, steps):
         super().__init__()
         self.epochs, self.steps = epochs, steps
+        self.lock = threading.Lock()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.bar = Progress(self.steps, f"epoch {epoch + 1}/{self.epochs}", unit="batches", leave=False)
 
     def on_train_batch_end(self, batch, logs=None):
-        self.bar.update(loss=float((logs or {}).get("loss", float("nan"))))
+        with self.lock:
+            self.bar.update(loss=float((logs or {}).get("loss", float("nan"))))
 
     def on_test_batch_end(self, batch, logs=None):
-        self.bar.update(validation=None)
+        with self.lock:
+            self.bar.update(validation=None)
 
     def on_epoch_end(self, epoch, logs=None):
         self.bar.close()
@@ -89,6 +105,11 @@ class EpochTensorBoard(keras.callbacks.Callback):
 
 
 class StopOnNaN(keras.callbacks.Callback):
+    """Stops training at a batch whose loss is not finite (with async dispatch, a step or a
+    few later); `RunCheckpoint` then keeps the last good epoch."""
+
+    async_safe = True
+
     def on_train_batch_end(self, batch, logs=None):
         if logs and not math.isfinite(logs.get("loss", 0.0)):
             self.model.stop_training = True

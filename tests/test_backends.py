@@ -61,6 +61,30 @@ def test_fit_and_evaluate_run_without_tensorflow(tmp_path):
         assert len(events) == 1 and events[0].stat().st_size > 100, part
 
 
+def test_fit_does_not_wait_for_each_step_on_jax(tmp_path):
+    """Every batch hook of `fit`'s callbacks is async-safe, so Keras runs the hooks in worker
+    threads and dispatches the next step without waiting for the last one's logs (one
+    blocking hook would make Keras call all of them at once, on the main thread)."""
+    out = run_jax("""
+        import threading
+        import keras
+        from itnet_keras import fit
+        from itnet_keras.config import parse_config
+
+        class Probe(keras.callbacks.Callback):
+            async_safe = True
+            on_main = set()
+
+            def on_train_batch_end(self, batch, logs=None):
+                Probe.on_main.add(threading.current_thread() is threading.main_thread())
+
+        fit.run(*parse_config(["--limit", "8", "--epochs", "1", "--bn-batches", "0", "--output", "run"]),
+                callbacks=[Probe()])
+        print("hooks on the main thread:", sorted(Probe.on_main))
+    """, tmp_path)
+    assert "hooks on the main thread: [False]" in out
+
+
 def test_tensorboard_logs_hold_the_epoch_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

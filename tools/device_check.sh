@@ -10,7 +10,9 @@
 # current environment must have the project's requirements and KERAS_BACKEND=jax). Stages, each
 # with its own time limit and log, going on when one fails (its exit code is in summary.txt):
 #   1. bench: training images/s and peak device memory, loop and unroll, camvid_shared 352x480, batch 8
-#   2. fit: a short camvid_shared run at full resolution (480x352 crops), batch 8; epoch times
+#   2. fit: two short camvid_shared runs of `fit` at full resolution (480x352 crops), batch 8,
+#      end-to-end images/s, with a blocking batch hook (how fit ran before) and as fit is
+#      (tools/fit_dispatch_bench.py)
 #   3. profile: tools/profile_step.py (forward, backward, train step, metrics) and a jax.profiler trace
 #   4. memory: cityscapes_shared 1024x512 batch-8 training steps with and without --remat (device peak)
 # The stages' limits add up to 520 s (plus the setup): one device call of at most 600 s.
@@ -22,10 +24,10 @@ mkdir -p "$OUT"
 export KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 if [ -n "${DEVICE_CHECK_TINY:-}" ]; then
-  preset=tiny; size=64x64; big=tiny; big_size=64x128; steps=2; data=(--data builtin --limit 16); epochs=1
+  preset=tiny; size=64x64; big=tiny; big_size=64x128; steps=2; data=(--data builtin --limit 16); epochs=2
   scale=${DEVICE_CHECK_TIME_SCALE:-6}   # a loaded CPU compiles slowly
 else
-  preset=camvid_shared; size=352x480; big=cityscapes_shared; big_size=512x1024; steps=10; epochs=4
+  preset=camvid_shared; size=352x480; big=cityscapes_shared; big_size=512x1024; steps=10; epochs=3
   data=(--data camvid --data-dir .device-pack/camvid)
 fi
 summary=$OUT/summary.txt
@@ -40,17 +42,15 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $OUT/N
 { echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null)"; nvidia-smi -L 2>/dev/null
   $py -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)"; } >> "$summary" 2>&1
 
-stage bench 130 $py -m itnet_keras.lab.bench --presets $preset --input-size $size --batch-sizes 8 \
+stage bench 120 $py -m itnet_keras.lab.bench --presets $preset --input-size $size --batch-sizes 8 \
   --steps $steps --output "$OUT/bench.md"
-stage fit 150 $py -m itnet_keras.fit --preset $preset "${data[@]}" --epochs $epochs --batch-size 8 \
-  --output "$OUT/fit_run"
-grep "^epoch" "$OUT/fit.log" >> "$summary"
-stage profile 100 $py tools/profile_step.py --preset $preset --input-size $size --batch-size 8 \
+stage fit 180 $py tools/fit_dispatch_bench.py --rounds 1 --output "$OUT/fit.md" --preset $preset "${data[@]}" \
+  --epochs $epochs --batch-size 8
+stage profile 80 $py tools/profile_step.py --preset $preset --input-size $size --batch-size 8 \
   --steps $steps --trace "$OUT/trace" --json "$OUT/profile.json"
 for remat in "" --remat; do
   stage "memory${remat:+_remat}" 70 $py -m itnet_keras.lab.bench --presets $big --input-size $big_size \
     --batch-sizes 8 --steps 2 --variants loop $remat --output "$OUT/memory${remat:+_remat}.md"
 done
-rm -rf "$OUT/fit_run/"*.keras "$OUT/fit_run/checkpoint.npz"   # keep the logs, not the weights
 cat "$OUT"/*.md >> "$summary" 2>/dev/null
 cat "$summary"
