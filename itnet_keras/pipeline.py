@@ -19,8 +19,16 @@ from itnet_keras.augment import Augmentation, sample_seed
 from itnet_keras.datasets import load_split
 
 
+def label_dtype(spec):
+    """uint8 where every label id of the dataset (its classes and the ignore label) fits,
+    else int32: a training step then sends the device a quarter of the label bytes, once per
+    output (the losses and metrics cast them)."""
+    return np.uint8 if max(spec.num_classes - 1, spec.ignore_label) <= 255 else np.int32
+
+
 class SegmentationDataset(keras.utils.PyDataset):
-    """Batches `(images float32 [B, H, W, 3], labels int32 [B, H, W])` of one `Split`.
+    """Batches `(images float32 [B, H, W, 3], labels [B, H, W])` of one `Split`, the labels
+    of `label_dtype(spec)`.
 
     Targets are a dict `{name: labels}` when `output_names` is given (one loss per
     model output). `epoch` selects the shuffle and augmentation; it advances at each
@@ -65,7 +73,7 @@ class SegmentationDataset(keras.utils.PyDataset):
         images, labels = zip(*(
             self.augmentation(*self.split[i], sample_seed(self.seed, epoch, int(i)))
             for i in indices))
-        images, labels = np.stack(images), np.stack(labels).astype(np.int32)
+        images, labels = np.stack(images), np.stack(labels).astype(label_dtype(self.spec))
         if self.output_names:
             return images, {name: labels for name in self.output_names}
         return images, labels

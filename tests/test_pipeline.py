@@ -11,7 +11,7 @@ import pytest
 
 from itnet_keras.augment import Augmentation, sample_seed
 from itnet_keras.datasets import DATASETS, load_split
-from itnet_keras.pipeline import SyncEpoch, make_dataset
+from itnet_keras.pipeline import SyncEpoch, label_dtype, make_dataset
 
 BUILTIN = dict(size=32, num_images=20)
 
@@ -191,7 +191,8 @@ def test_batches_shapes_and_dtypes():
     assert len(train) == 2 and train.spec.num_classes == 4  # 20 // 8: last batch dropped
     images, labels = train[1]
     assert images.shape == (8, 32, 32, 3) and images.dtype == np.float32
-    assert labels.shape == (8, 32, 32) and labels.dtype == np.int32
+    assert labels.shape == (8, 32, 32) and labels.dtype == np.uint8  # every label id fits a byte
+    assert label_dtype(dataclasses.replace(train.spec, ignore_label=256)) == np.int32
     assert 0 <= images.min() and images.max() <= 1
     assert set(np.unique(labels)) <= {0, 1, 2, 3, 255}
     val = make_dataset("builtin", "val", batch_size=8, **BUILTIN)

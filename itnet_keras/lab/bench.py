@@ -56,6 +56,7 @@ from itnet_keras.datasets import DATASETS  # noqa: E402
 from itnet_keras.files import write_atomic  # noqa: E402
 from itnet_keras.fit import compile_model  # noqa: E402
 from itnet_keras.model import build_itnet, iterative_block  # noqa: E402
+from itnet_keras.pipeline import label_dtype  # noqa: E402
 from itnet_keras.presets import PRESET_DATASET  # noqa: E402
 
 # The backends' own modules (jax, tensorflow, torch) are imported where the running
@@ -70,7 +71,7 @@ def compiled_model(preset, batch_size, unroll, input_size, remat):
     model, _ = compile_model(model, FitConfig(preset=preset, remat=remat), spec, steps_per_epoch=1000)
     rng = np.random.default_rng(0)
     images = rng.random((batch_size, *input_size, 3), dtype=np.float32)
-    labels = rng.integers(0, spec.num_classes, (batch_size, *input_size)).astype(np.int32)
+    labels = rng.integers(0, spec.num_classes, (batch_size, *input_size)).astype(label_dtype(spec))  # as fit's
     return model, images, {name: labels for name in model.output_names}
 
 
