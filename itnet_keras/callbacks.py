@@ -29,13 +29,14 @@ class EpochProgress(keras.callbacks.Callback):
 
     async_safe = True
 
-    def __init__(self, epochs, steps):
+    def __init__(self, epochs, train_steps, val_steps, validated):
         super().__init__()
-        self.epochs, self.steps = epochs, steps
+        self.epochs, self.train_steps, self.val_steps, self.validated = epochs, train_steps, val_steps, set(validated)
         self.lock = threading.Lock()
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.bar = Progress(self.steps, f"epoch {epoch + 1}/{self.epochs}", unit="batches", leave=False)
+        steps = self.train_steps + (self.val_steps if epoch + 1 in self.validated else 0)
+        self.bar = Progress(steps, f"epoch {epoch + 1}/{self.epochs}", unit="batches", leave=False)
 
     def on_train_batch_end(self, batch, logs=None):
         with self.lock:
@@ -50,7 +51,8 @@ class EpochProgress(keras.callbacks.Callback):
 
 
 class EpochSummary(keras.callbacks.Callback):
-    """One short line per epoch: time, loss and the mIoU of the first and last output."""
+    """One short line per epoch: time, loss and the mIoU of the first and last output (on val
+    too after an epoch that validates)."""
 
     def __init__(self, epochs, names):
         super().__init__()
@@ -65,9 +67,10 @@ class EpochSummary(keras.callbacks.Callback):
         def miou(prefix):
             return " ".join(f"{logs.get(f'{prefix}{n}_miou', float('nan')):.3f}" for n in (self.first, self.last))
 
+        validated = f"val_{self.last}_miou" in logs
         print(f"epoch {epoch + 1}/{self.epochs} {time.perf_counter() - self.start:.0f}s: "
               f"loss {logs.get('loss', float('nan')):.4f}, mIoU of {self.first} and {self.last}: "
-              f"train {miou('')}, val {miou('val_')}", flush=True)
+              f"train {miou('')}" + (f", val {miou('val_')}" if validated else ""), flush=True)
 
 
 class EpochTensorBoard(keras.callbacks.Callback):

@@ -57,6 +57,9 @@ class FitConfig(_WithModel):
     seed: int = _flag("random seed (weights, shuffling, augmentation, dropout)", default=0)
     output: str = _flag("run folder", default="runs/itnet")
     resume: bool = _flag("continue the run in --output from its last checkpoint", default=False)
+    checkpoint_every: int = _flag("validate and save last.keras, best.keras (when the val mIoU of the last output "
+                                  "is the best yet) and the checkpoint every this many epochs and after the last; "
+                                  "a resumed run repeats the epochs after its last checkpoint", default=1)
     strategy: str = _flag("mirrored: data parallel over all visible devices (tf.distribute.MirroredStrategy on "
                           "TensorFlow, keras.distribution.DataParallel on JAX)", default="default",
                           choices=("default", "mirrored"))
@@ -73,7 +76,7 @@ class FitConfig(_WithModel):
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=1)
 
-    POSITIVE_INTS = ("epochs", "batch_size", "limit", "scale", "workers")
+    POSITIVE_INTS = ("epochs", "batch_size", "limit", "scale", "workers", "checkpoint_every")
 
     def check_numbers(self):
         """Raise ValueError naming the flag of the first numeric or choice value out of range."""

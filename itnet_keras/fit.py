@@ -45,7 +45,8 @@ from itnet_keras.metrics import SegmentationMeanIoU  # noqa: E402
 from itnet_keras.model import build_itnet, iterative_block, model_args, output_names, training_model  # noqa: E402
 from itnet_keras.pipeline import SyncEpoch, make_dataset  # noqa: E402
 from itnet_keras.run_folder import (  # noqa: E402
-    ConfigError, RunCheckpoint, TrainingError, load_checkpoint, locked_folder, prepare_folder, save_model, trim_log,
+    ConfigError, RunCheckpoint, TrainingError, checkpoint_epochs, load_checkpoint, locked_folder, prepare_folder,
+    save_model, trim_log,
 )
 
 # TensorFlow is imported where used: `--strategy mirrored` on that backend only.
@@ -165,9 +166,10 @@ def _run(config, callbacks):
         trim_log(folder / "log.csv", state["epoch"])
     resolved = {"fit": dataclasses.asdict(config), "model": model_args(model), "dataset": spec.name}
     write_atomic(folder / "config.json", json.dumps(resolved, indent=1))
-    checkpoint = RunCheckpoint(folder, f"val_{names[-1]}_miou", state, model)
+    validated = checkpoint_epochs(config.checkpoint_every, config.epochs)  # validation chooses best.keras
+    checkpoint = RunCheckpoint(folder, f"val_{names[-1]}_miou", state, model, validated)
     callbacks = [
-        SyncEpoch(train), StopOnNaN(), checkpoint, EpochProgress(config.epochs, len(train) + len(val)),
+        SyncEpoch(train), StopOnNaN(), checkpoint, EpochProgress(config.epochs, len(train), len(val), validated),
         EpochSummary(config.epochs, names),
         keras.callbacks.CSVLogger(str(folder / "log.csv"), append=config.resume),
         EpochTensorBoard(folder / "tensorboard"),
@@ -177,13 +179,15 @@ def _run(config, callbacks):
         # JAX's distribution splits the batches only inside its scope; TensorFlow's strategy needs none here.
         with _scope(strategy if keras.backend.backend() == "jax" else None):
             trained.fit(train, validation_data=val, epochs=config.epochs, initial_epoch=state["epoch"],
+                        validation_freq=1 if config.checkpoint_every == 1 else validated,
                         shuffle=False, callbacks=callbacks, verbose=0)
         # A training stopped mid-epoch leaves tf.data's generator iterator in a reference
         # cycle; freed at exit, it prints "[[{{node PyFunc}}]]" errors. Free it now.
         gc.collect()
     if checkpoint.nan_epoch is not None:
         if state["epoch"] == 0:
-            raise TrainingError(f"the loss became NaN in epoch {checkpoint.nan_epoch}, before any epoch completed, "
+            before = "any epoch completed" if config.checkpoint_every == 1 else "the first checkpoint"
+            raise TrainingError(f"the loss became NaN in epoch {checkpoint.nan_epoch}, before {before}, "
                                 f"so {folder} holds no checkpoint: start the run again (a lower --learning-rate?)")
         raise TrainingError(f"the loss became NaN in epoch {checkpoint.nan_epoch}; training stopped and the "
                             f"checkpoint of epoch {state['epoch']} in {folder} is kept")

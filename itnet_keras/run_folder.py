@@ -78,15 +78,15 @@ def read_run_config(folder):
                           "configuration as written by the run") from None
 
 
-RESUME_MAY_CHANGE = {"epochs", "data_dir", "workers", "bn_batches"}
+RESUME_MAY_CHANGE = {"epochs", "data_dir", "workers", "bn_batches", "checkpoint_every"}
 
 
 def prepare_folder(config, given):
     """Check the (locked) run folder; returns the configuration to run with.
 
     A resumed run keeps its saved configuration; only `--epochs` (the new total), where and
-    how the data is read (`--data-dir`, `--workers`: a run moved to another machine) and the
-    batch-norm recalibration after training (`--bn-batches`) may change.
+    how the data is read (`--data-dir`, `--workers`: a run moved to another machine), the
+    batch-norm recalibration after training (`--bn-batches`) and `--checkpoint-every` may change.
     """
     folder = Path(config.output)
     checkpoint = folder / "checkpoint.npz"
@@ -98,7 +98,8 @@ def prepare_folder(config, given):
             if getattr(config, name) != getattr(saved, name):
                 raise ConfigError(f"{flag_of(name)} {getattr(config, name)!r} differs from the "
                                   f"run's saved value {getattr(saved, name)!r}; a resumed run keeps its configuration "
-                                  "(only --epochs, --data-dir, --workers and --bn-batches may change)")
+                                  "(only --epochs, --data-dir, --workers, --bn-batches and --checkpoint-every "
+                                  "may change)")
         changed = {name: getattr(config, name) for name in RESUME_MAY_CHANGE & given}
         return dataclasses.replace(saved, output=config.output, resume=True, verbose=config.verbose, **changed)
     if checkpoint.exists():
@@ -150,13 +151,21 @@ def save_model(model, path):
         model.save(tmp)
 
 
-class RunCheckpoint(keras.callbacks.Callback):
-    """After every epoch: last.keras, best.keras (of `saved`, the full model over the trained
-    one's layers), then checkpoint.npz (the commit point)."""
+def checkpoint_epochs(every, epochs):
+    """The 1-based epochs after which a run validates and checkpoints: every `every`-th
+    (counted from the run's start, so a resumed run keeps the same ones) and the last."""
+    return [epoch for epoch in range(1, epochs + 1) if epoch % every == 0 or epoch == epochs]
 
-    def __init__(self, folder, monitor, state, saved):
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """After every epoch in `epochs` (1-based; `checkpoint_epochs`): last.keras, best.keras (of
+    `saved`, the full model over the trained one's layers), then checkpoint.npz (the commit
+    point). A NaN loss stops training at any epoch."""
+
+    def __init__(self, folder, monitor, state, saved, epochs):
         super().__init__()
         self.folder, self.monitor, self.state, self.saved = Path(folder), monitor, state, saved
+        self.epochs = set(epochs)
         self.nan_epoch = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -164,6 +173,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         if not math.isfinite(logs.get("loss", float("nan"))):
             self.nan_epoch = epoch + 1
             self.model.stop_training = True
+            return
+        if epoch + 1 not in self.epochs:
             return
         save_model(self.saved, self.folder / "last.keras")
         score = logs.get(self.monitor)

@@ -154,6 +154,22 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     assert [row["epoch"] for row in log_rows(tmp_path / "resumed")] == ["0", "1", "2"]
 
 
+def test_checkpoint_every_k_epochs_and_the_last(tmp_path):
+    """`--checkpoint-every 2` of 5 epochs validates and checkpoints after epochs 2, 4 and 5; a
+    run stopped in epoch 3 resumes from epoch 2 and repeats epoch 3."""
+    folder = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        fit.run(*config_for(folder, "--epochs", "5", "--checkpoint-every", "2"), callbacks=[Interrupt(after=3)])
+    assert checkpoint_arrays(folder)[1]["epoch"] == 2
+    fit.run(*parse_config(["--output", str(folder), "--resume"]))
+    state = checkpoint_arrays(folder)[1]
+    assert state["epoch"] == 5 and state["best_epoch"] in (2, 4, 5)
+    rows = log_rows(folder)
+    assert [row["epoch"] for row in rows] == ["0", "1", "2", "3", "4"]
+    assert [row["val_output_4_miou"] != "NA" for row in rows] == [False, True, False, True, True]
+    assert all(row["loss"] != "NA" for row in rows)
+
+
 def test_resume_after_sigkill(tmp_path, capsys):
     """A run killed with SIGKILL mid-training resumes from its last completed epoch, at once
     (the OS released its lock)."""
