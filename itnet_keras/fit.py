@@ -7,6 +7,7 @@ With no flags it trains the tiny preset on the built-in dataset (a few minutes o
                        when the process ends, however it ends
     config.json        the resolved configuration and model arguments
     checkpoint.npz     weights + optimizer state + progress, rewritten after every epoch
+                       (or every --checkpoint-every epochs)
     last.keras, best.keras   the latest model and the best one (val mIoU of the last output);
                        at the end the reported one's batch norms are recalibrated (--bn-batches)
                        if that scores higher on val

@@ -106,11 +106,11 @@ def test_fit_lowers_the_loss_writes_every_artifact_and_shows_progress(tmp_path, 
     monkeypatch.setattr(fit, "recalibrate", damaging)
     before = [np.array(v) for v in moving_statistics(load_itnet(folder / "best.keras"))]
     config = parse_config([*SMALL_RUN, "--bn-batches", "4", "--output", str(folder)])[0]
-    val = make_dataset("builtin", "val", limit=32)
-    model, result, kept = fit._reported_model(folder / "best.keras", config, train, val, None)
-    assert not kept["bn_recalibrated"]
-    assert kept["last_output_miou"]["recalibrated"] < kept["last_output_miou"]["moving_averages"]
-    assert result["outputs"][-1]["miou"] == kept["last_output_miou"]["moving_averages"]
+    _, result, record = fit._reported_model(folder / "best.keras", config, train,
+                                            make_dataset("builtin", "val", limit=32), None)
+    assert not record["bn_recalibrated"]
+    assert record["last_output_miou"]["recalibrated"] < record["last_output_miou"]["moving_averages"]
+    assert result["outputs"][-1]["miou"] == record["last_output_miou"]["moving_averages"]
     for wanted, saved in zip(before, moving_statistics(load_itnet(folder / "best.keras"))):
         np.testing.assert_array_equal(np.array(saved), wanted)
 
