@@ -180,7 +180,7 @@ def _run(config, callbacks):
         # JAX's distribution splits the batches only inside its scope; TensorFlow's strategy needs none here.
         with _scope(strategy if keras.backend.backend() == "jax" else None):
             trained.fit(train, validation_data=val, epochs=config.epochs, initial_epoch=state["epoch"],
-                        validation_freq=1 if config.checkpoint_every == 1 else validated,
+                        validation_freq=validated,
                         shuffle=False, callbacks=callbacks, verbose=0)
         # A training stopped mid-epoch leaves tf.data's generator iterator in a reference
         # cycle; freed at exit, it prints "[[{{node PyFunc}}]]" errors. Free it now.
