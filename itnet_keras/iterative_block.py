@@ -1,11 +1,10 @@
 """`IterativeBlock`: the iterative block, the batch norms between iterations and the N
 classification heads, run N times inside one `tf.while_loop` (SPEC s.2 and s.3)."""
 
-import os
-
 import keras
 from keras import ops
 
+from itnet_keras.convs import conv, depthwise_conv
 from itnet_keras.iteration_weights import ConvRow, IterationWeights
 from itnet_keras.layers import fold_norm, register, resize_like
 
@@ -20,25 +19,6 @@ def _dropout(x, rate, seed):
 
         return tf.nn.experimental.stateless_dropout(x, rate=rate, seed=seed)
     return keras.random.dropout(x, rate, seed=ops.cast(seed, "uint32"))
-
-
-def _depthwise_conv(x, kernel):
-    """Depthwise conv, 'same' padding, odd kernel. On JAX's CPU backend as shifted
-    multiply-adds, the same numbers: XLA's CPU grouped convolution is 10-30x slower
-    (docs/benchmarks.md). ITNET_DEPTHWISE=conv or =shifted forces one form on JAX."""
-    form = os.environ.get("ITNET_DEPTHWISE", "auto")
-    if form not in ("auto", "conv", "shifted"):
-        raise ValueError(f"ITNET_DEPTHWISE={form!r}: expected auto, conv or shifted")
-    if keras.backend.backend() != "jax" or form == "conv":
-        return ops.depthwise_conv(x, kernel, padding="same")
-    if form == "auto":
-        import jax
-
-        if jax.default_backend() != "cpu":
-            return ops.depthwise_conv(x, kernel, padding="same")
-    (kh, kw), (height, width) = kernel.shape[:2], x.shape[1:3]
-    padded = ops.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-    return sum(padded[:, i:i + height, j:j + width, :] * kernel[i, j, :, 0] for i in range(kh) for j in range(kw))
 
 
 @register
@@ -127,13 +107,13 @@ class IterativeBlock(IterationWeights, keras.layers.Layer):
         kernel = self._pick(key + "_kernel", n)
         per_iteration = self._usage[key + "_kernel"].rows is not None
         if depthwise:
-            y = _depthwise_conv(x, kernel)
+            y = depthwise_conv(x, kernel)
         elif per_iteration and tuple(kernel.shape[:2]) == (1, 1):
             # A 1x1 conv whose kernel the loop counter picks, as a matmul: TFLite's int8
             # CONV_2D wants a constant filter, a gathered one is quantized as an activation.
             y = ops.matmul(x, kernel[0, 0])
         else:
-            y = ops.conv(x, kernel, padding="same")
+            y = conv(x, kernel, in_loop=not isinstance(n, int))  # the loop's counter is a tensor
         if key + "_bias" in self._usage:
             y = y + self._pick(key + "_bias", n)
         return y

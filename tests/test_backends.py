@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from itnet_keras import build_itnet
+from itnet_keras import build_itnet, convs
 from itnet_keras.evaluate import predict_classes, split_confusion_matrices
 from itnet_keras.iterative_block import IterativeBlock
 from itnet_keras.losses import MaskedCrossEntropy
@@ -59,6 +59,34 @@ def test_fit_and_evaluate_run_without_tensorflow(tmp_path):
     for part in ("train", "validation"):  # TensorBoard event files, written by tensorboardX
         events = list((tmp_path / "run" / "tensorboard" / part).glob("events.out.tfevents.*"))
         assert len(events) == 1 and events[0].stat().st_size > 100, part
+
+
+def test_jax_cpu_convs_give_the_keras_ops_values_and_gradients(tmp_path, monkeypatch):
+    out = run_jax("""
+        import os, jax, numpy as np
+        from itnet_keras import convs
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(2, 7, 9, 6)).astype("float32")
+        loop_conv = lambda x, kernel: convs.conv(x, kernel, in_loop=True)
+        for name, function, shape in (("conv3x3", loop_conv, (3, 3, 6, 5)), ("conv1x1", loop_conv, (1, 1, 6, 5)),
+                                      ("depthwise", convs.depthwise_conv, (3, 3, 6, 1))):
+            kernel = rng.normal(size=shape).astype("float32")
+            forms = {}
+            for form in ("ops", "cpu"):
+                os.environ["ITNET_CONV_FORM"] = form
+                y, vjp = jax.vjp(function, x, kernel)
+                cotangent = np.random.default_rng(1).normal(size=y.shape).astype("float32")
+                forms[form] = [y, *vjp(cotangent)]
+            for part, a, b in zip(("value", "grad_x", "grad_kernel"), forms["ops"], forms["cpu"]):
+                print(name, part, float(np.max(np.abs(a - b)) / np.max(np.abs(a))))
+    """, tmp_path)
+    errors = [line.split() for line in out.splitlines()]
+    assert len(errors) == 9, out
+    for name, part, error in errors:
+        assert float(error) < 1e-5, (name, part)
+    monkeypatch.setenv("ITNET_CONV_FORM", "fast")
+    with pytest.raises(ValueError, match="ITNET_CONV_FORM='fast': expected auto, ops or cpu"):
+        convs.conv(np.zeros((1, 4, 4, 2), "float32"), np.zeros((3, 3, 2, 2), "float32"))
 
 
 def test_fit_does_not_wait_for_each_step_on_jax(tmp_path):
@@ -213,16 +241,6 @@ def test_jax_remat_and_data_parallel(tmp_path):
         memory = [compiled_memory("tiny", 8, False, (64, 64), remat)["temp_mb"] for remat in (False, True)]
         print("temp", *memory)
 
-        import os
-        from itnet_keras.iterative_block import _depthwise_conv
-        x, kernel = np.random.rand(2, 7, 9, 12).astype("float32"), np.random.rand(3, 3, 12, 1).astype("float32")
-        forms = {}
-        for form in ("conv", "shifted"):
-            os.environ["ITNET_DEPTHWISE"] = form
-            forms[form] = np.asarray(_depthwise_conv(x, kernel))
-        os.environ.pop("ITNET_DEPTHWISE")
-        print("depthwise", float(np.max(np.abs(forms["conv"] - forms["shifted"]))), float(np.max(np.abs(forms["conv"]))))
-
         seen = {}
         class Devices(keras.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):
@@ -239,12 +257,11 @@ def test_jax_remat_and_data_parallel(tmp_path):
     """, tmp_path, devices=2)
     values = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in out.splitlines()
               if line.split() and line.split()[0] in ("remat_loss", "remat_grad", "heads_loss", "heads_grad", "temp",
-                                                      "depthwise", "devices", "refused")}
+                                                      "devices", "refused")}
     for name in ("remat", "heads"):  # --remat, and training on the heads' logits with --remat
         assert values[f"{name}_loss"][0] == pytest.approx(values[f"{name}_loss"][1], rel=1e-6)
         assert values[f"{name}_grad"][0] < 1e-4 * values[f"{name}_grad"][1]
     assert values["temp"][1] < values["temp"][0]
-    assert values["depthwise"][0] < 1e-5 * values["depthwise"][1]  # XLA's grouped conv = the shifted sums
     assert values["devices"] == [2, 2]
     assert values["refused"] == [2]
     assert "--batch-size 3: --strategy mirrored splits every batch over the 2 visible devices" in out

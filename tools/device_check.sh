@@ -47,7 +47,7 @@ stage bench 120 $py -m itnet_keras.lab.bench --presets $preset --input-size $siz
 stage fit 180 $py tools/fit_dispatch_bench.py --rounds 1 --output "$OUT/fit.md" --preset $preset "${data[@]}" \
   --epochs $epochs --batch-size 8
 stage profile 80 $py tools/profile_step.py --preset $preset --input-size $size --batch-size 8 \
-  --steps $steps --trace "$OUT/trace" --json "$OUT/profile.json"
+  --steps $steps --trace "$OUT/trace" --top 25 --json "$OUT/profile.json"
 for remat in "" --remat; do
   stage "memory${remat:+_remat}" 70 $py -m itnet_keras.lab.bench --presets $big --input-size $big_size \
     --batch-sizes 8 --steps 2 --variants loop $remat --output "$OUT/memory${remat:+_remat}.md"

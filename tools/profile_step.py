@@ -1,7 +1,7 @@
 """Where the time of one JAX training step goes: `fit`'s step taken apart.
 
     KERAS_BACKEND=jax python tools/profile_step.py [--preset camvid_shared] [--input-size 352x480]
-        [--batch-size 8] [--steps 5] [--remat] [--trace DIR]
+        [--batch-size 8] [--steps 5] [--remat] [--unroll] [--trace DIR [--top 20]] [--hlo FILE]
 
 Builds the model and data as `python -m itnet_keras.lab.bench` does (compiled as `fit` compiles
 it), then jit-compiles and times, each as the median of `--steps` runs:
@@ -15,11 +15,15 @@ it), then jit-compiles and times, each as the median of `--steps` runs:
 
 For each: the step time, XLA's FLOP and byte counts (`cost_analysis`) and the achieved
 GFLOP/s. `--trace DIR` also records a `jax.profiler` trace of three train steps there
-(open with TensorBoard's profile plugin or Perfetto).
+(open with TensorBoard's profile plugin or Perfetto); `--top K` lists the K XLA ops that
+took the most time in it, per step (op names as in the compiled train step, which `--hlo
+FILE` writes out). `--unroll` profiles the unrolled variant instead of the loop.
 """
 
 import argparse
+import collections
 import json
+import os
 import statistics
 import sys
 import time
@@ -56,10 +60,32 @@ def costs(compiled):
     return cost.get("flops", float("nan")), cost.get("bytes accessed", float("nan"))
 
 
-def profile(preset, input_size, batch_size, steps, remat=False, trace=None):
+def top_ops(trace, count, steps):
+    """[(ms per step, calls per step, op)]: the `count` XLA ops that took the most time in the
+    trace: a GPU's "XLA Ops" line (else its streams' kernels), else the CPU's XLA threads
+    (their times summed: an op split over two threads counts twice its wall time)."""
     import jax
 
-    model, images, targets = compiled_model(preset, batch_size, False, input_size, remat)
+    path = max(Path(trace).rglob("*.xplane.pb"), key=lambda p: p.stat().st_mtime)
+    planes = list(jax.profiler.ProfileData.from_file(str(path)).planes)
+    device = [line for p in planes if p.name.startswith("/device:") for line in p.lines]
+    lines = ([line for line in device if line.name == "XLA Ops"]
+             or [line for line in device if line.name.startswith("Stream")]  # kernels, where no op line
+             or [line for p in planes if p.name == "/host:CPU" for line in p.lines
+                 if line.name.startswith("tf_XLA")])  # XLA's thread pools
+    total, calls = collections.Counter(), collections.Counter()
+    for line in lines:
+        for event in line.events:
+            if "::" not in event.name:  # the runtime's own events (ThunkExecutor::Execute, ...), not ops
+                total[event.name] += event.duration_ns
+                calls[event.name] += 1
+    return [(ns / steps / 1e6, calls[op] / steps, op) for op, ns in total.most_common(count)]
+
+
+def profile(preset, input_size, batch_size, steps, remat=False, trace=None, top=0, hlo=None, unroll=False):
+    import jax
+
+    model, images, targets = compiled_model(preset, batch_size, unroll, input_size, remat)
     data = (images, targets, None)
     model._symbolic_build(data_batch=data)
     state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
@@ -96,7 +122,7 @@ def profile(preset, input_size, batch_size, steps, remat=False, trace=None):
         "train step": (model.train_step, (state, data)),
         f"metrics ({len(metrics)} mIoU updates)": (update_metrics, (metric_states, logits, labels)),
     }
-    rows = []
+    rows, ops = [], []
     for phase, (function, args) in phases.items():
         compiled, seconds = timed(function, args, steps)
         flops, bytes_accessed = costs(compiled)
@@ -104,10 +130,17 @@ def profile(preset, input_size, batch_size, steps, remat=False, trace=None):
                      "achieved_gflops_per_s": flops / 1e9 / seconds})
         print(f"| {phase} | {seconds * 1e3:.1f} | {flops / 1e9:.1f} | {bytes_accessed / 1e9:.2f} | "
               f"{flops / 1e9 / seconds:.0f} |", flush=True)
+        if phase == "train step" and hlo:
+            Path(hlo).write_text(compiled.as_text())
         if phase == "train step" and trace:
             with jax.profiler.trace(str(trace)):
                 for _ in range(3):
                     jax.block_until_ready(compiled(*args))
+            ops = top_ops(trace, top, 3) if top else []
+    if ops:
+        print("\n| train step op | ms per step (CPU: summed over threads) | calls per step |\n|---|---:|---:|")
+        for ms, calls, op in ops:
+            print(f"| {op} | {ms:.1f} | {calls:g} |")
     return rows
 
 
@@ -118,18 +151,27 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--unroll", action="store_true", help="the unrolled variant instead of the loop")
     parser.add_argument("--trace", help="write a jax.profiler trace of the train step to this folder")
+    parser.add_argument("--top", type=int, default=0, help="with --trace: list the K ops that took the most time")
+    parser.add_argument("--hlo", help="write the compiled train step's optimized HLO text to this file")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
+    if args.top and not args.trace:
+        parser.error("--top lists the ops of the trace: give --trace DIR")
+    if args.top:  # XLA's CPU backend records its ops in a trace only with this flag
+        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
     import jax
     import keras
 
     if keras.backend.backend() != "jax":
         parser.error(f"needs KERAS_BACKEND=jax (this process runs {keras.backend.backend()})")
     print(f"{args.preset}, {args.input_size[0]}x{args.input_size[1]}, batch {args.batch_size}, "
-          f"{jax.devices()[0].device_kind}, median of {args.steps}{', --remat' if args.remat else ''}\n")
+          f"{jax.devices()[0].device_kind}, median of {args.steps}{', --remat' if args.remat else ''}"
+          f"{', unrolled' if args.unroll else ''}\n")
     print("| phase | ms | GFLOP | GB accessed | GFLOP/s |\n|---|---:|---:|---:|---:|", flush=True)
-    rows = profile(args.preset, args.input_size, args.batch_size, args.steps, args.remat, args.trace)
+    rows = profile(args.preset, args.input_size, args.batch_size, args.steps, args.remat, args.trace, args.top,
+                   args.hlo, args.unroll)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
