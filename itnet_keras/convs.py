@@ -5,7 +5,8 @@ Keras' ops everywhere except on JAX's CPU backend, where XLA is slow at two of t
 (docs/benchmarks.md):
 
 - a depthwise conv: XLA's grouped convolution is 10-30x slower there than nine shifted
-  multiply-adds, the form used instead;
+  multiply-adds, the form used instead, with a gradient that recomputes the shifted
+  windows (autodiff would keep all nine for the backward pass);
 - the backward pass of a regular conv inside a loop body: XLA's CPU compiler rewrites a
   conv into the layout its Eigen kernels take (`ConvCanonicalization`) in the program's
   entry computation only, so the gradient convs of a loop body ran as naive loops (a
@@ -56,6 +57,10 @@ def depthwise_conv(x, kernel):
     """Depthwise conv, kernel [kh, kw, channels, 1]."""
     if not cpu_form():
         return ops.depthwise_conv(x, kernel, padding="same")
+    return _jax_cpu_depthwise_conv()(x, kernel)
+
+
+def _shifted_depthwise_conv(x, kernel):
     return sum(window * kernel[i, j, :, 0] for i, j, window in _taps(x, kernel.shape[:2]))
 
 
@@ -85,4 +90,21 @@ def _jax_cpu_conv():
 
     conv = jax.custom_vjp(forward)
     conv.defvjp(lambda x, kernel: (forward(x, kernel), (x, kernel)), backward)
+    return conv
+
+
+@functools.cache
+def _jax_cpu_depthwise_conv():
+    """The shifted depthwise conv, with a gradient that keeps only its input for the backward
+    pass (autodiff would keep every tap's window: 9x the input, per iteration of the loop)."""
+    import jax
+
+    def backward(residuals, grad):
+        x, kernel = residuals
+        grad_x = _shifted_depthwise_conv(grad, jax.numpy.flip(kernel, (0, 1)))
+        taps = [jax.numpy.sum(window * grad, axis=(0, 1, 2)) for _, _, window in _taps(x, kernel.shape[:2])]
+        return grad_x, jax.numpy.stack(taps).reshape(kernel.shape)
+
+    conv = jax.custom_vjp(_shifted_depthwise_conv)
+    conv.defvjp(lambda x, kernel: (_shifted_depthwise_conv(x, kernel), (x, kernel)), backward)
     return conv
