@@ -8,7 +8,8 @@
 #
 # Settings (environment variables):
 #   RUN=device_runs/camvid_shared_full  the open run, resumed when it holds checkpoint.npz; config.json,
-#                     checkpoint.npz and log.csv are all that resuming needs (about 5 MB)
+#                     checkpoint.npz and log.csv are all that resuming needs (about 5 MB); with
+#                     DEVICE_TRAIN_TINY none (a new toy run) unless given
 #   EPOCHS=2000       the run's total; the learning rate steps x0.1 at 70% and 85% of it (the paper: 2000)
 #   TOTAL_S=540       seconds for the whole script (one device command may run 600 s)
 #   MAIN_S=330        seconds of them for the full-resolution run (start-up and compilation included)
@@ -30,11 +31,12 @@ mkdir -p "$OUT"
 export KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 start=$SECONDS
-RUN=${RUN:-device_runs/camvid_shared_full}
 if [ -n "${DEVICE_TRAIN_TINY:-}" ]; then
+  RUN=${RUN:-}  # a new toy run: the repo's open run is camvid_shared at full resolution
   preset=tiny; data=(--data builtin --limit 16); moved=(); cmp_data=("${data[@]}"); EPOCHS=${EPOCHS:-3}
   TOTAL_S=${TOTAL_S:-900}; MAIN_S=${MAIN_S:-300}; COMPARE_EPOCHS=${COMPARE_EPOCHS:-1}; cmp_scale=()
 else
+  RUN=${RUN:-device_runs/camvid_shared_full}
   preset=camvid_shared; data=(--data camvid --data-dir .device-pack/camvid); moved=("${data[@]:2}")
   EPOCHS=${EPOCHS:-2000}
   TOTAL_S=${TOTAL_S:-540}; MAIN_S=${MAIN_S:-330}; COMPARE_EPOCHS=${COMPARE_EPOCHS:-30}
@@ -72,7 +74,7 @@ if [ -f "$RUN/checkpoint.npz" ]; then
   echo "resuming $RUN: $(( $(tail -n 1 "$run/log.csv" | cut -d, -f1) + 1 )) epochs done" >> "$summary"
   fit=(--output "$run" --resume --epochs "$EPOCHS" "${moved[@]}")   # the data's place here; the rest is saved
 else
-  echo "no checkpoint in $RUN: a new run" >> "$summary"
+  echo "no checkpoint in ${RUN:-(no RUN given)}: a new run" >> "$summary"
   fit=(--preset "$preset" "${data[@]}" --epochs "$EPOCHS" --batch-size 8 --output-weights all --augment paper
        --output "$run")
 fi
