@@ -10,7 +10,7 @@ Keras' ops everywhere except on JAX's CPU backend, where XLA is slow at two of t
 - the backward pass of a regular conv inside a loop body: XLA's CPU compiler rewrites a
   conv into the layout its Eigen kernels take (`ConvCanonicalization`) in the program's
   entry computation only, so the gradient convs of a loop body ran as naive loops (a
-  training step 5-6x slower than the unrolled graph's). There the conv gets its own
+  training step 5-7x slower than the unrolled graph's). There the conv gets its own
   gradient: a conv in that layout for the input's gradient, one matmul per kernel tap for
   the kernel's. Outside a loop XLA's own gradient is faster (by about 10%) and is kept.
 
