@@ -39,6 +39,8 @@ from itnet_keras.metrics import SegmentationMeanIoU  # noqa: E402
 
 # jax is imported where it runs, after the check that Keras runs on JAX.
 
+TRACED_STEPS = 3  # train steps in the `--trace` profile
+
 
 def timed(function, args, steps):
     """(compiled function, median seconds): jit, compile, one warm-up run, then `steps` runs."""
@@ -75,8 +77,13 @@ def top_ops(trace, count, steps):
                  if line.name.startswith("tf_XLA")])  # XLA's thread pools
     total, calls = collections.Counter(), collections.Counter()
     for line in lines:
-        for event in line.events:
-            if "::" not in event.name:  # the runtime's own events (ThunkExecutor::Execute, ...), not ops
+        # Not the runtime's own events (ThunkExecutor::Execute, ..., and an op's "end: op" mark),
+        # nor an op that holds others (a while loop's event spans its body's ops): each op's
+        # time is counted once.
+        ops = sorted((e for e in line.events if "::" not in e.name and not e.name.startswith("end: ")),
+                     key=lambda e: e.start_ns)
+        for event, following in zip(ops, ops[1:] + [None]):
+            if following is None or following.start_ns >= event.end_ns:
                 total[event.name] += event.duration_ns
                 calls[event.name] += 1
     return [(ns / steps / 1e6, calls[op] / steps, op) for op, ns in total.most_common(count)]
@@ -134,9 +141,9 @@ def profile(preset, input_size, batch_size, steps, remat=False, trace=None, top=
             Path(hlo).write_text(compiled.as_text())
         if phase == "train step" and trace:
             with jax.profiler.trace(str(trace)):
-                for _ in range(3):
+                for _ in range(TRACED_STEPS):
                     jax.block_until_ready(compiled(*args))
-            ops = top_ops(trace, top, 3) if top else []
+            ops = top_ops(trace, top, TRACED_STEPS) if top else []
     if ops:
         print("\n| train step op | ms per step (CPU: summed over threads) | calls per step |\n|---|---:|---:|")
         for ms, calls, op in ops:
