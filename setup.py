@@ -33,6 +33,7 @@ setup(
         "dev": [
             *export,
             "pytest>=8",
+            "pytest-xdist>=3.5",  # the suite runs on two worker processes (pytest.ini)
             "jax[cpu]>=0.4.30",  # the JAX-backend test trains the tiny preset under KERAS_BACKEND=jax
             "jupytext>=1.16",  # notebooks are kept as paired .py sources
             "nbclient>=0.10",  # CI executes every notebook in smoke mode

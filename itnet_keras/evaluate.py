@@ -46,10 +46,11 @@ from keras import ops  # noqa: E402
 
 from itnet_keras.costs import output_costs  # noqa: E402
 from itnet_keras.datasets import get_spec, spec_with_classes  # noqa: E402
-from itnet_keras.files import save_figure, write_atomic  # noqa: E402
+from itnet_keras.files import write_atomic  # noqa: E402
 from itnet_keras.metrics import anytime_auc, confusion_matrix, iou_from_confusion, mean_iou  # noqa: E402
 from itnet_keras.model import model_args  # noqa: E402  (and registers the custom layers for loading)
 from itnet_keras.pipeline import make_dataset  # noqa: E402
+from itnet_keras.plots import plot_miou_over_macs, plot_prediction_strip  # noqa: E402
 
 
 def _class_model(model):
@@ -114,125 +115,6 @@ def evaluate_model(model, dataset, loss_weights=None):
             "input_size": list(input_size), "auc": auc, "normalized_auc": normalized, "outputs": outputs}
 
 
-# matplotlib is imported where a figure is drawn, after `matplotlib.use("Agg")`: a headless
-# backend must be chosen before pyplot loads, and commands that draw nothing skip it.
-
-
-# Published CamVid points for the mIoU-over-MACs plot: (label, mIoU, MACs per 480x360 image
-# or None where no count at that size is published, split). Sources: docs/training.md.
-REFERENCE_SIZE = (360, 480)
-REFERENCES = {
-    "camvid": (
-        ("ItNet paper, shared f=51", 0.728, 6.2e9, "val"),
-        ("ENet", 0.513, None, "test"),
-        ("ESPNet", 0.556, None, "test"),
-        ("CGNet", 0.656, None, "test"),
-    ),
-}
-
-
-def reference_marks(result):
-    """The published points to draw beside `result` (an evaluation), as (label, MACs in
-    billions or None, mIoU, why it is off the MACs axis or None): placed on the MACs axis only
-    where the count is published and `result` is at the references' 480x360."""
-    same_size = tuple(result["input_size"]) == REFERENCE_SIZE
-    marks = []
-    for name, miou, macs, split in REFERENCES.get(result["dataset"], ()):
-        if macs is None:
-            marks.append((f"{name} ({split})", None, miou, "no published MACs at 480x360"))
-        elif not same_size:
-            marks.append((f"{name} ({split})", None, miou, f"{macs / 1e9:.1f}e9 MACs at 480x360"))
-        else:
-            marks.append((f"{name} ({split})", macs / 1e9, miou, None))
-    return marks
-
-
-def plot_miou_over_macs(results, path, title=None):
-    """mIoU over MACs, one curve per {label: evaluation result} (the paper's anytime plots),
-    with the published points of the dataset (`reference_marks`). Returns the legend's labels.
-
-    Outputs trained with loss weight 0 are drawn hollow.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    hollow_label = "outputs with loss weight 0"
-    for label, result in results.items():
-        macs = [o["macs"] / 1e9 for o in result["outputs"]]
-        miou = [o["miou"] for o in result["outputs"]]
-        line, = ax.plot(macs, miou, "o-", markersize=4, label=f"{label} (AUC' {result['normalized_auc']:.3f})")
-        untrained = [i for i, o in enumerate(result["outputs"]) if o.get("loss_weight", 1) == 0]
-        if untrained:
-            ax.plot([macs[i] for i in untrained], [miou[i] for i in untrained], "o", markersize=4, color="white",
-                    markeredgecolor=line.get_color(), label=hollow_label)
-            hollow_label = None
-    any_result = next(iter(results.values()))
-    for (label, macs, miou, note), marker in zip(reference_marks(any_result), "*sD^v"):
-        if macs is None:
-            ax.axhline(miou, color="gray", linestyle=":", linewidth=0.8)
-            ax.annotate(f"{label}: {note}", (0, miou), xycoords=("axes fraction", "data"),
-                        xytext=(3, 2), textcoords="offset points", fontsize=6, color="dimgray")
-        else:
-            ax.plot([macs], [miou], marker, color="black", markersize=7, linestyle="none", label=label)
-    height, width = any_result["input_size"]
-    ax.set_xlabel(f"multiply-accumulates per {width}x{height} image (billions)")
-    ax.set_ylabel(f"mIoU ({any_result['dataset']} {any_result['split']})")
-    ax.set_xlim(left=0)
-    ax.grid(alpha=0.3)
-    legend = ax.legend(loc="lower right", fontsize=7)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    labels = [text.get_text() for text in legend.get_texts()]
-    save_figure(fig, path)
-    return labels
-
-
-def class_colors(num_classes):
-    """uint8 RGB [num_classes, 3]: the colour of each class in masks and picture strips."""
-    import matplotlib
-
-    return (255 * matplotlib.colormaps["tab20"].resampled(max(num_classes, 2))(range(num_classes))[:, :3]).astype(
-        np.uint8)
-
-
-def plot_prediction_strip(model, dataset, path, index=0):
-    """Image, label and the prediction of every output for one image (the paper's Fig. 1e)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    images, labels = dataset[index // dataset.batch_size]
-    labels = next(iter(labels.values())) if isinstance(labels, dict) else labels
-    k = index % dataset.batch_size
-    predictions = predict_classes(model, images, dataset.batch_size)[:, k]
-    spec = dataset.spec
-    colors = class_colors(spec.num_classes)
-    scale, offset = spec.normalization
-
-    def colorize(classes):
-        rgb = colors[np.clip(classes, 0, spec.num_classes - 1)]
-        rgb[classes == spec.ignore_label] = 0
-        return rgb
-
-    panels = [("image", np.clip((images[k] - offset) / scale / 255, 0, 1)), ("label", colorize(labels[k]))]
-    panels += [(f"output {n}", colorize(p)) for n, p in enumerate(predictions, start=1)]
-    columns = min(len(panels), 6)
-    rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 1.9 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (title, picture) in zip(axes.flat, panels):
-        ax.imshow(picture)
-        ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=100)
-
-
 def write_report(model, dataset, output_dir, label="ItNet", loss_weights=None, source=None, result=None):
     """Evaluate (unless `result`, `evaluate_model`'s of the same model and split, is given) and
     write evaluation.json, miou_over_macs.png and predictions.png.
@@ -246,7 +128,10 @@ def write_report(model, dataset, output_dir, label="ItNet", loss_weights=None, s
         result["model"] = source
     write_atomic(output_dir / "evaluation.json", json.dumps(result, indent=1))
     plot_miou_over_macs({label: result}, output_dir / "miou_over_macs.png")
-    plot_prediction_strip(model, dataset, output_dir / "predictions.png")
+    images, labels = dataset[0]
+    labels = next(iter(labels.values())) if isinstance(labels, dict) else labels
+    predictions = predict_classes(model, images, dataset.batch_size)
+    plot_prediction_strip(dataset.spec, images[0], labels[0], predictions[:, 0], output_dir / "predictions.png")
     return result
 
 

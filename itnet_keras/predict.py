@@ -63,7 +63,8 @@ from PIL import Image  # noqa: E402
 from itnet_keras.augment import normalize  # noqa: E402
 from itnet_keras.console import quietly  # noqa: E402
 from itnet_keras.datasets import DATASETS, DatasetError, read_image  # noqa: E402
-from itnet_keras.evaluate import class_colors, load_itnet  # noqa: E402
+from itnet_keras.evaluate import load_itnet  # noqa: E402
+from itnet_keras.plots import class_colors  # noqa: E402
 from itnet_keras.files import write_atomic  # noqa: E402
 from itnet_keras.model import anytime, model_args  # noqa: E402
 

@@ -34,7 +34,7 @@
 # %%
 from IPython.display import Image, Markdown, display
 
-from itnet_keras.evaluate import plot_miou_over_macs
+from itnet_keras.plots import plot_miou_over_macs
 from itnet_keras.lab import modes, studies
 
 MODE = modes.mode_from_env()  # "smoke" or "full" (set by the command above)

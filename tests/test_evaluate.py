@@ -1,6 +1,6 @@
-"""The mIoU-over-MACs plot's published reference points (evaluate.reference_marks)."""
+"""The mIoU-over-MACs plot's published reference points (plots.reference_marks)."""
 
-from itnet_keras.evaluate import plot_miou_over_macs, reference_marks
+from itnet_keras.plots import plot_miou_over_macs, reference_marks
 
 
 def _result(dataset, input_size, mious=(0.3, 0.5)):

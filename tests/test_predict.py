@@ -12,7 +12,7 @@ from itnet_keras import predict as predict_module
 from itnet_keras.augment import normalize
 from itnet_keras.builtin_data import builtin_arrays
 from itnet_keras.datasets import get_spec
-from itnet_keras.evaluate import class_colors
+from itnet_keras.plots import class_colors
 
 SPEC = get_spec("builtin")
 

@@ -1,5 +1,5 @@
 """The studies' figures (costs, latency, a metric over a setting, the architecture search),
-each saved atomically; mIoU over MACs is `evaluate.plot_miou_over_macs`."""
+each saved atomically; mIoU over MACs is `plots.plot_miou_over_macs`."""
 
 import numpy as np
 
