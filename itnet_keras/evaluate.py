@@ -79,13 +79,19 @@ def predict_classes(model, images, batch_size=None):
     return np.stack([np.asarray(o)[:count] for o in outputs])
 
 
+def _batch_with_labels(dataset, index):
+    """Batch `index` of `dataset` as (images, labels): the labels once, where a multi-output
+    dataset repeats them per output."""
+    images, labels = dataset[index]
+    return images, next(iter(labels.values())) if isinstance(labels, dict) else labels
+
+
 def split_confusion_matrices(dataset, predict):
     """One confusion matrix per output over the whole split; `predict(images)` returns the
     per-output class maps [N, batch, H, W]. Also returns the input size (h, w)."""
     spec, matrices = dataset.spec, None
     for index in progress(range(len(dataset)), f"{spec.name} {dataset.split.split}", unit="batches"):
-        images, labels = dataset[index]
-        labels = next(iter(labels.values())) if isinstance(labels, dict) else labels
+        images, labels = _batch_with_labels(dataset, index)
         batch = [confusion_matrix(labels, p, spec.num_classes, spec.ignore_label) for p in predict(images)]
         matrices = batch if matrices is None else [m + b for m, b in zip(matrices, batch)]
     return matrices, tuple(images.shape[1:3])
@@ -128,8 +134,7 @@ def write_report(model, dataset, output_dir, label="ItNet", loss_weights=None, s
         result["model"] = source
     write_atomic(output_dir / "evaluation.json", json.dumps(result, indent=1))
     plot_miou_over_macs({label: result}, output_dir / "miou_over_macs.png")
-    images, labels = dataset[0]
-    labels = next(iter(labels.values())) if isinstance(labels, dict) else labels
+    images, labels = _batch_with_labels(dataset, 0)
     predictions = predict_classes(model, images, dataset.batch_size)
     plot_prediction_strip(dataset.spec, images[0], labels[0], predictions[:, 0], output_dir / "predictions.png")
     return result
