@@ -42,6 +42,17 @@ def write_result_files(path, command, markdown, data):
     write_atomic(Path(path).with_suffix(".json"), json.dumps(data, indent=1))
 
 
+def pyplot():
+    """matplotlib.pyplot, with the headless backend chosen before pyplot loads (imported here,
+    where a figure is drawn: commands that draw nothing skip matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig, path, dpi=120):
     """Save a matplotlib figure atomically and close it."""
     import matplotlib.pyplot as plt  # lazy: matplotlib is only needed by whoever made `fig`

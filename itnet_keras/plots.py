@@ -3,11 +3,7 @@ and the strip of one image's predictions. Each is saved atomically."""
 
 import numpy as np
 
-from itnet_keras.files import save_figure
-
-# matplotlib is imported where a figure is drawn, after `matplotlib.use("Agg")`: a headless
-# backend must be chosen before pyplot loads, and commands that draw nothing skip it.
-
+from itnet_keras.files import pyplot, save_figure
 
 # Published CamVid points for the mIoU-over-MACs plot: (label, mIoU, MACs per 480x360 image
 # or None where no count at that size is published, split). Sources: docs/training.md.
@@ -44,12 +40,7 @@ def plot_miou_over_macs(results, path, title=None):
 
     Outputs trained with loss weight 0 are drawn hollow.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = pyplot().subplots(figsize=(5.5, 3.8))
     hollow_label = "outputs with loss weight 0"
     for label, result in results.items():
         macs = [o["macs"] / 1e9 for o in result["outputs"]]
@@ -93,11 +84,7 @@ def class_colors(num_classes):
 def plot_prediction_strip(spec, image, label, predictions, path):
     """One image (normalized as `spec` says), its label and the class map of every output
     (`predictions` [N, H, W]) in a row: the paper's Fig. 1e."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     colors = class_colors(spec.num_classes)
     scale, offset = spec.normalization
 

@@ -3,18 +3,11 @@ each saved atomically; mIoU over MACs is `plots.plot_miou_over_macs`."""
 
 import numpy as np
 
-from itnet_keras.files import save_figure
+from itnet_keras.files import pyplot, save_figure
 
 
 def _axes(columns=1, width=5.5, height=3.8):
-    # matplotlib is imported here, after `matplotlib.use("Agg")`: the headless backend must
-    # be chosen before pyplot loads.
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, columns, figsize=(width * columns, height), squeeze=False)
+    fig, axes = pyplot().subplots(1, columns, figsize=(width * columns, height), squeeze=False)
     return fig, list(axes.flat)
 
 
