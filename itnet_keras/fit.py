@@ -1,7 +1,7 @@
 """Train an ItNet with one loss per output: `python -m itnet_keras.fit [flags]`.
 
-With no flags it trains the tiny preset on the built-in dataset (a few minutes on
-2 CPU cores). The run folder (`--output`) receives:
+With no flags it trains the tiny preset on the built-in dataset (about a minute and a
+half on 2 CPU cores). The run folder (`--output`) receives:
 
     run.lock           held (fcntl.flock) by the one run using the folder; the OS releases it
                        when the process ends, however it ends

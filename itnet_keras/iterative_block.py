@@ -1,5 +1,6 @@
 """`IterativeBlock`: the iterative block, the batch norms between iterations and the N
-classification heads, run N times inside one `tf.while_loop` (SPEC s.2 and s.3)."""
+classification heads: iteration 1, then iterations 2..N in one loop (a `WHILE` in TensorFlow,
+`fori_loop` under JAX; SPEC s.2 and s.3)."""
 
 import keras
 from keras import ops
@@ -23,7 +24,7 @@ def _dropout(x, rate, seed):
 
 @register
 class IterativeBlock(IterationWeights, keras.layers.Layer):
-    """The iterative block, run `num_iterations` times in one `tf.while_loop`.
+    """The iterative block, run `num_iterations` times: the first, then one loop for the rest.
 
     Input: the L scales of the data block. Output: the logits of the N
     classification heads (1x1 convs on S_1), stacked to [N, batch, h_1, w_1, C].

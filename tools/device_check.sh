@@ -7,7 +7,8 @@
 #   DEVICE_CHECK_TINY=1 bash tools/device_check.sh   # the same stages at toy sizes (a CPU test)
 #
 # It installs nothing beyond `. .device-pack/setup.sh` (when that file exists; otherwise the
-# current environment must have the project's requirements and KERAS_BACKEND=jax). Stages, each
+# current environment must have the project's requirements and KERAS_BACKEND=jax). CamVid is read
+# from DATA_DIR (default .device-pack/camvid; e.g. data/camvid from `python -m itnet_keras.download camvid`). Stages, each
 # with its own time limit and log, going on when one fails (its exit code is in summary.txt):
 #   1. bench: training images/s and peak device memory, loop and unroll, camvid_shared 352x480, batch 8
 #   2. fit: two short camvid_shared runs of `fit` at full resolution (480x352 crops), batch 8,
@@ -28,7 +29,7 @@ if [ -n "${DEVICE_CHECK_TINY:-}" ]; then
   scale=${DEVICE_CHECK_TIME_SCALE:-6}   # a loaded CPU compiles slowly
 else
   preset=camvid_shared; size=352x480; big=cityscapes_shared; big_size=512x1024; steps=10; epochs=3
-  data=(--data camvid --data-dir .device-pack/camvid)
+  data=(--data camvid --data-dir "${DATA_DIR:-.device-pack/camvid}")
 fi
 summary=$OUT/summary.txt
 : > "$summary"

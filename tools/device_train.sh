@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper's CamVid recipe at full resolution on a GPU for a wall-time budget (issue 14), resuming
-# the open run carried in the repo, then the recipe comparisons if time remains. One device call,
+# the open run carried in the repo (device_runs/camvid_shared_full: 7 epochs so far), then the recipe comparisons if time remains. One device call,
 # JAX, no TensorFlow, no network. From the project's root, after `../shared/tools/device-pack`:
 #
 #   bash tools/device_train.sh                                       # results under $OUT (default: device_train/)
@@ -10,6 +10,7 @@
 #   RUN=device_runs/camvid_shared_full  the open run, resumed when it holds checkpoint.npz; config.json,
 #                     checkpoint.npz and log.csv are all that resuming needs (about 5 MB); with
 #                     DEVICE_TRAIN_TINY none (a new toy run) unless given
+#   DATA_DIR=.device-pack/camvid  CamVid in the SegNet layout (e.g. data/camvid from `python -m itnet_keras.download camvid`)
 #   EPOCHS=2000       the run's total; the learning rate steps x0.1 at 70% and 85% of it (the paper: 2000)
 #   TOTAL_S=540       seconds for the whole script (one device command may run 600 s)
 #   MAIN_S=330        seconds of them for the full-resolution run (start-up and compilation included)
@@ -37,7 +38,7 @@ if [ -n "${DEVICE_TRAIN_TINY:-}" ]; then
   TOTAL_S=${TOTAL_S:-900}; MAIN_S=${MAIN_S:-300}; COMPARE_EPOCHS=${COMPARE_EPOCHS:-1}; cmp_scale=()
 else
   RUN=${RUN:-device_runs/camvid_shared_full}
-  preset=camvid_shared; data=(--data camvid --data-dir .device-pack/camvid); moved=("${data[@]:2}")
+  preset=camvid_shared; data=(--data camvid --data-dir "${DATA_DIR:-.device-pack/camvid}"); moved=("${data[@]:2}")
   EPOCHS=${EPOCHS:-2000}
   TOTAL_S=${TOTAL_S:-540}; MAIN_S=${MAIN_S:-330}; COMPARE_EPOCHS=${COMPARE_EPOCHS:-30}
   cmp_data=("${data[@]}"); cmp_scale=(--scale "${COMPARE_SCALE:-2}")

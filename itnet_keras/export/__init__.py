@@ -1,7 +1,7 @@
 """Export of a trained ItNet: TFLite (LiteRT) and ONNX files that keep the loop a loop.
 
 - `signatures`: the functions an app calls (`outputs`, `anytime`, `encode`, `step`,
-  `upsample`) and the SavedModel that holds them.
+  `upsample`, `finish`) and the SavedModel that holds them.
 - `tflite`: conversion in four quantization modes, the sidecar metadata, checks; the
   `loop` flavour and the `static` one.
 - `static`: the static flavour (output n, one subgraph, no control flow).
@@ -11,7 +11,7 @@
 - `flatbuffer`: reads a `.tflite` file (ops per subgraph, buffers, loop dtypes) to prove the checks.
 - `onnx`: conversion with tf2onnx (a `Loop` op) and its checks.
 - `artifacts`: what both formats share: `ExportError`, the destination check, the sidecar metadata.
-- `measure/`: measurements of exported files (`accuracy`, `latency`, `memory`, `anytime_device`).
+- `measure/`: measurements of exported files (`accuracy`, `latency`, `parts`, `memory`, `anytime_device`).
 
 The command-line entry points live in the repository's `export/` folder. The closed sets
 of choices below live here, not in the modules that use them, so that the scripts list

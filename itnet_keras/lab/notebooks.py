@@ -3,7 +3,8 @@
 Each notebook is kept twice: `NAME.py`, the source to edit (jupytext percent format), and
 `NAME.ipynb`, the executed notebook to read. This command executes the `.py` with nbclient
 (working folder `notebooks/`, `ITNET_NOTEBOOK_MODE` set to the mode) and writes the
-executed notebook to `NAME.ipynb`, or to `--output`. `--check` only reports whether each
+executed notebook to `--output`, or by default: in full mode to the committed `NAME.ipynb`,
+in smoke mode to `runs/notebooks/NAME.ipynb` (smoke numbers mean nothing). `--check` only reports whether each
 `.ipynb` still holds the cells of its `.py`; `--markdown` copies edited prose (markdown
 cells) into the executed `.ipynb` without running it again, and refuses if code changed.
 """
@@ -53,8 +54,17 @@ def _drop_noise(notebook):
         cell.outputs = [o for o in cell.outputs if not (o.output_type == "stream" and not o.text.strip())]
 
 
+def default_output(source, mode):
+    """Where an executed notebook goes: a full run replaces the committed, paired .ipynb; a
+    smoke run, whose numbers mean nothing, goes to `runs/notebooks/` and leaves it alone."""
+    source = Path(source)
+    if mode == "full":
+        return source.with_suffix(".ipynb")
+    return Path("runs", "notebooks", source.with_suffix(".ipynb").name)
+
+
 def execute(source, mode="smoke", output=None, timeout=3600):
-    """Execute notebook `source` (.py) in `mode`; write it to `output` (default: the paired .ipynb)."""
+    """Execute notebook `source` (.py) in `mode`; write it to `output` (default: `default_output`)."""
     source = Path(source)
     if mode not in MODES:
         raise ValueError(f"--mode {mode!r}: expected one of {sorted(MODES)}")
@@ -66,7 +76,9 @@ def execute(source, mode="smoke", output=None, timeout=3600):
         NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                        resources={"metadata": {"path": str(source.parent)}}).execute()
     _drop_noise(notebook)
-    write_atomic(output or source.with_suffix(".ipynb"), nbformat.writes(notebook))
+    output = Path(output or default_output(source, mode))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(output, nbformat.writes(notebook))
     return notebook
 
 
@@ -109,7 +121,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m itnet_keras.lab.notebooks", description=description(__doc__))
     parser.add_argument("sources", nargs="+", help="notebook sources (notebooks/*.py)")
     parser.add_argument("--mode", default="smoke", help="smoke (minutes, built-in data) or full (CamVid)")
-    parser.add_argument("--output", help="where to write the executed notebook (one source only)")
+    parser.add_argument("--output", help="where to write the executed notebook (one source only; default: the paired "
+                        ".ipynb in full mode, runs/notebooks/NAME.ipynb in smoke mode)")
     parser.add_argument("--check", action="store_true", help="only check that each .ipynb matches its .py")
     parser.add_argument("--markdown", action="store_true",
                         help="only copy the markdown cells of each .py into its executed .ipynb")
@@ -132,7 +145,7 @@ def main(argv=None):
         except (OSError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        print(f"executed {source} ({args.mode})")
+        print(f"executed {source} ({args.mode}) into {args.output or default_output(source, args.mode)}")
     return status
 
 
