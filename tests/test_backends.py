@@ -61,6 +61,38 @@ def test_fit_and_evaluate_run_without_tensorflow(tmp_path):
         assert len(events) == 1 and events[0].stat().st_size > 100, part
 
 
+def test_a_tensorflow_run_resumes_under_jax(tmp_path):
+    """A run folder is backend-neutral: one epoch under TensorFlow; under JAX its checkpoint
+    restores the same logits and optimizer step, and the run trains on (how a CPU run's
+    checkpoint can go on on a GPU machine that has no TensorFlow)."""
+    from itnet_keras import fit
+
+    assert keras.backend.backend() == "tensorflow"
+    assert fit.main(["--limit", "16", "--epochs", "1", "--bn-batches", "0", "--output", str(tmp_path / "run")]) == 0
+    x = np.random.default_rng(0).uniform(size=(2, 64, 64, 3)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "tf.npy", np.stack(keras.saving.load_model(tmp_path / "run" / "last.keras").predict(x, verbose=0)))
+    out = run_jax(NO_TENSORFLOW + """
+        import numpy as np
+        from itnet_keras import build_itnet, fit
+        from itnet_keras.config import parse_config
+        from itnet_keras.datasets import get_spec
+        from itnet_keras.run_folder import load_checkpoint, prepare_folder
+        config = prepare_folder(*parse_config(["--output", "run", "--resume"]))
+        spec = get_spec(config.data)
+        model = build_itnet(config.preset, num_classes=spec.num_classes)
+        trained, _ = fit.compile_model(model, config, spec, steps_per_epoch=2)
+        assert load_checkpoint("run/checkpoint.npz", trained)["epoch"] == 1
+        print("iterations", int(trained.optimizer.iterations))
+        print("max difference", np.abs(np.stack(model.predict(np.load("x.npy"), verbose=0)) - np.load("tf.npy")).max())
+        assert fit.main(["--output", "run", "--resume", "--epochs", "2", "--bn-batches", "0"]) == 0
+    """.replace("\n        ", "\n"), tmp_path)
+    assert "iterations 2" in out  # 16 images, batch 8: the step count (and the schedule) carry over
+    assert float(out.split("max difference ")[1].split()[0]) < 1e-4
+    assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 3  # header and two epochs
+    assert json.loads((tmp_path / "run" / "evaluation.json").read_text())["model"]["epochs_trained"] == 2
+
+
 def test_jax_cpu_convs_give_the_keras_ops_values_and_gradients(tmp_path, monkeypatch):
     out = run_jax("""
         import os, jax, numpy as np
