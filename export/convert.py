@@ -17,7 +17,7 @@ TFLite metadata goes inside each file; a sidecar `.json` repeats it. See export/
 import argparse
 import sys
 
-from itnet_keras.cli import description, parse_size
+from itnet_keras.cli import description, parse_size, positive, seed
 from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.datasets import DatasetError, get_spec, spec_with_classes
 from itnet_keras.export import FLAVORS, INPUT_TYPES, QUANT_MODES
@@ -38,15 +38,32 @@ def build_parser():
     parser.add_argument("--data", choices=DATASET_NAMES, help="the model's dataset")
     parser.add_argument("--data-dir", help="dataset folder (int8 calibration images)")
     parser.add_argument("--input-size", type=parse_size, help="HEIGHTxWIDTH (default: the dataset's)")
-    parser.add_argument("--calibration-images", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
+    parser.add_argument("--calibration-images", type=positive(int), default=16, help="int8: how many training images")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the calibration sample")
     parser.add_argument("--output", required=True, help="the file to write")
     add_verbose_flag(parser)
     return parser
 
 
+def parse_args(argv=None):
+    """The flags, with the combinations that cannot work refused (argparse's exit 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.flavor == "static" and (args.format != "tflite" or not args.iterations):
+        parser.error("--flavor static needs --format tflite and --iterations n [n ...]")
+    if args.flavor == "loop" and args.iterations:
+        parser.error("--iterations needs --flavor static")
+    if args.format == "onnx" and args.input_type != "float32":
+        parser.error(f"--input-type {args.input_type} needs --format tflite")
+    if args.format == "onnx" and args.quant != "float32":
+        parser.error(f"--quant {args.quant} needs --format tflite (the ONNX file is float32)")
+    if not args.output.endswith(f".{args.format}"):  # the sidecar is OUTPUT with .json: never the file itself
+        parser.error(f"--output {args.output}: expected a file name ending in .{args.format}")
+    return args
+
+
 if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
-    quiet_startup(build_parser().parse_args().verbose)
+    quiet_startup(parse_args().verbose)
 
 from itnet_keras.evaluate import load_itnet  # noqa: E402
 from itnet_keras.export.tflite import calibration_sample, convert_static, convert_tflite  # noqa: E402
@@ -80,15 +97,8 @@ def run(args):
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     quiet_startup(args.verbose)
-    if args.flavor == "static" and (args.format != "tflite" or not args.iterations):
-        parser.error("--flavor static needs --format tflite and --iterations n [n ...]")
-    if args.flavor == "loop" and args.iterations:
-        parser.error("--iterations needs --flavor static")
-    if args.format == "onnx" and args.input_type != "float32":
-        parser.error(f"--input-type {args.input_type} needs --format tflite")
     try:
         written = run(args)
     except (OSError, ValueError, DatasetError, ImportError) as error:  # ImportError: no metadata writer

@@ -34,6 +34,17 @@ def positive(kind):
     return parse
 
 
+def seed(text):
+    """An argparse type: a random seed, an integer in 0..2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer in 0..{2**32 - 1}")
+    return value
+
+
 def boolean(text):
     """An argparse type: true/1/yes or false/0/no."""
     if text.lower() in ("true", "1", "yes"):

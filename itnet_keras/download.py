@@ -173,9 +173,12 @@ def download_camvid(output, url=CAMVID_URL, counts=CAMVID_COUNTS, image_size=CAM
                                 f"remove it or choose another output") from None
         print(f"{output} already holds a complete CamVid")
         return output
-    output.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_work(output)
-    work = Path(tempfile.mkdtemp(prefix=f"{_work_prefix(output)}{os.getpid()}-", dir=output.parent))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_work(output)
+        work = Path(tempfile.mkdtemp(prefix=f"{_work_prefix(output)}{os.getpid()}-", dir=output.parent))
+    except OSError as error:
+        raise DownloadError(f"--output {output}: cannot write there ({error.strerror or error})") from None
     try:
         archive, folder = work / "archive.zip", work / "CamVid"
         print(f"downloading {url}", flush=True)

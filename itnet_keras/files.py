@@ -16,11 +16,13 @@ def temporary_path(path, suffix=".tmp"):
 
 @contextlib.contextmanager
 def atomic_path(path, suffix=".tmp"):
-    """A temporary name beside `path` to write to: renamed to `path` when the block ends,
-    removed if it raises (`suffix`: for writers that want a file type, e.g. `.tmp.keras`)."""
+    """A temporary name beside `path` to write to: flushed to disk and renamed to `path` when
+    the block ends, removed if it raises (`suffix`: for writers that want a file type, e.g. `.tmp.keras`)."""
     tmp = temporary_path(path, suffix)
     try:
         yield tmp
+        with open(tmp, "rb") as written:  # on disk before the rename, as `write_atomic` does
+            os.fsync(written.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -31,8 +33,6 @@ def write_atomic(path, data, mode="w"):
     """Write a file through a temporary name and rename it into place."""
     with atomic_path(path) as tmp, open(tmp, mode) as handle:
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def write_result_files(path, command, markdown, data):

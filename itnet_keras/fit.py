@@ -169,10 +169,11 @@ def _run(config, callbacks):
     write_atomic(folder / "config.json", json.dumps(resolved, indent=1))
     validated = checkpoint_epochs(config.checkpoint_every, config.epochs)  # validation chooses best.keras
     checkpoint = RunCheckpoint(folder, f"val_{names[-1]}_miou", state, model, validated)
+    # log.csv before the checkpoint, the commit point: a kill between the two leaves a row of an
+    # epoch that is not committed, which resuming drops and writes again (the other order loses it).
     callbacks = [
-        SyncEpoch(train), StopOnNaN(), checkpoint, EpochProgress(config.epochs, len(train), len(val), validated),
-        EpochSummary(config.epochs, names),
-        keras.callbacks.CSVLogger(str(folder / "log.csv"), append=config.resume),
+        SyncEpoch(train), StopOnNaN(), keras.callbacks.CSVLogger(str(folder / "log.csv"), append=config.resume),
+        checkpoint, EpochProgress(config.epochs, len(train), len(val), validated), EpochSummary(config.epochs, names),
         EpochTensorBoard(folder / "tensorboard"),
         *callbacks,
     ]

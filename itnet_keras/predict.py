@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from itnet_keras.console import add_verbose_flag, progress, quiet_startup
-from itnet_keras.cli import description, parse_size
+from itnet_keras.cli import description, parse_size, positive
 from itnet_keras.presets import DATASET_NAMES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -41,7 +41,7 @@ def build_parser():
     parser.add_argument("--output", required=True, help="folder for the masks")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--iterations", type=int, help="output n: run n iterations (default: all N)")
-    budget.add_argument("--deadline-ms", type=float,
+    budget.add_argument("--deadline-ms", type=positive(float),
                         help="run the most iterations whose time, measured here, fits this many milliseconds")
     parser.add_argument("--raw", action="store_true", help="also write the class ids (NAME_classes.png)")
     parser.add_argument("--input-size", type=parse_size,
@@ -118,6 +118,20 @@ def resize(array, size, nearest=False):
 # -- the two kinds of model ----------------------------------------------------------
 
 
+def _recorded(path, keys, remedy):
+    """Fields of the record beside a model (a run's config.json, a .tflite file's sidecar),
+    or a `PredictError` that names the file and the `remedy`."""
+    try:
+        record = json.loads(Path(path).read_text())
+        values = [record[key] for key in keys]
+    except (ValueError, KeyError, TypeError) as error:
+        raise PredictError(f"{path} is damaged or not ItNet's ({type(error).__name__}: {error}): {remedy}") from None
+    if "dataset" in keys and values[keys.index("dataset")] not in DATASETS:
+        raise PredictError(f"{path}: unknown dataset {values[keys.index('dataset')]!r} (expected one of "
+                           f"{', '.join(DATASETS)}): {remedy}")
+    return values
+
+
 class KerasPredictor:
     """A `.keras` ItNet: `logits(pixels [1, H, W, 3] uint8, n)` through `itnet_keras.anytime`."""
 
@@ -134,7 +148,7 @@ class KerasPredictor:
     def _dataset(path, num_classes):
         config = Path(path).parent / "config.json"
         if config.is_file():
-            return json.loads(config.read_text())["dataset"]
+            return _recorded(config, ["dataset"], "pass --data to name the model's dataset")[0]
         matches = [name for name, spec in DATASETS.items() if spec.num_classes == num_classes]
         if len(matches) != 1:
             raise PredictError(f"{path} has {num_classes} classes: pass --data to name its dataset")
@@ -159,8 +173,9 @@ class TFLitePredictor:
         if not meta_path.is_file():
             raise PredictError(f"{meta_path} not found: export/convert.py writes it beside {Path(path).name} "
                                "(the normalization and class names)")
-        meta = json.loads(meta_path.read_text())
-        self.spec, self.num_iterations = DATASETS[meta["dataset"]], meta["num_iterations"]
+        dataset, self.num_iterations = _recorded(meta_path, ["dataset", "num_iterations"],
+                                                 f"export/convert.py writes it again beside {Path(path).name}")
+        self.spec = DATASETS[dataset]
         try:
             with quietly():  # LiteRT announces its CPU delegate when it allocates
                 interpreter = Interpreter(model_path=str(path))
@@ -253,8 +268,6 @@ def run(args):
     n_max = predictor.num_iterations
     if args.iterations is not None and not 1 <= args.iterations <= n_max:
         raise PredictError(f"--iterations {args.iterations}: {args.model} has outputs 1..{n_max}")
-    if args.deadline_ms is not None and args.deadline_ms <= 0:
-        raise PredictError(f"--deadline-ms {args.deadline_ms:g}: expected a positive number of milliseconds")
     folder = Path(args.output)
     try:
         folder.mkdir(parents=True, exist_ok=True)

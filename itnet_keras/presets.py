@@ -4,6 +4,7 @@ A preset is a plain dict of `build_itnet` keyword arguments (JSON-safe). The
 dataset a preset was made for fixes its default input size and class count.
 """
 
+import math
 import typing
 
 
@@ -93,5 +94,5 @@ def validate_model_args(args):
     require(isinstance(args["weight_sharing"], bool), "weight_sharing", "True or False")
     require(args["bn_placement"] in BN_PLACEMENTS, "bn_placement", f"one of {BN_PLACEMENTS}")
     require(0.0 <= args["dropout"] < 1.0, "dropout", "a rate in [0, 1)")
-    require(args["l2"] >= 0.0, "l2", "a factor >= 0")
+    require(math.isfinite(args["l2"]) and args["l2"] >= 0.0, "l2", "a finite factor >= 0")
     require(isinstance(args["unroll"], bool), "unroll", "True or False")

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from itnet_keras.cli import description, parse_size, positive
+from itnet_keras.cli import description, parse_size, positive, seed
 from itnet_keras.console import add_verbose_flag, progress, quiet_startup
 from itnet_keras.presets import AUGMENT_RECIPES, DATASET_NAMES
 
@@ -32,7 +32,7 @@ def build_parser():
     parser.add_argument("--batch-size", type=positive(int), help="default: the recorded one, else 8")
     parser.add_argument("--limit", type=positive(int),
                         help="only the first LIMIT training images (default: the recorded limit)")
-    parser.add_argument("--seed", type=int, help="shuffle and augmentation seed (default: the recorded one, else 0)")
+    parser.add_argument("--seed", type=seed, help="shuffle and augmentation seed (default: the recorded one, else 0)")
     add_verbose_flag(parser)
     return parser
 

@@ -142,7 +142,11 @@ def trim_log(path, epochs_done):
     """Drop log rows of epochs that a resumed run repeats."""
     if path.is_file():
         lines = path.read_text().splitlines(keepends=True)
-        kept = lines[:1] + [line for line in lines[1:] if int(line.split(",")[0]) < epochs_done]
+        try:
+            kept = lines[:1] + [line for line in lines[1:] if int(line.split(",")[0]) < epochs_done]
+        except ValueError as error:
+            raise TrainingError(f"{path} is damaged ({error}): fix or remove its bad rows (the first column is "
+                                "the epoch), or delete it to start a new log") from None
         write_atomic(path, "".join(kept))
 
 

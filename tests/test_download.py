@@ -79,6 +79,13 @@ def test_cli_names_the_url_and_exits_with_2(tmp_path, capsys):
     assert not (tmp_path / "camvid").exists()
 
 
+def test_cli_names_an_output_it_cannot_create(tmp_path, archive, capsys):
+    (tmp_path / "afile").write_text("a file, not a folder")
+    output = tmp_path / "afile" / "camvid"
+    assert main(["camvid", "--output", str(output), "--url", archive.as_uri()]) == 2
+    assert f"error: --output {output}: cannot write there" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag", ["--deadline", "--read-timeout"])
 def test_cli_refuses_a_time_that_is_not_positive(flag, capsys):
     with pytest.raises(SystemExit):

@@ -258,6 +258,12 @@ def test_cli_errors_name_the_culprit_and_leave_nothing(tiny, tmp_path):
         ([tmp_path / "missing.keras", "--output", out], "missing.keras does not exist"),
         ([model_path, "--quant", "int4", "--output", out], "--quant: invalid choice: 'int4'"),
         ([model_path, "--output", tmp_path / "file" / "x.tflite"], "cannot write there"),
+        ([model_path, "--output", tmp_path / "x.json"], "x.json: expected a file name ending in .tflite"),
+        ([model_path, "--format", "onnx", "--quant", "int8", "--output", tmp_path / "x.onnx"],
+         "--quant int8 needs --format tflite"),
+        ([model_path, "--quant", "int8", "--calibration-images", "0", "--output", out],
+         "argument --calibration-images: '0': expected a number > 0"),
+        ([model_path, "--quant", "int8", "--seed", "-1", "--output", out], "argument --seed: '-1': expected an integer"),
     ]
     (tmp_path / "file").write_text("a file, not a folder")
     plain = tmp_path / "plain.keras"

@@ -158,6 +158,25 @@ def test_bad_input_gives_one_clear_error(model_file, photos, tmp_path, capsys, m
     assert not (tmp_path / "out").exists()  # nothing written
 
 
+def test_damaged_records_beside_the_model_are_named(model_file, tflite_file, photos, tmp_path, capsys):
+    """A run's config.json and a .tflite file's sidecar give the dataset: damaged, they are named."""
+    run, exported = tmp_path / "run", tmp_path / "exported"
+    run.mkdir(), exported.mkdir()
+    (run / "best.keras").write_bytes(model_file[1].read_bytes())
+    (run / "config.json").write_text("{}")
+    (exported / "tiny.tflite").write_bytes(tflite_file.read_bytes())
+    (exported / "tiny.json").write_text(json.dumps({"dataset": "mars", "num_iterations": 4}))
+    assert predict(run / "best.keras", photos, "--output", tmp_path / "out") == 2
+    assert f"{run / 'config.json'} is damaged or not ItNet's (KeyError: 'dataset'): pass --data" in capsys.readouterr().err
+    assert predict(run / "best.keras", photos, "--data", "builtin", "--output", tmp_path / "out") == 0
+    assert predict(exported / "tiny.tflite", photos, "--output", tmp_path / "out2") == 2
+    assert f"{exported / 'tiny.json'}: unknown dataset 'mars'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        predict(run / "best.keras", photos, "--deadline-ms", "nan", "--output", tmp_path / "out3")
+    assert "argument --deadline-ms: 'nan': expected a number > 0" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()
+
+
 def test_tflite_input_size_cannot_change(tflite_file, photos, tmp_path, capsys):
     assert predict(tflite_file, photos, "--input-size", "32x32", "--output", tmp_path / "out") == 2
     assert "--input-size 32x32: tiny.tflite takes 64x64 images only" in capsys.readouterr().err

@@ -184,6 +184,7 @@ def test_evaluate_uses_the_recorded_training_scale_or_warns(finished_run, tmp_pa
     (["--seed", "-1"], "--seed -1: expected an integer in 0..4294967295"),
     (["--dropout", "1.5"], "--dropout 1.5: expected a rate in [0, 1)"),
     (["--width", "5"], "--width 5: expected an integer >= 7"),
+    (["--l2", "inf"], "--l2 inf: expected a finite factor >= 0"),
 ])
 def test_numeric_flags_are_checked_and_leave_no_folder(tmp_path, flags, message, capsys):
     assert fit.main([*SMALL, "--output", str(tmp_path / "run"), *flags]) == 2
@@ -262,6 +263,31 @@ def test_nan_in_epoch_1_says_no_checkpoint_exists_and_prints_no_stray_lines(tmp_
     assert "holds no checkpoint" in result.stdout
     assert not (tmp_path / "run" / "checkpoint.npz").exists()
     assert "PyFunc" not in result.stderr and "GeneratorDataset" not in result.stderr, result.stderr[-2000:]
+
+
+def test_a_damaged_log_is_named(run_copy, capsys):
+    with open(run_copy / "log.csv", "a") as log:
+        log.write("x,1\n")
+    assert fit.main(["--output", str(run_copy), "--resume", "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {run_copy / 'log.csv'} is damaged" in err and "Traceback" not in err
+
+
+def test_a_kill_just_after_the_checkpoint_loses_no_log_row(tmp_path, monkeypatch):
+    """log.csv is written before checkpoint.npz, the commit point: a run killed right after it
+    committed epoch 1 resumes with epoch 1's row, and every epoch has one row."""
+    commit = run_folder.save_checkpoint
+
+    def commit_then_kill(*args):
+        commit(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_folder, "save_checkpoint", commit_then_kill)
+    with pytest.raises(KeyboardInterrupt):
+        fit.run(*parse_config([*SMALL, "--epochs", "2", "--output", str(tmp_path / "run")]))
+    monkeypatch.undo()
+    fit.run(*parse_config(["--output", str(tmp_path / "run"), "--resume"]))
+    assert [line.split(",")[0] for line in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]] == ["0", "1"]
 
 
 # -- 8. --resume --epochs M ----------------------------------------------------------
