@@ -71,7 +71,8 @@ def test_a_tensorflow_run_resumes_under_jax(tmp_path):
     assert fit.main(["--limit", "16", "--epochs", "1", "--bn-batches", "0", "--output", str(tmp_path / "run")]) == 0
     x = np.random.default_rng(0).uniform(size=(2, 64, 64, 3)).astype("float32")
     np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "tf.npy", np.stack(keras.saving.load_model(tmp_path / "run" / "last.keras").predict(x, verbose=0)))
+    trained = keras.saving.load_model(tmp_path / "run" / "last.keras")
+    np.save(tmp_path / "tf.npy", np.stack(trained.predict(x, verbose=0)))
     out = run_jax(NO_TENSORFLOW + """
         import numpy as np
         from itnet_keras import build_itnet, fit

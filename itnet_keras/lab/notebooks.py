@@ -4,9 +4,10 @@ Each notebook is kept twice: `NAME.py`, the source to edit (jupytext percent for
 `NAME.ipynb`, the executed notebook to read. This command executes the `.py` with nbclient
 (working folder `notebooks/`, `ITNET_NOTEBOOK_MODE` set to the mode) and writes the
 executed notebook to `--output`, or by default: in full mode to the committed `NAME.ipynb`,
-in smoke mode to `runs/notebooks/NAME.ipynb` (smoke numbers mean nothing). `--check` only reports whether each
-`.ipynb` still holds the cells of its `.py`; `--markdown` copies edited prose (markdown
-cells) into the executed `.ipynb` without running it again, and refuses if code changed.
+in smoke mode to `runs/notebooks/NAME.ipynb` (smoke numbers mean nothing). `--check` only
+reports whether each `.ipynb` still holds the cells of its `.py`; `--markdown` copies edited
+prose (markdown cells) into the executed `.ipynb` without running it again, and refuses if
+code changed.
 """
 
 import argparse
