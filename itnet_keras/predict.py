@@ -63,7 +63,7 @@ from PIL import Image  # noqa: E402
 from itnet_keras.augment import normalize  # noqa: E402
 from itnet_keras.console import quietly  # noqa: E402
 from itnet_keras.datasets import DATASETS, DatasetError, read_image  # noqa: E402
-from itnet_keras.evaluate import load_itnet  # noqa: E402
+from itnet_keras.evaluate import load_itnet, training_record  # noqa: E402
 from itnet_keras.plots import class_colors  # noqa: E402
 from itnet_keras.files import write_atomic  # noqa: E402
 from itnet_keras.model import anytime, model_args  # noqa: E402
@@ -118,18 +118,11 @@ def resize(array, size, nearest=False):
 # -- the two kinds of model ----------------------------------------------------------
 
 
-def _recorded(path, keys, remedy):
-    """Fields of the record beside a model (a run's config.json, a .tflite file's sidecar),
-    or a `PredictError` that names the file and the `remedy`."""
-    try:
-        record = json.loads(Path(path).read_text())
-        values = [record[key] for key in keys]
-    except (ValueError, KeyError, TypeError) as error:
-        raise PredictError(f"{path} is damaged or not ItNet's ({type(error).__name__}: {error}): {remedy}") from None
-    if "dataset" in keys and values[keys.index("dataset")] not in DATASETS:
-        raise PredictError(f"{path}: unknown dataset {values[keys.index('dataset')]!r} (expected one of "
-                           f"{', '.join(DATASETS)}): {remedy}")
-    return values
+def _known(dataset, path, remedy):
+    """`dataset`, recorded in `path`, if it is one of ours; else a `PredictError`."""
+    if dataset not in DATASETS:
+        raise PredictError(f"{path}: unknown dataset {dataset!r} (expected one of {', '.join(DATASETS)}): {remedy}")
+    return dataset
 
 
 class KerasPredictor:
@@ -146,9 +139,9 @@ class KerasPredictor:
 
     @staticmethod
     def _dataset(path, num_classes):
-        config = Path(path).parent / "config.json"
-        if config.is_file():
-            return _recorded(config, ["dataset"], "pass --data to name the model's dataset")[0]
+        record = training_record(path)  # the run's config.json, if the model has one beside it
+        if record is not None:
+            return _known(record.get("data"), Path(path).with_name("config.json"), "pass --data")
         matches = [name for name, spec in DATASETS.items() if spec.num_classes == num_classes]
         if len(matches) != 1:
             raise PredictError(f"{path} has {num_classes} classes: pass --data to name its dataset")
@@ -173,9 +166,13 @@ class TFLitePredictor:
         if not meta_path.is_file():
             raise PredictError(f"{meta_path} not found: export/convert.py writes it beside {Path(path).name} "
                                "(the normalization and class names)")
-        dataset, self.num_iterations = _recorded(meta_path, ["dataset", "num_iterations"],
-                                                 f"export/convert.py writes it again beside {Path(path).name}")
-        self.spec = DATASETS[dataset]
+        remedy = f"export/convert.py writes it again beside {Path(path).name}"
+        try:
+            meta = json.loads(meta_path.read_text())
+            dataset, self.num_iterations = meta["dataset"], meta["num_iterations"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise PredictError(f"{meta_path} is damaged ({type(error).__name__}: {error}): {remedy}") from None
+        self.spec = DATASETS[_known(dataset, meta_path, remedy)]
         try:
             with quietly():  # LiteRT announces its CPU delegate when it allocates
                 interpreter = Interpreter(model_path=str(path))

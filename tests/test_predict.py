@@ -168,7 +168,7 @@ def test_damaged_records_beside_the_model_are_named(model_file, tflite_file, pho
     (exported / "tiny.json").write_text(json.dumps({"dataset": "mars", "num_iterations": 4}))
     assert predict(run / "best.keras", photos, "--output", tmp_path / "out") == 2
     err = capsys.readouterr().err
-    assert f"{run / 'config.json'} is damaged or not ItNet's (KeyError: 'dataset'): pass --data" in err
+    assert f"{run / 'config.json'} is damaged (KeyError: 'fit'): it should hold the training configuration" in err
     assert predict(run / "best.keras", photos, "--data", "builtin", "--output", tmp_path / "out") == 0
     assert predict(exported / "tiny.tflite", photos, "--output", tmp_path / "out2") == 2
     assert f"{exported / 'tiny.json'}: unknown dataset 'mars'" in capsys.readouterr().err
