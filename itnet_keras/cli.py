@@ -34,14 +34,17 @@ def positive(kind):
     return parse
 
 
+SEEDS = range(2**32)  # what every command's --seed accepts (numpy's and Keras' seed range)
+
+
 def seed(text):
-    """An argparse type: a random seed, an integer in 0..2**32 - 1."""
+    """An argparse type: a random seed, an integer in `SEEDS`."""
     try:
         value = int(text)
     except ValueError:
         value = -1
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer in 0..{2**32 - 1}")
+    if value not in SEEDS:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer in 0..{SEEDS[-1]}")
     return value
 
 

@@ -7,7 +7,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 
-from itnet_keras.cli import boolean
+from itnet_keras.cli import SEEDS, boolean
 from itnet_keras.presets import AUGMENT_RECIPES, DATASET_NAMES, MODEL_ARGS
 
 
@@ -93,8 +93,8 @@ class FitConfig(_WithModel):
         if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
                 and self.learning_rate > 0):
             raise ValueError(f"--learning-rate {self.learning_rate!r}: expected a finite number > 0")
-        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
-            raise ValueError(f"--seed {self.seed!r}: expected an integer in 0..{2**32 - 1}")
+        if not (isinstance(self.seed, int) and self.seed in SEEDS):
+            raise ValueError(f"--seed {self.seed!r}: expected an integer in 0..{SEEDS[-1]}")
 
 
 def flag_of(name):
