@@ -53,6 +53,17 @@ from itnet_keras.run_folder import (  # noqa: E402
 # TensorFlow is imported where used: `--strategy mirrored` on that backend only.
 
 
+def learning_rate_schedule(learning_rate, total_steps):
+    """`learning_rate` for the first 70% of the steps, x0.1 up to 85%, x0.01 after (SPEC s.7).
+
+    Integer arithmetic (int(0.7 * 90000) is 62999), and boundaries one below the step counts:
+    Keras keeps a rate while the 0-based step is at most its boundary."""
+    first = max(1, 7 * total_steps // 10)
+    second = max(first + 1, 17 * total_steps // 20)
+    return keras.optimizers.schedules.PiecewiseConstantDecay(
+        [first - 1, second - 1], [learning_rate, learning_rate * 0.1, learning_rate * 0.01])
+
+
 def compile_model(model, config, spec, steps_per_epoch):
     """Compile the model `fit` trains with one loss per output and the step schedule; returns
     it and the output weights. That model is `model`, or with `--remat` `training_model(model)`:
@@ -64,11 +75,7 @@ def compile_model(model, config, spec, steps_per_epoch):
         weights = output_weights(config.output_weights, len(names))
     except ValueError as error:
         raise ConfigError(f"--output-weights: {error}") from error
-    total = config.epochs * steps_per_epoch
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-        [max(1, int(0.7 * total)), max(2, int(0.85 * total))],
-        [config.learning_rate, config.learning_rate * 0.1, config.learning_rate * 0.01],
-    )
+    schedule = learning_rate_schedule(config.learning_rate, config.epochs * steps_per_epoch)
     trained.compile(
         optimizer=keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999),
         loss={name: MaskedCrossEntropy(spec.ignore_label, remat=config.remat, resize=heads) for name in names},

@@ -173,11 +173,18 @@ class IterativeBlock(IterationWeights, keras.layers.Layer):
             h, stats = self._conv_norm(ops.relu6(h), key + "_depthwise", n, training, stats, True)
             h = ops.relu6(h)
             if seed is not None:
-                salt = ops.convert_to_tensor([l * 100 + k, 0], "int32")
-                h = _dropout(h, self.dropout, seed + salt + ops.stack([0, ops.cast(n, "int32")]))
+                h = _dropout(h, self.dropout, self.dropout_seed(seed, n, l, k))
             h, stats = self._conv_norm(h, key + "_project", n, training, stats)
             x = x + h
         return x, stats
+
+    def dropout_seed(self, seed, n, l, k):
+        """The dropout seed of bottleneck k at scale l in 0-based iteration n, from the step's
+        `seed` (`seed_generator.next()`, which adds [0, 1] at every step). The (n, l, k) index
+        goes into the first component: in the second it would meet the step counter, and
+        iteration n of one step would reuse the mask of iteration n + 1 of the step before."""
+        index = (ops.cast(n, "int32") * self.num_scales + (l - 1)) * self.num_blocks + (k - 1)
+        return seed + ops.stack([index, ops.convert_to_tensor(0, "int32")])
 
     def _iteration(self, state, n, training, stats, seed, mixes=None, head=True):
         """0-based iteration n: (state, logits of head n or None without `head`, stats).

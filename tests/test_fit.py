@@ -126,6 +126,14 @@ def test_output_weights_help_lists_the_schedules(capsys):
         assert schedule in SCHEDULE_HELP and f"{schedule}" in help_text.split("--output-weights", 2)[2][:600]
 
 
+@pytest.mark.parametrize("total", [20, 2000 * 45, 7])
+def test_learning_rate_steps_after_70_and_85_percent_of_the_steps(total):
+    schedule = fit.learning_rate_schedule(1e-3, total)
+    rates = np.array(schedule(np.arange(total)))  # the rate of each update, by its 0-based step
+    counts = [int(np.isclose(rates, rate).sum()) for rate in (1e-3, 1e-4, 1e-5)]
+    assert counts == [7 * total // 10, 17 * total // 20 - 7 * total // 10, total - 17 * total // 20]
+
+
 class Interrupt(keras.callbacks.Callback):
     """Stops the process's training after epoch `after` (1-based), as a crash would."""
 

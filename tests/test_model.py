@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras import ops
 
 from itnet_keras import build_itnet
 from itnet_keras.config import build_parser
@@ -136,6 +137,21 @@ def test_anytime_and_steps_equal_the_full_model(variant):
         np.testing.assert_allclose(a, b, atol=1e-5)
     np.testing.assert_allclose(anytime(model, images, 0), outputs[0], atol=1e-5)  # clamped
     np.testing.assert_allclose(anytime(model, images, tf.constant(99)), outputs[-1], atol=1e-5)
+
+
+def test_every_dropout_mask_has_its_own_seed_across_steps():
+    """The seed of each (step, iteration, scale, bottleneck) is unique: no mask repeats, as it
+    did when the iteration shared the seed component that the generator steps."""
+    model = build_itnet(num_classes=3, width=8, num_scales=2, num_iterations=4, num_blocks=2, dropout=0.1)
+    block = iterative_block(model)
+    seeds = set()
+    for _ in range(5):  # five training steps, as `_run` draws them
+        step = ops.cast(ops.mod(block.seed_generator.next(), 2**30), "int32")
+        for n in range(4):
+            for l in (1, 2):
+                for k in (1, 2):
+                    seeds.add(tuple(int(v) for v in ops.convert_to_numpy(block.dropout_seed(step, n, l, k))))
+    assert len(seeds) == 5 * 4 * 2 * 2
 
 
 def test_unrolled_variant_computes_the_same():
