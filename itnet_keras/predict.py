@@ -3,7 +3,8 @@
     python -m itnet_keras.predict runs/itnet/best.keras photos/ --output masks
     python -m itnet_keras.predict itnet.tflite 'photos/*.jpg' --deadline-ms 20 --output masks --raw
 
-MODEL is a `.keras` file (run at each image's size, or `--input-size`) or a `.tflite` file
+MODEL is a `.keras` file (each image scaled to the pixel count the model was trained at,
+keeping its aspect ratio, or to `--input-size`) or a `.tflite` file
 from `export/convert.py` (its `anytime` signature, at the file's input size: other images
 are resized, and the command says so). IMAGES are files, folders (their images) or glob
 patterns. Output n = `--iterations n`, or with `--deadline-ms T` the largest n whose time,
@@ -18,6 +19,7 @@ import argparse
 import glob
 import io
 import json
+import math
 import statistics
 import sys
 import time
@@ -45,7 +47,8 @@ def build_parser():
                         help="run the most iterations whose time, measured here, fits this many milliseconds")
     parser.add_argument("--raw", action="store_true", help="also write the class ids (NAME_classes.png)")
     parser.add_argument("--input-size", type=parse_size,
-                        help="HEIGHTxWIDTH to resize .keras inputs to (default: each image's)")
+                        help="HEIGHTxWIDTH to resize .keras inputs to (default: each image scaled to the "
+                             "pixel count of the model's training images, aspect ratio kept)")
     parser.add_argument("--data", choices=DATASET_NAMES,
                         help="the dataset the .keras model was trained on (normalization and class names; "
                              "default: the run folder's config.json, else the dataset with the model's class count)")
@@ -60,7 +63,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from itnet_keras.augment import normalize  # noqa: E402
+from itnet_keras.augment import input_size as dataset_input_size, normalize  # noqa: E402
 from itnet_keras.console import quietly  # noqa: E402
 from itnet_keras.datasets import DATASETS, DatasetError, read_image  # noqa: E402
 from itnet_keras.evaluate import load_itnet, training_record  # noqa: E402
@@ -132,14 +135,20 @@ class KerasPredictor:
         self.model = load_itnet(path)
         args = model_args(self.model)
         self.num_iterations, self.input_size = args["num_iterations"], input_size
-        self.spec = DATASETS[data or self._dataset(path, args["num_classes"])]
+        # The run's config.json, if the model has one beside it: its dataset and scale,
+        # unless --data and --input-size make it unneeded.
+        record = None if data and input_size else training_record(path)
+        self.spec = DATASETS[data or self._dataset(path, record, args["num_classes"])]
         if self.spec.num_classes != args["num_classes"]:
             raise PredictError(f"--data {self.spec.name}: {self.spec.num_classes} classes, but {path} has "
                                f"{args['num_classes']}")
+        try:
+            self.training_size = dataset_input_size(self.spec, (record or {}).get("scale") or 1)
+        except ValueError as error:
+            raise PredictError(f"{Path(path).with_name('config.json')}: {error}") from None
 
     @staticmethod
-    def _dataset(path, num_classes):
-        record = training_record(path)  # the run's config.json, if the model has one beside it
+    def _dataset(path, record, num_classes):
         if record is not None:
             return _known(record.get("data"), Path(path).with_name("config.json"), "pass --data")
         matches = [name for name, spec in DATASETS.items() if spec.num_classes == num_classes]
@@ -148,7 +157,13 @@ class KerasPredictor:
         return matches[0]
 
     def size_for(self, image_size):
-        return self.input_size or image_size
+        """`--input-size`, else the image's size scaled to the training images' pixel count:
+        objects then appear about as large as the model learnt them (a 720x960 CamVid frame
+        runs at 360x480, a 1080x1920 one at 312x554)."""
+        if self.input_size:
+            return self.input_size
+        factor = math.sqrt(math.prod(self.training_size) / math.prod(image_size))
+        return tuple(round(side * factor) for side in image_size)
 
     def logits(self, pixels, n):
         return np.asarray(anytime(self.model, normalize(pixels, self.spec), n))

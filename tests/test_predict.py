@@ -61,11 +61,15 @@ def test_keras_model_on_a_folder_writes_masks_overlays_and_class_maps(model_file
     assert [i["image"] for i in summary["images"]] == [str(photos / n) for n in ("a.png", "b.png", "c.png")]
     assert summary["dataset"] == "builtin" and all(i["iterations"] == 2 for i in summary["images"])
     colors = class_colors(SPEC.num_classes)
-    for name in ("a", "b", "c"):
+    # The .keras model runs each image at the pixel count it was trained at (64x64), aspect
+    # ratio kept: a and b as they are, c (48x80) at 50x83, its mask resized back.
+    assert [i["input_size"] for i in summary["images"]] == [[64, 64], [64, 64], [50, 83]]
+    for name, size in (("a", (64, 64)), ("b", (64, 64)), ("c", (50, 83))):
         image = np.asarray(Image.open(photos / f"{name}.png"))
         classes = np.asarray(Image.open(out / f"{name}_classes.png"))
-        expected = np.asarray(anytime(model, normalize(image, SPEC)[None], 2))[0].argmax(-1)
-        np.testing.assert_array_equal(classes, expected)  # the .keras model runs at the image's size
+        logits = anytime(model, normalize(predict_module.resize(image, size), SPEC)[None], 2)
+        expected = predict_module.resize(np.asarray(logits)[0].argmax(-1).astype(np.uint8), image.shape[:2], True)
+        np.testing.assert_array_equal(classes, expected)
         np.testing.assert_array_equal(np.asarray(Image.open(out / f"{name}_mask.png")), colors[classes])
         overlay = np.asarray(Image.open(out / f"{name}_overlay.png")).astype(int)
         assert np.abs(overlay - (image.astype(int) + colors[classes]) // 2).max() <= 1
@@ -73,6 +77,29 @@ def test_keras_model_on_a_folder_writes_masks_overlays_and_class_maps(model_file
     assert predict(path, photos / "a.png", "--output", tmp_path / "out2") == 0  # default: the last output
     assert not (tmp_path / "out2" / "a_classes.png").exists()  # class maps only with --raw
     assert json.loads((tmp_path / "out2" / "predictions.json").read_text())["images"][0]["iterations"] == 4
+
+
+def test_keras_model_runs_at_the_training_scale_or_the_input_size(model_file, photos, tmp_path):
+    """Twice the training resolution runs at the training size; a run folder's --scale 2 halves
+    that; --input-size overrides both."""
+    model, path = model_file
+    big = tmp_path / "big"
+    big.mkdir()
+    Image.open(photos / "c.png").resize((160, 96)).save(big / "c.png")  # 96x160: 2x the 48x80 photo
+
+    def input_size(model_path, *flags):
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        assert predict(model_path, big, "--output", out, *flags) == 0
+        assert np.asarray(Image.open(out / "c_mask.png")).shape[:2] == (96, 160)  # masks at the image's size
+        return json.loads((out / "predictions.json").read_text())["images"][0]["input_size"]
+
+    assert input_size(path) == [50, 83]
+    assert input_size(path, "--input-size", "96x160") == [96, 160]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.keras").write_bytes(path.read_bytes())
+    (run / "config.json").write_text(json.dumps({"fit": {"data": "builtin", "scale": 2}}))
+    assert input_size(run / "best.keras") == [25, 41]  # 32x32 pixels: 64x64 at --scale 2
 
 
 def test_tflite_file_resizes_other_sizes_and_says_so(model_file, tflite_file, photos, tmp_path, capsys):
@@ -169,7 +196,9 @@ def test_damaged_records_beside_the_model_are_named(model_file, tflite_file, pho
     assert predict(run / "best.keras", photos, "--output", tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert f"{run / 'config.json'} is damaged (KeyError: 'fit'): it should hold the training configuration" in err
-    assert predict(run / "best.keras", photos, "--data", "builtin", "--output", tmp_path / "out") == 0
+    assert predict(run / "best.keras", photos, "--data", "builtin", "--output", tmp_path / "out") == 2  # its scale
+    assert predict(run / "best.keras", photos, "--data", "builtin", "--input-size", "64x64",
+                   "--output", tmp_path / "out") == 0
     assert predict(exported / "tiny.tflite", photos, "--output", tmp_path / "out2") == 2
     assert f"{exported / 'tiny.json'}: unknown dataset 'mars'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
