@@ -94,6 +94,10 @@ def split_confusion_matrices(dataset, predict):
         images, labels = _batch_with_labels(dataset, index)
         batch = [confusion_matrix(labels, p, spec.num_classes, spec.ignore_label) for p in predict(images)]
         matrices = batch if matrices is None else [m + b for m, b in zip(matrices, batch)]
+    if not matrices[0].sum():  # an mIoU of 0.0 that would mean nothing
+        raise ValueError(f"{spec.name} {dataset.split.split}: no labelled pixel in its {len(dataset.split)} images "
+                         f"(every label is the ignore value {spec.ignore_label}); Cityscapes withholds its test "
+                         "labels: evaluate on val")
     return matrices, tuple(images.shape[1:3])
 
 

@@ -148,6 +148,19 @@ def test_evaluate_infers_the_dataset_from_the_class_count(tmp_path, write_camvid
     assert report["dataset"] == "camvid" and report["input_size"] == [90, 120]
 
 
+def test_evaluate_refuses_a_split_without_labels(tmp_path, write_cityscapes, capsys):
+    """Cityscapes' public test labels are all "unlabeled": an mIoU of 0.0 would mean nothing."""
+    root = write_cityscapes(tmp_path / "cityscapes", cities=("berlin",), splits=("test",))
+    for label in (root / "gtFine" / "test" / "berlin").glob("*_labelIds.png"):
+        Image.fromarray(np.zeros((64, 128), np.uint8)).save(label)
+    build_itnet("tiny", num_classes=19).save(tmp_path / "cityscapes_model.keras")
+    assert evaluate.main([str(tmp_path / "cityscapes_model.keras"), "--data", "cityscapes", "--data-dir", str(root),
+                          "--split", "test", "--scale", "8", "--output", str(tmp_path / "eval")]) == 2
+    assert "cityscapes test: no labelled pixel in its 2 images (every label is the ignore value 255)" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "eval" / "evaluation.json").exists()
+
+
 def test_evaluate_refuses_a_class_count_mismatch(finished_run, tmp_path, camvid_fixture, capsys):
     assert evaluate.main([str(finished_run / "last.keras"), "--data", "camvid", "--data-dir", str(camvid_fixture),
                           "--output", str(tmp_path / "eval")]) == 2
