@@ -96,7 +96,7 @@ def _datasets(config):
     common = dict(data_dir=config.data_dir, scale=config.scale, limit=config.limit, batch_size=config.batch_size)
     train = make_dataset(config.data, "train", training=True, seed=config.seed, crop=crop,
                          workers=config.workers, augment=config.augment, **common)
-    val = make_dataset(config.data, "val", **common)
+    val = make_dataset(config.data, "val", pad_last=True, **common)
     return train, val
 
 

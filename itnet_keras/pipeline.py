@@ -31,15 +31,19 @@ class SegmentationDataset(keras.utils.PyDataset):
     of `label_dtype(spec)`.
 
     Targets are a dict `{name: labels}` when `output_names` is given (one loss per
-    model output). `epoch` selects the shuffle and augmentation; it advances at each
+    model output). With `pad_last` (evaluation only), a last incomplete batch is filled up
+    with black images labelled with the ignore value, which add nothing to the losses and
+    the confusion matrices: every batch then has one shape, which JAX compiles once and its
+    data parallelism can split over the devices. `epoch` selects the shuffle and augmentation; it advances at each
     `on_epoch_begin` / `on_epoch_end` pair and can be set directly (see `SyncEpoch`).
     """
 
     def __init__(self, split, augmentation, batch_size=8, training=False, seed=0,
-                 output_names=None, workers=1, **kwargs):
+                 output_names=None, workers=1, pad_last=False, **kwargs):
         super().__init__(workers=workers, use_multiprocessing=False, **kwargs)
         self.split, self.spec, self.augmentation = split, split.spec, augmentation
         self.batch_size, self.training, self.seed = batch_size, training, seed
+        self.pad_last = pad_last and not training  # training drops the incomplete batch
         self.output_names = list(output_names) if output_names else None
         self.epoch = 0
         self._in_epoch = False
@@ -74,6 +78,11 @@ class SegmentationDataset(keras.utils.PyDataset):
             self.augmentation(*self.split[i], sample_seed(self.seed, epoch, int(i)))
             for i in indices))
         images, labels = np.stack(images), np.stack(labels).astype(label_dtype(self.spec))
+        if self.pad_last and len(images) < self.batch_size:
+            missing = self.batch_size - len(images)
+            images = np.concatenate([images, np.zeros((missing, *images.shape[1:]), images.dtype)])
+            labels = np.concatenate([labels, np.full((missing, *labels.shape[1:]), self.spec.ignore_label,
+                                                     labels.dtype)])
         if self.output_names:
             return images, {name: labels for name in self.output_names}
         return images, labels
@@ -107,7 +116,7 @@ class SyncEpoch(keras.callbacks.Callback):
 
 def make_dataset(name, split, *, data_dir=None, batch_size=8, training=False, seed=0,
                  limit=None, crop=None, scale=1, output_names=None, workers=1, augment="paper",
-                 **builtin_kwargs):
+                 pad_last=False, **builtin_kwargs):
     """A `SegmentationDataset` of `split` of dataset `name` (see `datasets.load_split`).
 
     `crop` (h, w) overrides the training crop; `scale` divides the image size first
@@ -117,4 +126,4 @@ def make_dataset(name, split, *, data_dir=None, batch_size=8, training=False, se
     data = load_split(name, split, data_dir=data_dir, limit=limit, **builtin_kwargs)
     augmentation = Augmentation(data.spec, training, crop=crop, scale=scale, recipe=augment)
     return SegmentationDataset(data, augmentation, batch_size=batch_size, training=training,
-                               seed=seed, output_names=output_names, workers=workers)
+                               seed=seed, output_names=output_names, workers=workers, pad_last=pad_last)

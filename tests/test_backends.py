@@ -278,7 +278,8 @@ def test_jax_remat_and_data_parallel(tmp_path):
         class Devices(keras.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):
                 seen["devices"] = len(self.model.trainable_variables[0].value.sharding.device_set)
-        config, given = fit.parse_config(["--limit", "16", "--epochs", "1", "--strategy", "mirrored",
+        # 13 images: one training batch, and validation ends with 5 images (padded to 8, not split 2.5 a device)
+        config, given = fit.parse_config(["--limit", "13", "--epochs", "1", "--strategy", "mirrored",
                                           "--output", "dp"])
         fit.run(config, given, callbacks=[Devices()])
         print("devices", len(jax.devices()), seen["devices"])

@@ -258,6 +258,30 @@ def test_output_names_give_one_target_per_output():
         assert targets[name].shape == (4, 32, 32)
 
 
+def test_padded_last_batch_adds_nothing_to_the_metrics():
+    """`pad_last`: the last of 20 images at batch 8 is filled up with 4 black, ignore-labelled
+    images; the split's mIoU under `model.evaluate` is the same as without padding."""
+    import keras
+
+    from itnet_keras.losses import MaskedCrossEntropy
+    from itnet_keras.metrics import SegmentationMeanIoU
+
+    kwargs = dict(batch_size=8, size=16, num_images=20)
+    plain, padded = (make_dataset("builtin", "val", pad_last=pad, **kwargs) for pad in (False, True))
+    (last_images, last_labels), (images, labels) = plain[2], padded[2]
+    assert len(padded) == 3 and images.shape[0] == labels.shape[0] == 8
+    np.testing.assert_array_equal(images[:4], last_images)
+    np.testing.assert_array_equal(labels[:4], last_labels)
+    assert not images[4:].any() and (labels[4:] == 255).all()
+    assert len(make_dataset("builtin", "train", training=True, pad_last=True, **kwargs)[1][0]) == 8  # dropped
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3, padding="same")])
+    model.compile("adam", MaskedCrossEntropy(255), metrics=[SegmentationMeanIoU(4, 255, name="miou")])
+    mious = [model.evaluate(data, verbose=0, return_dict=True)["miou"] for data in (plain, padded)]
+    assert 0 < mious[0] == mious[1]
+
+
 def test_too_few_samples_for_a_training_batch():
     with pytest.raises(ValueError, match=r"builtin train has 4 samples: expected at least "
                                          r"batch_size 8"):
