@@ -4,8 +4,8 @@
         [--deadline SECONDS] [--read-timeout SECONDS]
 
 The archive is downloaded to a temporary file, its `CamVid/` folder extracted to a
-temporary folder beside the output and checked (image counts per split, matching label
-files, list files, image size); only then is it renamed to the output folder.
+temporary folder beside the output and checked (image and label counts per split, every
+file the list files name, image size); only then is it renamed to the output folder.
 
 The download prints its progress, gives up when the whole of it takes longer than
 `--deadline` or one read waits longer than `--read-timeout`, and on any failure (also
