@@ -79,8 +79,9 @@ def _run(args, **kwargs):
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[-1])
 def test_help_answers_before_tensorflow_loads(command):
-    """`--help` without importing TensorFlow, so in well under the 2 s aimed at (asserted:
-    4 s, for a loaded machine; TensorFlow's import alone takes 5 s or more there)."""
+    """`--help` answers without importing TensorFlow (whose import alone takes 5 s or more on
+    a loaded machine). Asserted on `sys.modules`, not on a time, which a loaded machine
+    stretches past any bound."""
     probe = ("import runpy, sys\n"
              f"sys.argv = [{command[-1]!r}, '--help']\n"
              "try:\n"
@@ -88,10 +89,8 @@ def test_help_answers_before_tensorflow_loads(command):
              "except SystemExit:\n"
              "    print('tensorflow loaded:', 'tensorflow' in sys.modules)\n")
     assert _run(["-c", probe]).stdout.strip().endswith("tensorflow loaded: False")
-    start = time.perf_counter()
     result = _run([*command, "--help"])
     assert result.returncode == 0 and "usage:" in result.stdout
-    assert time.perf_counter() - start < 4
     # The description, where there is one, is the docstring's whole first paragraph (not a
     # sentence cut at its first line's end).
     description = result.stdout.split("\n\n")[1]
