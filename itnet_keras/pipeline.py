@@ -31,11 +31,13 @@ class SegmentationDataset(keras.utils.PyDataset):
     of `label_dtype(spec)`.
 
     Targets are a dict `{name: labels}` when `output_names` is given (one loss per
-    model output). With `pad_last` (evaluation only), a last incomplete batch is filled up
-    with black images labelled with the ignore value, which add nothing to the losses and
-    the confusion matrices: every batch then has one shape, which JAX compiles once and its
-    data parallelism can split over the devices. `epoch` selects the shuffle and augmentation; it advances at each
+    model output). `epoch` selects the shuffle and augmentation; it advances at each
     `on_epoch_begin` / `on_epoch_end` pair and can be set directly (see `SyncEpoch`).
+
+    With `pad_last` (evaluation only), a last incomplete batch is filled up with black
+    images labelled with the ignore value, which add nothing to the losses and the
+    confusion matrices: every batch then has one shape, which JAX compiles once and its
+    data parallelism can split over the devices.
     """
 
     def __init__(self, split, augmentation, batch_size=8, training=False, seed=0,

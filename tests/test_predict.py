@@ -79,7 +79,7 @@ def test_keras_model_on_a_folder_writes_masks_overlays_and_class_maps(model_file
     assert json.loads((tmp_path / "out2" / "predictions.json").read_text())["images"][0]["iterations"] == 4
 
 
-def test_keras_model_runs_at_the_training_scale_or_the_input_size(model_file, photos, tmp_path):
+def test_keras_model_runs_at_the_training_scale_or_the_input_size(model_file, photos, tmp_path, capsys):
     """Twice the training resolution runs at the training size; a run folder's --scale 2 halves
     that; --input-size overrides both."""
     model, path = model_file
@@ -100,6 +100,10 @@ def test_keras_model_runs_at_the_training_scale_or_the_input_size(model_file, ph
     (run / "best.keras").write_bytes(path.read_bytes())
     (run / "config.json").write_text(json.dumps({"fit": {"data": "builtin", "scale": 2}}))
     assert input_size(run / "best.keras") == [25, 41]  # 32x32 pixels: 64x64 at --scale 2
+    (run / "config.json").write_text(json.dumps({"fit": {"data": "builtin", "scale": "2"}}))
+    assert predict(run / "best.keras", big, "--output", tmp_path / "bad") == 2
+    assert f"{run / 'config.json'}: scale '2', expected a positive integer: pass --input-size" in \
+        capsys.readouterr().err
 
 
 def test_tflite_file_resizes_other_sizes_and_says_so(model_file, tflite_file, photos, tmp_path, capsys):
