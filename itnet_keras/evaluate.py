@@ -175,10 +175,14 @@ def training_record(model_path):
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())["fit"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        record = json.loads(path.read_text())["fit"]
+        scale = record.get("scale", 1)
+        if not isinstance(scale, int) or scale < 1:
+            raise ValueError(f"scale {scale!r}, expected a positive integer")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{path} is damaged ({type(error).__name__}: {error}): it should hold the training "
                          f"configuration of {model_path}") from None
+    return record
 
 
 def training_summary(record):

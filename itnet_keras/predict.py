@@ -142,11 +142,7 @@ class KerasPredictor:
         if self.spec.num_classes != args["num_classes"]:
             raise PredictError(f"--data {self.spec.name}: {self.spec.num_classes} classes, but {path} has "
                                f"{args['num_classes']}")
-        scale = (record or {}).get("scale") or 1
-        if not isinstance(scale, int) or scale < 1:
-            raise PredictError(f"{Path(path).with_name('config.json')}: scale {scale!r}, expected a positive "
-                               "integer: pass --input-size")
-        self.training_size = dataset_input_size(self.spec, scale)
+        self.training_size = dataset_input_size(self.spec, (record or {}).get("scale") or 1)
 
     @staticmethod
     def _dataset(path, record, num_classes):

@@ -102,7 +102,7 @@ def test_keras_model_runs_at_the_training_scale_or_the_input_size(model_file, ph
     assert input_size(run / "best.keras") == [25, 41]  # 32x32 pixels: 64x64 at --scale 2
     (run / "config.json").write_text(json.dumps({"fit": {"data": "builtin", "scale": "2"}}))
     assert predict(run / "best.keras", big, "--output", tmp_path / "bad") == 2
-    assert f"{run / 'config.json'}: scale '2', expected a positive integer: pass --input-size" in \
+    assert f"{run / 'config.json'} is damaged (ValueError: scale '2', expected a positive integer)" in \
         capsys.readouterr().err
 
 
