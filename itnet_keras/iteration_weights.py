@@ -32,12 +32,14 @@ class WeightUse(typing.NamedTuple):
     first: int
 
 
-def _stacked(initializer, count):
-    """An initializer drawing `count` independent slices along a leading axis."""
-    initializer = keras.initializers.get(initializer)
+def _stacked(name, count):
+    """An initializer drawing `count` independent slices along a leading axis, each from its
+    own initializer `name` ("glorot_uniform"): an unseeded Keras initializer fixes its seed when
+    it is made, so one of them drawing every slice would draw the same slice `count` times.
+    The seeds come from Python's generator, which `keras.utils.set_random_seed` seeds."""
 
     def draw(shape, dtype=None):
-        return ops.stack([initializer(shape[1:], dtype=dtype) for _ in range(count)])
+        return ops.stack([keras.initializers.get(name)(shape[1:], dtype=dtype) for _ in range(count)])
 
     return draw
 

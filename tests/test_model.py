@@ -61,6 +61,30 @@ def test_fixed_input_size_matches_open_size():
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("weight_sharing", [True, False], ids=["shared", "independent"])
+def test_per_iteration_weights_start_independent(weight_sharing):
+    """Each iteration's row of a stacked kernel (the heads; every conv when independent) is
+    its own Glorot draw, and a seed fixes them all."""
+    keras.utils.set_random_seed(1)
+    model = build_itnet(**SMALL, weight_sharing=weight_sharing)
+    block = iterative_block(model)
+    stacked = {use.variable.path: np.asarray(use.variable) for use in block.weight_usage()
+               if use.rows and "kernel" in use.variable.path}
+    assert any("head" in path for path in stacked)
+    assert (len(stacked) > 1) == (not weight_sharing)
+    for path, rows in stacked.items():
+        for a in range(len(rows)):
+            for b in range(a + 1, len(rows)):
+                assert not np.allclose(rows[a], rows[b]), f"{path}: rows {a} and {b} are equal"
+        kh, kw, fan_in, fan_out = rows.shape[1:]
+        limit = np.sqrt(6 / (kh * kw * (fan_in + fan_out)))  # Glorot uniform of one row
+        assert np.abs(rows).max() <= limit and np.abs(rows).max() > limit / 2, path
+    keras.utils.set_random_seed(1)
+    again = build_itnet(**SMALL, weight_sharing=weight_sharing)
+    for a, b in zip(model.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_traced_graph_keeps_one_loop():
     model = build_itnet(**SMALL)
     function = tf.function(lambda x: model(x, training=False))
