@@ -3,7 +3,7 @@
     python export/convert.py MODEL.keras --format tflite --quant int8 --output itnet_int8.tflite
     python export/convert.py MODEL.keras --flavor static --iterations 1 4 16 --quant int8 \
         --input-type uint8 --output itnet_int8.tflite   # itnet_int8_n1.tflite, _n4, _n16
-    python export/convert.py MODEL.keras --format onnx --output itnet.onnx
+    python export/convert.py MODEL.keras --format onnx --output itnet_float32.onnx
 
 The dataset (`--data`, default: the one whose class count the model has) gives the labels,
 the normalization and the default input size; `--quant int8` calibrates on a fixed sample
@@ -71,16 +71,20 @@ from itnet_keras.export.tflite import calibration_sample, convert_static, conver
 from itnet_keras.model import model_args  # noqa: E402
 
 
-def dataset_for(model, name):
-    """The dataset named, else the one whose class count the model has."""
-    if name is not None:
-        return get_spec(name)
-    return spec_with_classes(model_args(model)["num_classes"])
+def dataset_for(model, name, path):
+    """The dataset named (with the model's class count), else the one whose class count the model has."""
+    classes = model_args(model)["num_classes"]
+    if name is None:
+        return spec_with_classes(classes)
+    spec = get_spec(name)
+    if spec.num_classes != classes:  # its labels and normalization would go into the file
+        raise DatasetError(f"--data {name}: {spec.num_classes} classes, but {path} has {classes}")
+    return spec
 
 
 def run(args):
     model = load_itnet(args.model)
-    spec = dataset_for(model, args.data)
+    spec = dataset_for(model, args.data, args.model)
     input_size = args.input_size or spec.image_size
     if args.format == "onnx":
         from itnet_keras.export.onnx import convert_onnx  # lazy: onnx and tf2onnx load for --format onnx only

@@ -66,8 +66,10 @@ def main(argv=None):
                 raise FileNotFoundError(f"{path} does not exist")
             check_input_size(path, dataset.spec, args.scale)
         results = {"keras": [o["miou"] for o in evaluate_model(load_itnet(args.model), dataset)["outputs"]]}
-        for path in args.files:
-            results[Path(path).name] = exported_mious(path, dataset, signature=args.signature)
+        names = [Path(path).name for path in args.files]
+        for path, name in zip(args.files, names):  # a column per file: its name, or its path where names repeat
+            results[name if names.count(name) == 1 else path] = exported_mious(path, dataset,
+                                                                              signature=args.signature)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """Every exported file runs in its real runtime (LiteRT, onnxruntime) and matches Keras."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -265,6 +266,15 @@ def test_cli_errors_name_the_culprit_and_leave_nothing(tiny, tmp_path):
          "argument --calibration-images: '0': expected a number > 0"),
         ([model_path, "--quant", "int8", "--seed", "-1", "--output", out], "argument --seed: '-1': expected an integer"),
     ]
+    cases += [  # the metadata would be wrong, or overwrite another file's
+        ([model_path, "--data", "camvid", "--output", out], f"--data camvid: 11 classes, but {model_path} has 4"),
+        ([model_path, "--output", tmp_path / "d.tflite"], f"{tmp_path / 'd.json'} is a folder"),
+        ([model_path, "--format", "onnx", "--output", tmp_path / "other.onnx"], "is the sidecar of a .tflite file"),
+        ([model_path, "--output", tmp_path / "mine.tflite"], "is not a sidecar of ours"),
+    ]
+    (tmp_path / "d.json").mkdir()
+    (tmp_path / "other.json").write_text('{"format": "tflite"}')
+    (tmp_path / "mine.json").write_text("[1, 2]")
     (tmp_path / "file").write_text("a file, not a folder")
     plain = tmp_path / "plain.keras"
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(plain)
@@ -272,7 +282,8 @@ def test_cli_errors_name_the_culprit_and_leave_nothing(tiny, tmp_path):
     for args, message in cases:
         result = convert_cli(*args)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-1500:])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "plain.keras"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json", "file", "mine.json", "other.json", "plain.keras"]
+    assert (tmp_path / "other.json").read_text() == '{"format": "tflite"}'
 
 
 def test_graph_memory_of_loop_and_unrolled_files(tiny, tmp_path):
@@ -391,6 +402,12 @@ def test_export_evaluation_command(tiny, float32_file, tmp_path):
                                       "--output", str(out)]) == 0
         results = json.loads(out.with_suffix(".json").read_text())
         np.testing.assert_allclose(results[path.name], results["keras"], atol=1e-3)
+    copy = tmp_path / "copy" / path.name  # two files of one name: a column each, named by its path
+    copy.parent.mkdir()
+    shutil.copy(path, copy)
+    assert measure_accuracy.main([str(model_path), str(path), str(copy), "--limit", "8", "--output", str(out)]) == 0
+    results = json.loads(out.with_suffix(".json").read_text())
+    assert list(results) == ["keras", str(path), str(copy)] and results[str(path)] == results[str(copy)]
     assert measure_accuracy.main([str(model_path), str(tmp_path / "none.tflite")]) == 2
     # ONNX: outputs only
     assert measure_accuracy.main([str(model_path), str(onnx_path), "--signature", "anytime"]) == 2

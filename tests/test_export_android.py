@@ -89,6 +89,25 @@ def test_mediapipe_image_segmenter_runs_the_static_file(tiny, static_float32, ca
         assert np.mean(masks == expected) >= 0.995, f"output {n}"
 
 
+def test_mediapipe_confidence_masks_are_probabilities(tiny, static_float32, camera_frames):
+    """MediaPipe's default output, confidence masks: the softmax of the logits (the file's
+    activation), one mask per class."""
+    model, _ = tiny
+    frames, images = camera_frames
+    path = max(static_float32)  # output 4
+    logits = keras_outputs(model, images)[3]
+    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    options = vision.ImageSegmenterOptions(base_options=BaseOptions(model_asset_path=str(path)))
+    assert options.output_confidence_masks and not options.output_category_mask  # MediaPipe's defaults
+    with vision.ImageSegmenter.create_from_options(options) as segmenter:
+        for frame, want in zip(frames, probabilities):
+            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame))
+            masks = segmenter.segment(image).confidence_masks
+            got = np.stack([np.array(m.numpy_view()).reshape(want.shape[:2]) for m in masks], -1)
+            np.testing.assert_allclose(got, want, atol=2e-3)
+
+
 def test_mediapipe_refuses_a_loop_file(float32_loop):
     options = vision.ImageSegmenterOptions(base_options=BaseOptions(model_asset_path=str(float32_loop)))
     with pytest.raises(Exception, match="single subgraph"):
@@ -119,7 +138,7 @@ def test_metadata_is_inside_loop_and_static_files(float32_loop, static_float32):
         assert image["process_units"][0]["options"] == {"mean": [0.0], "std": [255.0]}
         logits = next(t for t in graph["output_tensor_metadata"] if t["name"] == "logits")
         assert logits["associated_files"][0]["type"] == "TENSOR_AXIS_LABELS"
-        assert graph["custom_metadata"][0]["name"] == "SEGMENTER_METADATA"  # activation NONE
+        assert graph["custom_metadata"][0]["name"] == "SEGMENTER_METADATA"  # activation SOFTMAX
         assert meta["min_parser_version"] == "1.5.0"  # custom metadata came with 1.5.0
     assert "output 4 of 4" in read_metadata(max(static_float32))["description"]
 

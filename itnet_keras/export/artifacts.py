@@ -1,6 +1,7 @@
 """What every exported file shares, TFLite or ONNX: the error an export raises, the check
 that its destination is writable, and the sidecar metadata written beside it."""
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -13,14 +14,32 @@ class ExportError(ValueError):
     """The export cannot go on; the message names the file, flag or op at fault."""
 
 
-def writable_destination(path):
-    """Raise ExportError (naming `path`) unless a file can be written there."""
+def writable_destination(path, sidecar_format=None):
+    """Raise ExportError (naming `path`) unless a file can be written there, and with a
+    `sidecar_format` ("tflite", "onnx") its sidecar `path.with_suffix(".json")` too. Checked
+    before converting, so that a failed export leaves nothing behind. An existing sidecar is
+    overwritten only if it is one of the same format: `itnet.json` of `itnet.tflite` is not
+    the sidecar of `itnet.onnx`, and a JSON file of one's own is not a sidecar at all."""
     path = Path(path)
+    targets = [path] + ([path.with_suffix(".json")] if sidecar_format else [])
+    for target in targets:
+        if target.is_dir():
+            raise ExportError(f"--output {path}: {target} is a folder")
     try:
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}."):
             pass
     except OSError as error:
         raise ExportError(f"--output {path}: cannot write there ({error.strerror or error})") from None
+    sidecar = targets[-1]
+    if sidecar_format and sidecar.is_file():
+        try:
+            found = json.loads(sidecar.read_text()).get("format")
+        except (OSError, ValueError, AttributeError):
+            found = None
+        if found != sidecar_format:
+            owner = f"the sidecar of a .{found} file" if found in ("tflite", "onnx") else "not a sidecar of ours"
+            raise ExportError(f"--output {path}: {sidecar}, where its metadata would go, is {owner}; "
+                              "choose another --output name (or remove that file)")
 
 
 def metadata(model, spec, input_size, quant, batch_size=1, calibration=None, iterations=None,

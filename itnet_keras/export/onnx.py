@@ -150,7 +150,7 @@ def count_constants_holding(path, array):
 def convert_onnx(model, path, spec=None, input_size=None):
     """Write the ONNX file (and its sidecar metadata) atomically; returns `inspect_onnx`."""
     path = Path(path)
-    writable_destination(path)
+    writable_destination(path, "onnx" if spec is not None else None)
     input_size = tuple(input_size or spec.image_size)
     proto = to_onnx(model, input_size)
     with tempfile.TemporaryDirectory() as work:

@@ -151,7 +151,7 @@ def convert_tflite(model, path, quant="float32", spec=None, input_size=None, cal
                           "picks (weight_sharing=False) are quantized as activations, which TFLite's int8 "
                           "CONV_2D rejects; use --quant dynamic or float16")
     path = Path(path)
-    writable_destination(path)
+    writable_destination(path, "tflite" if spec is not None else None)
     input_size = tuple(input_size or spec.image_size)
     representative = None if calibration_images is None else calibration_batches(model, calibration_images)
     signatures = signatures_of(model)
@@ -215,7 +215,7 @@ def convert_static(model, path, iterations, quant="float32", spec=None, input_si
     input_size = tuple(input_size or spec.image_size)
     normalization = None if spec is None else spec.normalization
     for n in iterations:
-        writable_destination(static_path(path, n))
+        writable_destination(static_path(path, n), "tflite" if spec is not None else None)
     unrolled, written = unrolled_copy(model), {}
     for n in dict.fromkeys(iterations):
         target = static_path(path, n)

@@ -110,7 +110,8 @@ def embed_metadata(data, name, description, labels, normalization, num_classes, 
     The metadata describes the first subgraph (the file's only one in the static flavour,
     one signature of a loop file): `image` as an RGB image input (with the normalization
     `pixel * scale + offset`, as MediaPipe's mean/std, for a float input), outputs with C
-    channels as segmentation logits with the label file, any other tensor as a feature.
+    channels as segmentation logits with the label file (activation SOFTMAX: MediaPipe's
+    confidence masks, its default output, are then probabilities), any other tensor as a feature.
     A uint8 or int8 (`input_type`) image is camera bytes that the file normalizes: mean 0, std 1."""
     _, metadata_writer, image_segmenter = _writers()
     writer = metadata_writer.MetadataWriter(bytearray(data))
@@ -128,11 +129,12 @@ def embed_metadata(data, name, description, labels, normalization, num_classes, 
             writer.add_feature_input(tensor, f"input {tensor} {shape}")
     segmentation = any(len(shape) == 4 and shape[-1] == num_classes for _, shape in outputs)
     if segmentation:
-        writer.add_custom_metadata(image_segmenter.ImageSegmenterOptionsMd(image_segmenter.Activation.NONE))
+        writer.add_custom_metadata(image_segmenter.ImageSegmenterOptionsMd(image_segmenter.Activation.SOFTMAX))
     for tensor, shape in outputs:
         if len(shape) == 4 and shape[-1] == num_classes:
             writer.add_segmentation_output(metadata_writer.Labels().add(list(labels)), name="logits",
-                                           description="logits per class; the category mask is their argmax")
+                                           description="logits per class: MediaPipe's confidence masks are their softmax, "
+                                                       "its category mask their argmax")
         else:
             writer.add_feature_output(tensor, f"output {tensor} {shape}")
     with_metadata, _ = writer.populate()
