@@ -45,8 +45,12 @@ from itnet_keras.pipeline import make_dataset  # noqa: E402
 
 
 def check_input_size(path, spec, scale):
-    """Refuse a file whose fixed input size is not the dataset's at `--scale`."""
-    expected, size = input_size(spec, scale), file_input_size(path)
+    """Refuse a file whose fixed input size is not the dataset's at `--scale`, or that is no model."""
+    try:
+        size = file_input_size(path)
+    except Exception as error:  # LiteRT and onnxruntime raise ValueError, RuntimeError, struct.error, ...
+        raise ValueError(f"cannot read {path} as an exported ItNet ({type(error).__name__}: {error})") from None
+    expected = input_size(spec, scale)
     if size != expected:
         h, w = spec.image_size
         fits = [s for s in range(1, min(h, w) + 1) if h % s == 0 and w % s == 0 and (h // s, w // s) == size]
@@ -61,9 +65,12 @@ def main(argv=None):
     try:
         dataset = make_dataset(args.data, args.split, data_dir=args.data_dir, batch_size=4, scale=args.scale,
                                limit=args.limit)
-        for path in args.files:
+        for path in [args.model, *args.files]:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{path} does not exist")
+        for path in args.files:
+            if Path(path).suffix not in (".tflite", ".onnx"):
+                raise ValueError(f"{path}: expected a .tflite or .onnx file")
             check_input_size(path, dataset.spec, args.scale)
         results = {"keras": [o["miou"] for o in evaluate_model(load_itnet(args.model), dataset)["outputs"]]}
         names = [Path(path).name for path in args.files]

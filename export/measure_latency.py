@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from itnet_keras.cli import description, parse_size
+from itnet_keras.cli import description, parse_size, positive
 from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.datasets import DATASETS
 from itnet_keras.export import INPUT_TYPES, QUANT_MODES
@@ -36,17 +36,17 @@ def build_parser():
     parser.add_argument("--unrolled", help="the unrolled .tflite file to compare with")
     parser.add_argument("--preset", choices=sorted(PRESET_DATASET), help="convert this preset first")
     parser.add_argument("--input-size", type=parse_size)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=positive(int), nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=positive(int), default=5)
     parser.add_argument("--quant", nargs="+", choices=QUANT_MODES,
                         help="with --preset: static and loop files in these modes, side by side")
-    parser.add_argument("--iterations", type=int, nargs="+", help="--quant: the outputs n (default 1 2 4 8 16)")
+    parser.add_argument("--iterations", type=positive(int), nargs="+", help="--quant: the outputs n (default 1 2 4 8 16)")
     parser.add_argument("--input-type", choices=INPUT_TYPES, default="float32",
                         help="--quant: the input of the int8 files")
     parser.add_argument("--no-loop", action="store_true", help="--quant: static files only")
     parser.add_argument("--model", help="--quant: the files of this trained .keras ItNet (at --preset's dataset)"
                         " instead of random weights")
-    parser.add_argument("--calibration-images", type=int, default=4, help="--quant int8: calibration sample")
+    parser.add_argument("--calibration-images", type=positive(int), default=4, help="--quant int8: calibration sample")
     parser.add_argument("--data-dir", help="--quant int8: dataset folder of the calibration images")
     parser.add_argument("--output", help="also write the table (markdown) and OUTPUT.json there")
     add_verbose_flag(parser)
@@ -152,14 +152,17 @@ def main(argv=None):
                      f"{args.repeats}, the files timed in turns\n")
             write_result_files(args.output, command, setup + table, rows)
         return 0
+    for path in filter(None, [args.file, args.unrolled]):
+        problem = "does not exist" if not Path(path).is_file() else \
+            "is not a .tflite file" if Path(path).suffix != ".tflite" else None
+        if problem:
+            print(f"error: {path} {problem}", file=sys.stderr)
+            return 2
     with tempfile.TemporaryDirectory() as work:
         loop_file, unrolled_file, unrolled_anytime = args.file, args.unrolled, None
         if args.preset:
             size = args.input_size or DATASETS[PRESET_DATASET[args.preset]].image_size
             loop_file, unrolled_file, unrolled_anytime = preset_files(args.preset, size, work)
-        elif not Path(loop_file).is_file():
-            print(f"error: {loop_file} does not exist", file=sys.stderr)
-            return 2
         rows = measure(loop_file, unrolled_file, args.threads, args.repeats, unrolled_anytime)
     table = format_rows(rows)
     print(table)

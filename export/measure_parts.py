@@ -14,7 +14,7 @@ import platform
 import statistics
 import sys
 
-from itnet_keras.cli import description
+from itnet_keras.cli import description, positive
 from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.datasets import DATASETS
 from itnet_keras.presets import PRESET_DATASET
@@ -24,8 +24,8 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="python export/measure_parts.py", description=description(__doc__))
     parser.add_argument("model", nargs="?", help="a trained .keras ItNet (default: --preset, random weights)")
     parser.add_argument("--preset", choices=sorted(PRESET_DATASET), default="camvid_shared")
-    parser.add_argument("--repeats", type=int, default=61)
-    parser.add_argument("--calibration-images", type=int, default=4)
+    parser.add_argument("--repeats", type=positive(int), default=61)
+    parser.add_argument("--calibration-images", type=positive(int), default=4)
     parser.add_argument("--output", help="also write the table (markdown) and OUTPUT.json there")
     add_verbose_flag(parser)
     return parser
@@ -63,11 +63,16 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     quiet_startup(args.verbose)
     spec = DATASETS[PRESET_DATASET[args.preset]]
-    model = build_itnet(args.preset, input_shape=(*spec.image_size, 3))
     if args.model:  # its weights at the dataset's input size
-        trained = load_itnet(args.model)
+        try:
+            trained = load_itnet(args.model)
+        except (FileNotFoundError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         model = build_itnet(input_shape=(*spec.image_size, 3), **model_args(trained))
         model.set_weights(trained.get_weights())
+    else:
+        model = build_itnet(args.preset, input_shape=(*spec.image_size, 3))
     images, _ = calibration_sample(spec.name, spec.image_size, args.calibration_images)
     calls = part_calls(model, images)
     times = dict(zip(calls, timed_in_turns({" / ".join(k): c for k, c in calls.items()}, args.repeats).values()))

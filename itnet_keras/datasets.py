@@ -237,6 +237,11 @@ def camvid_samples(root, split):
 def cityscapes_samples(root, split):
     """`leftImg8bit/<split>/<city>/*_leftImg8bit.png` with their `gtFine` labelIds."""
     root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"Cityscapes folder {root} not found: expected leftImg8bit/ and gtFine/ from "
+                           "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip unzipped into it (they need "
+                           "a login at https://www.cityscapes-dataset.com, so `download` cannot get them); "
+                           "pass the folder with --data-dir")
     images = sorted((root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png"))
     if not images:
         raise DatasetError(f"no images in {_display(root / 'leftImg8bit' / split, root)}: "

@@ -11,7 +11,8 @@ half on 2 CPU cores). The run folder (`--output`) receives:
     last.keras, best.keras   the latest model and the best one (val mIoU of the last output);
                        at the end the reported one's batch norms are recalibrated (--bn-batches)
                        if that scores higher on val
-    log.csv, tensorboard/    per-epoch logs
+    log.csv, tensorboard/    per-epoch logs (log.csv's `epoch` counts from 0, as Keras'
+                       CSVLogger writes it: epoch 81, 1-based as everywhere else, is its row 80)
     evaluation.json, miou_over_macs.png, predictions.png   the final evaluation (on val)
 
 All files are written atomically; `--resume` continues from the last completed epoch

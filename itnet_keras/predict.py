@@ -16,6 +16,7 @@ Masks have each image's own size.
 """
 
 import argparse
+import contextlib
 import glob
 import io
 import json
@@ -129,7 +130,8 @@ def _known(dataset, path, remedy):
 
 
 class KerasPredictor:
-    """A `.keras` ItNet: `logits(pixels [1, H, W, 3] uint8, n)` through `itnet_keras.anytime`."""
+    """A `.keras` ItNet: `logits(pixels [1, H, W, 3] uint8, n)` through `itnet_keras.anytime`;
+    `warnings` says what the user should know (`run` prints them)."""
 
     def __init__(self, path, data=None, input_size=None):
         self.model = load_itnet(path)
@@ -143,6 +145,12 @@ class KerasPredictor:
             raise PredictError(f"--data {self.spec.name}: {self.spec.num_classes} classes, but {path} has "
                                f"{args['num_classes']}")
         self.training_size = dataset_input_size(self.spec, (record or {}).get("scale") or 1)
+        self.warnings = []
+        if record is None and input_size is None:
+            height, width = self.training_size
+            self.warnings.append(f"{path} has no config.json beside it that records its training scale; running "
+                                 f"at the pixel count of {self.spec.name} at scale 1 ({height}x{width}; pass "
+                                 "--input-size as in training)")
 
     @staticmethod
     def _dataset(path, record, num_classes):
@@ -170,6 +178,8 @@ class TFLitePredictor:
     """A `.tflite` file's `anytime` signature (LiteRT); its sidecar `.json` gives the
     normalization and class names, the file its input size and type: normalized float32,
     or the pixels themselves (`--input-type uint8`, or int8: the bytes minus 128)."""
+
+    warnings = ()
 
     def __init__(self, path, input_size=None):
         from ai_edge_litert.interpreter import Interpreter  # lazy: LiteRT is the optional `export` extra
@@ -268,20 +278,26 @@ def write_masks(folder, name, image, classes, colors, raw):
     return written
 
 
-def run(args):
-    """Predict every image; returns the summary written to `predictions.json`."""
-    paths = find_images(args.images)
-    for path in paths:  # every image readable before any work
-        load_image(path)
-    predictor = open_model(args.model, args.data, args.input_size)
-    n_max = predictor.num_iterations
-    if args.iterations is not None and not 1 <= args.iterations <= n_max:
-        raise PredictError(f"--iterations {args.iterations}: {args.model} has outputs 1..{n_max}")
-    folder = Path(args.output)
+@contextlib.contextmanager
+def output_folder(folder):
+    """`folder`, made if missing; a folder made here is removed again if the work inside fails
+    before writing into it (an image too small, a deadline no output fits)."""
+    made = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise PredictError(f"--output {folder}: cannot write there ({error.strerror or error})") from None
+    try:
+        yield folder
+    except BaseException:
+        if made and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+
+
+def predict_images(args, paths, predictor, folder):
+    """Masks of every image into `folder`; returns the summary written to `predictions.json`."""
+    n_max = predictor.num_iterations
     colors = class_colors(predictor.spec.num_classes)
     budgets, resized, images = {}, {}, []
     for path in progress(paths, "predict", unit="images"):
@@ -317,6 +333,22 @@ def run(args):
     }
     write_atomic(folder / "predictions.json", json.dumps(summary, indent=1))
     return summary
+
+
+def run(args):
+    """Check the images, the model and the flags, then predict every image into `--output`;
+    returns the summary written to `predictions.json`."""
+    paths = find_images(args.images)
+    for path in paths:  # every image readable before any work
+        load_image(path)
+    predictor = open_model(args.model, args.data, args.input_size)
+    n_max = predictor.num_iterations
+    if args.iterations is not None and not 1 <= args.iterations <= n_max:
+        raise PredictError(f"--iterations {args.iterations}: {args.model} has outputs 1..{n_max}")
+    for warning in predictor.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    with output_folder(Path(args.output)) as folder:
+        return predict_images(args, paths, predictor, folder)
 
 
 def main(argv=None):

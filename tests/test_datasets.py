@@ -86,6 +86,10 @@ def test_cityscapes_errors(tmp_path, write_cityscapes):
         load_split("cityscapes", "train", root)
     with pytest.raises(DatasetError, match=r"no images in cityscapes/leftImg8bit/test"):
         load_split("cityscapes", "test", root)
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DatasetError, match=rf"Cityscapes folder {missing} not found: expected leftImg8bit/ and "
+                                           r"gtFine/ .* pass the folder with --data-dir"):
+        load_split("cityscapes", "train", missing)
 
 
 # ---------------------------------------------------------------- built-in shapes

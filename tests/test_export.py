@@ -338,6 +338,23 @@ def test_latency_benchmark_command(tmp_path):
     assert "| app, `finish` last ms | / unrolled |" in out.read_text()
 
 
+def test_measurement_scripts_name_bad_input(tmp_path, capsys):
+    measure_latency, measure_parts = export_script("measure_latency"), export_script("measure_parts")
+    image = tmp_path / "x.png"
+    image.write_bytes(b"not a model")
+    assert measure_latency.main([str(image)]) == 2
+    assert f"error: {image} is not a .tflite file" in capsys.readouterr().err
+    assert measure_latency.main([str(tmp_path / "none.tflite")]) == 2
+    assert f"error: {tmp_path / 'none.tflite'} does not exist" in capsys.readouterr().err
+    assert measure_parts.main([str(tmp_path / "none.keras")]) == 2
+    assert f"{tmp_path / 'none.keras'} does not exist" in capsys.readouterr().err
+    for main, flag in [(measure_latency.main, "--repeats"), (measure_latency.main, "--threads"),
+                       (measure_parts.main, "--repeats"), (measure_parts.main, "--calibration-images")]:
+        with pytest.raises(SystemExit) as exit_:
+            main(["--preset", "tiny", flag, "0"])
+        assert exit_.value.code == 2 and f"argument {flag}: '0': expected a number > 0" in capsys.readouterr().err
+
+
 def test_latency_parts_are_prefixes_of_the_real_outputs(tiny):
     """export/measure_parts.py times parts of output n's graph: "output n" is output n, and its
     part before the upsampling resized by the "8x upsampling alone" part is output n too."""
@@ -420,6 +437,15 @@ def test_export_evaluation_refuses_a_scale_the_file_was_not_made_for(tiny, float
     assert measure_accuracy.main([str(model_path), str(path), "--scale", "2", "--limit", "4"]) == 2
     assert (f"error: {path} takes 64x64 images but --scale 2 gives builtin images of 32x32: pass --scale 1"
             in capsys.readouterr().err)
+    missing = path.with_name("missing.keras")  # the model is checked first, not blamed on a file
+    assert measure_accuracy.main([str(missing), str(path)]) == 2
+    assert f"error: {missing} does not exist" in capsys.readouterr().err
+    fake = path.with_name("fake.tflite")
+    fake.write_bytes(b"GIF89a, not a model" * 100)
+    assert measure_accuracy.main([str(model_path), str(fake)]) == 2
+    assert f"error: cannot read {fake} as an exported ItNet" in capsys.readouterr().err
+    assert measure_accuracy.main([str(model_path), str(model_path)]) == 2
+    assert f"error: {model_path}: expected a .tflite or .onnx file" in capsys.readouterr().err
 
 
 def test_app_driven_policies_stop_where_they_should(tiny, float32_file, val_images):

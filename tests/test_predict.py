@@ -94,7 +94,9 @@ def test_keras_model_runs_at_the_training_scale_or_the_input_size(model_file, ph
         return json.loads((out / "predictions.json").read_text())["images"][0]["input_size"]
 
     assert input_size(path) == [50, 83]
+    assert f"warning: {path} has no config.json beside it that records its training scale" in capsys.readouterr().err
     assert input_size(path, "--input-size", "96x160") == [96, 160]
+    assert "warning" not in capsys.readouterr().err
     run = tmp_path / "run"
     run.mkdir()
     (run / "best.keras").write_bytes(path.read_bytes())
@@ -165,8 +167,9 @@ def test_deadline_is_measured_on_this_machine(model_file, photos, tmp_path, caps
     assert summary["deadline"]["64x64"]["iterations"] == 4
     assert [i["iterations"] for i in summary["images"]] == [4, 4]
     assert "deadline 100000 ms -> output 4" in capsys.readouterr().out
-    assert predict(path, photos / "a.png", "--deadline-ms", "0.001", "--output", out) == 2
+    assert predict(path, photos / "a.png", "--deadline-ms", "0.001", "--output", tmp_path / "new" / "masks") == 2
     assert "--deadline-ms 0.001: output 1 alone takes" in capsys.readouterr().err
+    assert not (tmp_path / "new" / "masks").exists()  # the folder it made, removed with nothing in it
 
 
 @pytest.mark.parametrize("make_args, culprit", [

@@ -5,13 +5,30 @@ and with each batch's own statistics: a large gap means the moving averages lag 
     python tools/batch_norm_check.py MODEL.keras CAMVID_DIR
 """
 
+import argparse
 import sys
+from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from itnet_keras.evaluate import load_itnet
-from itnet_keras.metrics import confusion_matrix, mean_iou
-from itnet_keras.pipeline import make_dataset
+from itnet_keras.cli import description  # noqa: E402
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python tools/batch_norm_check.py", description=description(__doc__))
+    parser.add_argument("model", help="a trained CamVid .keras ItNet with 16 outputs")
+    parser.add_argument("data_dir", help="the CamVid folder (SegNet layout)")
+    return parser
+
+
+if __name__ == "__main__":  # --help and flag errors answer before the imports below
+    ARGS = build_parser().parse_args()
+
+import numpy as np  # noqa: E402
+
+from itnet_keras.evaluate import load_itnet  # noqa: E402
+from itnet_keras.metrics import confusion_matrix, mean_iou  # noqa: E402
+from itnet_keras.pipeline import make_dataset  # noqa: E402
 
 
 def main(model_path, data_dir):
@@ -29,4 +46,4 @@ def main(model_path, data_dir):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(ARGS.model, ARGS.data_dir)

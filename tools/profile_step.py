@@ -31,11 +31,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from itnet_keras.cli import description, parse_size  # noqa: E402
+from itnet_keras.cli import description, parse_size, positive  # noqa: E402
 from itnet_keras.config import FitConfig  # noqa: E402
 from itnet_keras.lab.bench import compiled_model  # noqa: E402
 from itnet_keras.losses import output_weights  # noqa: E402
 from itnet_keras.metrics import SegmentationMeanIoU  # noqa: E402
+from itnet_keras.presets import PRESET_DATASET  # noqa: E402
 
 # jax is imported where it runs, after the check that Keras runs on JAX.
 
@@ -153,10 +154,10 @@ def profile(preset, input_size, batch_size, steps, remat=False, trace=None, top=
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python tools/profile_step.py", description=description(__doc__))
-    parser.add_argument("--preset", default="camvid_shared")
+    parser.add_argument("--preset", default="camvid_shared", choices=sorted(PRESET_DATASET))
     parser.add_argument("--input-size", type=parse_size, default=(352, 480), help="HEIGHTxWIDTH")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch-size", type=positive(int), default=8)
+    parser.add_argument("--steps", type=positive(int), default=5)
     parser.add_argument("--remat", action="store_true")
     parser.add_argument("--unroll", action="store_true", help="the unrolled variant instead of the loop")
     parser.add_argument("--trace", help="write a jax.profiler trace of the train step to this folder")

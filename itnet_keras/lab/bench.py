@@ -28,15 +28,17 @@ import subprocess
 import sys
 import time
 
-from itnet_keras.cli import description, parse_size
+from itnet_keras.cli import description, parse_size, positive
+from itnet_keras.presets import PRESET_DATASET
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m itnet_keras.lab.bench", description=description(__doc__))
-    parser.add_argument("--presets", nargs="+", default=["camvid_shared", "camvid_independent"])
+    parser.add_argument("--presets", nargs="+", default=["camvid_shared", "camvid_independent"],
+                        choices=sorted(PRESET_DATASET))
     parser.add_argument("--input-size", type=parse_size, default=(352, 480), help="HEIGHTxWIDTH")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 1])
-    parser.add_argument("--steps", type=int, default=5, help="timed training steps (median)")
+    parser.add_argument("--batch-sizes", type=positive(int), nargs="+", default=[8, 1])
+    parser.add_argument("--steps", type=positive(int), default=5, help="timed training steps (median)")
     parser.add_argument("--remat", action="store_true", help="train as `fit --remat` does")
     parser.add_argument("--compiled-memory", action="store_true",
                         help="JAX: XLA's memory estimate of the compiled step instead of running it")
@@ -57,7 +59,6 @@ from itnet_keras.files import write_atomic  # noqa: E402
 from itnet_keras.fit import compile_model  # noqa: E402
 from itnet_keras.model import build_itnet, iterative_block  # noqa: E402
 from itnet_keras.pipeline import label_dtype  # noqa: E402
-from itnet_keras.presets import PRESET_DATASET  # noqa: E402
 
 # The backends' own modules (jax, tensorflow, torch) are imported where the running
 # backend is known: only one of them need be installed.

@@ -13,17 +13,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from itnet_keras.augment import input_size, training_crop
-from itnet_keras.cli import description
+from itnet_keras.cli import description, positive
 from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.datasets import DatasetError
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m itnet_keras.lab.bench_input", description=description(__doc__))
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--max-batches", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=positive(int), default=5)
+    parser.add_argument("--max-batches", type=positive(int), default=64)
+    parser.add_argument("--workers", type=positive(int), default=1)
+    parser.add_argument("--batch-size", type=positive(int), default=8)
     add_verbose_flag(parser)
     return parser
 
