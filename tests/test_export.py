@@ -59,6 +59,17 @@ def keras_outputs(model, images):
     return [np.asarray(o) for o in model(images, training=False)]
 
 
+def assert_agrees(got, want, overall, shapes, what=""):
+    """Class maps `got` of an exported file agree with Keras' `want` on more than `overall` of
+    the pixels, and on more than `shapes` of those where Keras sees a shape (not class 0, the
+    background: 86% of the built-in pixels, which an all-background file would match)."""
+    got, want = np.asarray(got), np.asarray(want)
+    seen = want != 0
+    assert seen.mean() > 0.05, what  # the model sees shapes: the check can fail
+    on_all, on_shapes = np.mean(got == want), np.mean(got[seen] == want[seen])
+    assert on_all > overall and on_shapes > shapes, f"{what}: {on_all:.3f} of all pixels, {on_shapes:.3f} of shapes"
+
+
 def runner(path, signature):
     return Interpreter(model_path=str(path)).get_signature_runner(signature)
 
@@ -101,8 +112,9 @@ def test_float32_matches_keras_on_every_signature(tiny, float32_file, val_images
         state = {k: v for k, v in result.items() if k.startswith("state_")}
         assert result["logits"].shape == (1, SIZE[0] // 8, SIZE[1] // 8, SPEC.num_classes)
         np.testing.assert_allclose(upsample(logits=result["logits"])["logits"], expected[n - 1][:1], atol=1e-4)
-    result = step(**state, n=np.int32(99))  # clamped to the last iteration's weights
-    assert np.all(np.isfinite(result["logits"]))
+    clamped, last = step(**state, n=np.int32(99)), step(**state, n=np.int32(n_out))  # 99: the last weights
+    np.testing.assert_array_equal(clamped["logits"], last["logits"])
+    assert not np.allclose(step(**state, n=np.int32(1))["logits"], last["logits"])  # n does pick weights
 
 
 def test_flatbuffer_keeps_one_loop_and_stores_shared_kernels_once(tiny, float32_file):
@@ -172,18 +184,18 @@ def test_int8_agrees_per_pixel_and_in_miou(tiny, int8_file, val_images):
     val, labels = val_images
     for n, (got, want) in enumerate(zip(run_outputs(path, val, 4), keras_outputs(model, val)), start=1):
         got, want = got.argmax(-1), want.argmax(-1)
-        # The tiny model (f=8, 3 epochs) has few channels to spread quantization error over;
-        # the CamVid model keeps 99% of pixels (export/README.md).
-        assert np.mean(got == want) > (0.9 if n == 4 else 0.85), f"output {n}: {np.mean(got == want):.3f}"
+        # The tiny model (f=8, 3 epochs; 0.99 of all pixels, 0.95 to 0.99 of the shapes here)
+        # has few channels to spread quantization error over; the CamVid model keeps 99% (export/README.md).
+        assert_agrees(got, want, 0.95, 0.85, f"output {n}")
         miou = [mean_iou(confusion_matrix(labels, p, SPEC.num_classes, SPEC.ignore_label)) for p in (got, want)]
         assert abs(miou[0] - miou[1]) < 0.05, f"output {n}"
     anytime, want = runner(path, "anytime"), keras_outputs(model, val)
     for n in (1, 3):  # the anytime signature (its own calibrated scales) against Keras as well
         got = np.concatenate([anytime(image=image[None], iterations=np.int32(n))["logits"] for image in val])
-        assert np.mean(got.argmax(-1) == want[n - 1].argmax(-1)) > 0.85, f"anytime({n})"
+        assert_agrees(got.argmax(-1), want[n - 1].argmax(-1), 0.95, 0.85, f"anytime({n})")
     encode, finish = runner(path, "encode"), runner(path, "finish")
     got = np.concatenate([finish(**encode(image=image[None]), n=np.int32(1))["logits"] for image in val])
-    assert np.mean(got.argmax(-1) == want[0].argmax(-1)) > 0.85, "finish(1)"
+    assert_agrees(got.argmax(-1), want[0].argmax(-1), 0.95, 0.85, "finish(1)")
 
 
 def test_int8_loop_file_computes_anytime_and_outputs_in_int8_only(tiny, int8_file, val_images):
@@ -211,7 +223,7 @@ def test_int8_loop_file_computes_anytime_and_outputs_in_int8_only(tiny, int8_fil
     for n in (1, 4):
         got = np.concatenate([anytime(image=image[None], iterations=np.int32(n))["logits"] for image in images])
         logits = (got.astype(np.float32) - zero) * scale
-        assert np.mean(logits.argmax(-1) == want[n - 1].argmax(-1)) > 0.85, f"anytime({n})"
+        assert_agrees(logits.argmax(-1), want[n - 1].argmax(-1), 0.95, 0.85, f"anytime({n})")
         assert np.abs(logits - want[n - 1]).mean() < 0.1 * np.abs(want[n - 1]).max(), f"anytime({n})"
 
 
@@ -400,7 +412,7 @@ def test_latency_files_of_a_trained_model_compute_its_outputs(tiny, tmp_path):
     assert not out.exists()
 
 
-def test_export_evaluation_command(tiny, float32_file, tmp_path):
+def test_export_evaluation_command(tiny, float32_file, tmp_path, capsys):
     from itnet_keras.export.onnx import convert_onnx
 
     measure_accuracy = export_script("measure_accuracy")
@@ -425,9 +437,12 @@ def test_export_evaluation_command(tiny, float32_file, tmp_path):
     assert measure_accuracy.main([str(model_path), str(path), str(copy), "--limit", "8", "--output", str(out)]) == 0
     results = json.loads(out.with_suffix(".json").read_text())
     assert list(results) == ["keras", str(path), str(copy)] and results[str(path)] == results[str(copy)]
+    capsys.readouterr()
     assert measure_accuracy.main([str(model_path), str(tmp_path / "none.tflite")]) == 2
+    assert f"error: {tmp_path / 'none.tflite'} does not exist" in capsys.readouterr().err
     # ONNX: outputs only
     assert measure_accuracy.main([str(model_path), str(onnx_path), "--signature", "anytime"]) == 2
+    assert "error: --signature 'anytime': not one of" in capsys.readouterr().err
 
 
 def test_export_evaluation_refuses_a_scale_the_file_was_not_made_for(tiny, float32_file, capsys):

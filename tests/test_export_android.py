@@ -10,7 +10,7 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from mediapipe.tasks.python import BaseOptions, vision
 from tensorflow.lite.python import schema_py_generated as schema
-from test_export import SIZE, SPEC, convert_cli, keras_outputs, trained_tiny
+from test_export import SIZE, SPEC, assert_agrees, convert_cli, keras_outputs, trained_tiny
 
 from itnet_keras.export.artifacts import ExportError
 from itnet_keras.export.flatbuffer import load, op_name, op_output_dtypes
@@ -143,15 +143,16 @@ def test_metadata_is_inside_loop_and_static_files(float32_loop, static_float32):
     assert "output 4 of 4" in read_metadata(max(static_float32))["description"]
 
 
-@pytest.mark.parametrize("quant, agree", [("float16", 0.99), ("dynamic", 0.95), ("int8", 0.85)])
-def test_static_file_in_every_quantization_mode(tiny, camera_frames, tmp_path, quant, agree):
+@pytest.mark.parametrize("quant, agree, on_shapes", [("float16", 0.99, 0.99), ("dynamic", 0.97, 0.9),
+                                                     ("int8", 0.95, 0.75)])
+def test_static_file_in_every_quantization_mode(tiny, camera_frames, tmp_path, quant, agree, on_shapes):
     model, _ = tiny
     _, images = camera_frames
     calibration = calibration_sample("builtin", SIZE, count=8, seed=0)[0] if quant == "int8" else None
     (path, summary), = convert_static(model, tmp_path / "q.tflite", [4], quant, SPEC, SIZE, calibration).items()
     assert len(summary["subgraphs"]) == 1 and not {"WHILE", "IF"} & set(summary["ops"])
     got, want = run_static(path, images, 4).argmax(-1), keras_outputs(model, images)[3].argmax(-1)
-    assert np.mean(got == want) >= agree
+    assert_agrees(got, want, agree, on_shapes, quant)
 
 
 def test_uint8_input_takes_camera_bytes(tiny, camera_frames, static_float32, tmp_path):
@@ -189,7 +190,7 @@ def test_int8_static_file_is_integer_from_camera_bytes_to_logits(tiny, camera_fr
     (dtypes,) = op_output_dtypes(path)
     assert "DEQUANTIZE" not in dtypes and all(set(c) == {"int8"} for c in dtypes.values()), dict(dtypes)
     got = run_static(path, frames, 4, np.uint8).argmax(-1)
-    assert np.mean(got == keras_outputs(model, images)[3].argmax(-1)) >= 0.85
+    assert_agrees(got, keras_outputs(model, images)[3].argmax(-1), 0.95, 0.75, "output 4")
     options = vision.ImageSegmenterOptions(base_options=BaseOptions(model_asset_path=str(path)),
                                            output_category_mask=True, output_confidence_masks=False)
     with vision.ImageSegmenter.create_from_options(options) as segmenter:  # takes int8 logits too
@@ -235,7 +236,7 @@ def test_int8_input_is_the_camera_bytes_minus_128(tiny, camera_frames, tmp_path)
         assert details["dtype"] == np.int8 and details["quantization"] == (pytest.approx(1 / 255), -128)
     run = interpreter.get_signature_runner("anytime")
     got = np.concatenate([run(image=f[None], iterations=np.int32(4))["logits"] for f in signed]).argmax(-1)
-    assert np.mean(got == keras_outputs(model, images)[3].argmax(-1)) >= 0.85
+    assert_agrees(got, keras_outputs(model, images)[3].argmax(-1), 0.95, 0.75, "output 4")
     # measure_accuracy gives each file the bytes its input takes
     dataset = make_dataset("builtin", "val", batch_size=4, limit=8)
     static_miou = exported_mious(i8, dataset)[3]
@@ -264,7 +265,7 @@ def test_loop_file_takes_camera_bytes_too(tiny, float32_loop, camera_frames, tmp
     assert details["dtype"] == np.uint8 and details["quantization"] == (pytest.approx(1 / 255), 0)
     run = interpreter.get_signature_runner("anytime")
     got = np.concatenate([run(image=f[None], iterations=np.int32(4))["logits"] for f in frames]).argmax(-1)
-    assert np.mean(got == keras_outputs(model, images)[3].argmax(-1)) >= 0.85
+    assert_agrees(got, keras_outputs(model, images)[3].argmax(-1), 0.95, 0.75, "output 4")
     cityscapes_like = dataclasses.replace(SPEC, normalization=(1 / 127.5, -1.0))
     with pytest.raises(ExportError, match="no integer zero point"):
         convert_tflite(model, tmp_path / "c.tflite", "int8", cityscapes_like, SIZE, calibration, input_type="uint8")

@@ -13,11 +13,13 @@ import keras
 import numpy as np
 import pytest
 
-from itnet_keras import console, fit, run_folder
+from itnet_keras import build_itnet, console, fit, run_folder
 from itnet_keras.batch_norm import moving_statistics, recalibrate, training_images
 from itnet_keras.config import FitConfig, parse_config
+from itnet_keras.datasets import get_spec
 from itnet_keras.evaluate import load_itnet
 from itnet_keras.fit import ConfigError, TrainingError
+from itnet_keras.model import iterative_block
 from itnet_keras.pipeline import make_dataset
 
 ARTIFACTS = ["config.json", "checkpoint.npz", "last.keras", "best.keras", "log.csv", "tensorboard",
@@ -124,6 +126,24 @@ def test_output_weights_help_lists_the_schedules(capsys):
     assert "see itnet_keras" not in help_text
     for schedule in ("all", "thinned:K", "single:n", "last:m", "linear", "comma"):
         assert schedule in SCHEDULE_HELP and f"{schedule}" in help_text.split("--output-weights", 2)[2][:600]
+
+
+@pytest.mark.parametrize("remat", [False, True], ids=["outputs", "remat-heads"])
+def test_output_weights_reach_the_training_loss(remat):
+    """`--output-weights single:4` trains the last output only: one step moves its head and
+    leaves the other heads as they were (Adam moves nothing without a gradient); `all` moves
+    every head. Through `fit.compile_model`, the loss `fit` trains."""
+    for schedule, moved in (("single:4", [False, False, False, True]), ("all", [True] * 4)):
+        keras.utils.set_random_seed(0)
+        model = build_itnet("tiny", l2=0.0)
+        config = FitConfig(output_weights=schedule, remat=remat, epochs=1)
+        trained, weights = fit.compile_model(model, config, get_spec("builtin"), steps_per_epoch=1)
+        assert list(weights) == ([0, 0, 0, 1] if schedule == "single:4" else [0.25] * 4)
+        head = next(v for v in iterative_block(model).weights if v.path.endswith("head_kernel"))
+        before = np.array(head)
+        images, labels = make_dataset("builtin", "train", limit=8, output_names=trained.output_names)[0]
+        trained.train_on_batch(images, labels)
+        assert list(np.abs(np.array(head) - before).reshape(4, -1).max(1) > 0) == moved, schedule
 
 
 @pytest.mark.parametrize("total", [20, 2000 * 45, 7])

@@ -204,6 +204,7 @@ def test_damaged_records_beside_the_model_are_named(model_file, tflite_file, pho
     err = capsys.readouterr().err
     assert f"{run / 'config.json'} is damaged (KeyError: 'fit'): it should hold the training configuration" in err
     assert predict(run / "best.keras", photos, "--data", "builtin", "--output", tmp_path / "out") == 2  # its scale
+    assert f"{run / 'config.json'} is damaged (KeyError: 'fit')" in capsys.readouterr().err
     assert predict(run / "best.keras", photos, "--data", "builtin", "--input-size", "64x64",
                    "--output", tmp_path / "out") == 0
     assert predict(exported / "tiny.tflite", photos, "--output", tmp_path / "out2") == 2
