@@ -21,6 +21,13 @@
 # size. The latency per output is then measured with LiteRT on the exported `.tflite` files.
 # No training: the weights do not change any of these numbers.
 #
+# **Measured before the initialization fix (bc63915, 2026-11-28).** The LiteRT latencies of
+# the independent network used random weights whose 16 iteration rows were equal, and the
+# TFLite converter stores equal weight buffers once, so its unrolled file held one copy of
+# the kernels instead of 16. Its 29.7 ms at output 16, and the 2.6x to 5.5x, may change when
+# this notebook is run again; the costs (MACs, graph size, depth, state) do not depend on
+# the weights.
+#
 # Run it: `python -m itnet_keras.lab.notebooks notebooks/01_architecture_costs.py --mode full`.
 
 # %%

@@ -21,6 +21,13 @@
 # curve (AUC'), after discarding networks whose peak mIoU is more than 0.02 below the best
 # peak; the lowest average rank over both variants wins. The paper found N=16, L=3, K=1.
 #
+# **Trained before the initialization fix (bc63915, 2026-11-28).** Every run of this study
+# started with equal rows in each per-iteration weight: the 16 heads of every network, and
+# for the independent networks every conv of every iteration, so that they started as a
+# weight-shared network. The numbers below come from those runs. To redo them with
+# independent initial weights, move `runs/studies/camvid_s4_e15/` away first (finished runs
+# are reused) and run the command below.
+#
 # Run it: `python -m itnet_keras.lab.notebooks notebooks/02_architecture_search.py --mode full`.
 
 # %%

@@ -28,6 +28,13 @@
 #
 # and ask: does training the early outputs cost the late ones accuracy, or help them?
 #
+# **Trained before the initialization fix (bc63915, 2026-11-28).** Every run of this study
+# started with equal rows in each per-iteration weight: the 16 heads of every network, and
+# for the independent networks every conv of every iteration, so that they started as a
+# weight-shared network. The numbers below come from those runs. To redo them with
+# independent initial weights, move `runs/studies/camvid_s4_e15/` away first (finished runs
+# are reused) and run the command below.
+#
 # Run it: `python -m itnet_keras.lab.notebooks notebooks/03_multi_output.py --mode full`
 # (smoke mode, the default, runs the same code on the built-in data in a minute).
 

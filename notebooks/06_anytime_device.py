@@ -21,6 +21,13 @@
 # exactly as an app would: `encode(image)`, then `step(state, n)` for n = 1, 2, ...,
 # deciding after every step whether to go on (`itnet_keras.export.measure.anytime_device`).
 #
+# **Trained before the initialization fix (bc63915, 2026-11-28).** Every run of this study
+# started with equal rows in each per-iteration weight: the 16 heads of every network, and
+# for the independent networks every conv of every iteration, so that they started as a
+# weight-shared network. The numbers below come from those runs. To redo them with
+# independent initial weights, move `runs/studies/camvid_s4_e15/` away first (finished runs
+# are reused) and run the command below.
+#
 # Run it: `python -m itnet_keras.lab.notebooks notebooks/06_anytime_device.py --mode full`.
 
 # %%

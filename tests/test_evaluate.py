@@ -1,6 +1,46 @@
-"""The mIoU-over-MACs plot's published reference points (plots.reference_marks)."""
+"""`evaluate_model`'s numbers against a count of their own; the mIoU-over-MACs plot's
+published reference points (plots.reference_marks)."""
 
+import keras
+import numpy as np
+
+from itnet_keras import build_itnet
+from itnet_keras.costs import output_costs
+from itnet_keras.evaluate import evaluate_model
+from itnet_keras.pipeline import make_dataset
 from itnet_keras.plots import plot_miou_over_macs, reference_marks
+
+
+def test_evaluate_model_counts_every_pixel_of_the_split():
+    """mIoU and IoU per class of each output, counted here with numpy over every labelled
+    pixel of the split (a split of 10 in batches of 4: the last batch is short), MACs from
+    the cost model, AUC from the paper's trapezoid over MACs."""
+    keras.utils.set_random_seed(0)
+    model = build_itnet("tiny")
+    dataset = make_dataset("builtin", "val", batch_size=4, limit=10)
+    result = evaluate_model(model, dataset, loss_weights=[0, 0, 0, 1])
+    images = np.concatenate([dataset[i][0] for i in range(len(dataset))])
+    labels = np.concatenate([dataset[i][1] for i in range(len(dataset))])
+    assert result["images"] == len(images) == 10
+    classes = dataset.spec.num_classes
+    valid = labels != dataset.spec.ignore_label
+    for n, (logits, output) in enumerate(zip(model.predict(images, verbose=0), result["outputs"])):
+        predicted = logits.argmax(-1)
+        iou = []
+        for c, name in enumerate(dataset.spec.class_names):
+            hits = np.sum((predicted == c) & (labels == c) & valid)
+            union = np.sum(((predicted == c) | (labels == c)) & valid)
+            got = output["iou_per_class"][name]
+            assert got is None if union == 0 else abs(got - hits / union) < 1e-6, (n, name)
+            iou += [hits / union] if union else []
+        assert abs(output["miou"] - np.mean(iou)) < 1e-6, n
+        assert output["loss_weight"] == (1.0 if n == 3 else 0.0)
+    assert [o["macs"] for o in result["outputs"]] == [c["macs"] for c in output_costs(model, (64, 64))]
+    chance = 0.00828  # SPEC s.5: (0, chance level) starts the curve
+    macs = [0] + [o["macs"] for o in result["outputs"]]
+    auc = np.trapezoid([0.0] + [o["miou"] - chance for o in result["outputs"]], macs)
+    assert abs(result["auc"] / auc - 1) < 1e-9 and abs(result["normalized_auc"] - auc / macs[-1]) < 1e-9
+    assert len(set(o["miou"] for o in result["outputs"])) > 1  # the outputs differ: the check can fail
 
 
 def _result(dataset, input_size, mious=(0.3, 0.5)):
