@@ -94,13 +94,14 @@ if committed:
     display(Markdown(studies.markdown_table(committed["summary"], studies.SUMMARY_COLUMNS)))
 
 # %% [markdown]
-# **Conclusion** (full mode: CamVid at 90x120, 15 epochs per run, 5-6 minutes each on this
+# **Conclusion** (full mode: CamVid at 90x120, 15 epochs per run, 5 to 7.5 minutes each on this
 # 2-core CPU; the paper: 480x360, 2000 epochs on GPUs). Training the early outputs *helps*
 # the late ones here: with every output weighted alike the last output reaches 0.338 mIoU
 # against 0.268 when only the last output is trained (`single`, +0.070), and the linearly
 # increasing weights give 0.330 (+0.062). Training only the last quarter (`late`) is no
-# better than `single` (0.269): the supervision of outputs 13 to 15 does not reach back
-# into the shared early iterations the way output 1's does.
+# better than `single` (0.269): the supervision of outputs 13 to 16 does not reach back
+# into the early iterations (the data block and the first iterations' weights) the way
+# output 1's does.
 #
 # The thinned schedule (outputs 1, 5, 9, 13, 16) gives the best single output of all runs
 # (0.353 at output 5) and a good first output (0.276), but its last output (0.315) is below

@@ -85,8 +85,8 @@ if committed:
 # *Batch-norm placement* (Fig. 3a): one batch norm per scale between iterations, with
 # parameters and statistics of its own per iteration, is clearly better than a batch norm
 # after every conv of the block: 0.338 against 0.215 mIoU at the last output (peak 0.344 vs
-# 0.248), AUC' 0.315 vs 0.214, and the variant with a norm after every conv also trained
-# twice as slowly (10.8 vs 5.0 minutes). This agrees with the paper's choice of batch
+# 0.248), AUC' 0.315 vs 0.214; its run also took longer (10.8 vs 5.0 minutes between the
+# run's first and last file, not a controlled timing). This agrees with the paper's choice of batch
 # normalization between iterations (Sec. 2.5).
 #
 # *Width* (Fig. 3b): mIoU rises with the width f at a fixed N=16, L=3, K=1: 0.266 (f=13),

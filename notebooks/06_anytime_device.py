@@ -127,7 +127,7 @@ if committed:
 
 # %% [markdown]
 # **Conclusion** (full mode: study 4's two networks, CamVid val at 90x120, float32 `.tflite`
-# files on LiteRT with 2 threads on this CPU; the notebook took about a minute and a half).
+# files on LiteRT with 2 threads on this CPU; the notebook took 75 s).
 #
 # *Scenario 1, a deadline* works as the paper describes: the app always has an answer and it
 # improves with the time it is given. The shared network needs 7.8 ms per image for all 16
@@ -144,7 +144,8 @@ if committed:
 # prediction stops changing (`stable`) or is confident enough (`confident`) land on the
 # fixed-budget curve, within -0.004 to +0.001 mIoU of a fixed number of iterations with the
 # same mean. The reason is the curve itself: at our training budget both networks are within
-# 0.01 mIoU of their best from output 2 or 3 on, so there is almost nothing left for an
+# 0.015 mIoU of their best from output 3 on (shared: 0.352 and 0.355 at outputs 3 and 4
+# against 0.367), so there is little left for an
 # adaptive policy to allocate. The policies also decide on the head's 12x15 logits (what
 # `step` returns), where 0.5% and 0.2% of the pixels both mean "none changed". The paper
 # argues for this scenario without a figure we can compare with; with a longer-trained
