@@ -163,8 +163,9 @@ def test_uint8_input_takes_camera_bytes(tiny, camera_frames, static_float32, tmp
     assert Interpreter(model_path=str(path)).get_input_details()[0]["dtype"] == np.uint8
     float_input = next(p for p in static_float32 if p.stem.endswith("_n4"))
     np.testing.assert_allclose(run_static(path, frames, 4, np.uint8), run_static(float_input, images, 4), atol=2e-4)
-    assert read_metadata(path)["subgraph_metadata"][0]["input_tensor_metadata"][0].get("process_units") in (
-        None, [{"options_type": "NormalizationOptions", "options": {"mean": [0.0], "std": [1.0]}}])
+    # the file normalizes the bytes itself: MediaPipe must pass them as they are (mean 0, std 1)
+    assert read_metadata(path)["subgraph_metadata"][0]["input_tensor_metadata"][0]["process_units"] == [
+        {"options_type": "NormalizationOptions", "options": {"mean": [0.0], "std": [1.0]}}]
 
 
 # CamVid-like pixel / 255 is a quantization of its own (scale 1/255, zero point 0); pixel /
