@@ -16,10 +16,10 @@
 #
 # With weight sharing the iterative block's weights are the same in every iteration, so the
 # computational graph is one block with a self-loop. Without sharing each iteration has its own
-# weights (a plain deep network when unrolled). At the same MAC budget the independent network
-# can be wider in total parameters per iteration, so the paper compares a shared network with
-# f=51 (about 3x the MACs) against an independent one with f=29 (the architecture search's
-# budget): similar mIoU (72.8 vs 72.7 peak CamVid val, 2000/4000 epochs), but 83 MB vs 384 MB
+# weights (a plain deep network when unrolled), so it holds 16 times the block's parameters.
+# The paper compares a shared network with f=51 (about 3x the MACs) against an independent
+# one with f=29 (the architecture search's MAC budget): similar mIoU (72.8 vs 72.7 peak CamVid
+# val, best of 5 trials; SPEC s.4 gives 2000 epochs, 4000 for this study), but 83 MB vs 384 MB
 # of computational graph and 44% of the parameters.
 #
 # Run it: `python -m itnet_keras.lab.notebooks notebooks/04_weight_sharing.py --mode full`.
@@ -92,13 +92,17 @@ if committed:
 # independent network unrolled, a ratio of 0.17 (the paper: 83 MB vs 384 MB, 0.22). Our
 # absolute graph sizes are smaller than the paper's (see study 1 and `docs/architecture.md`).
 #
-# Accuracy at our budget (15 epochs at 90x120, the same for both; 7 and 5 minutes of
-# training on this CPU): the shared network reaches 0.365 mIoU at its last output (peak
-# 0.367) and the independent one 0.338 (peak 0.344); anytime AUC' 0.341 vs 0.315. The shared
-# network's first output is better (0.269 vs 0.231, for 3x the MACs). So at equal epochs the
-# shared f=51 network is at least as accurate as the independent f=29 one, in line with the
-# paper's parity (72.8 vs 72.7 peak CamVid val, after 4000 and 2000 epochs). How firm this
-# is: an earlier training of the same two configurations (a previous session, same code
-# except for inference-only changes) gave the reverse order, 0.337 (shared) vs 0.362
-# (independent). Differences of 0.03 are within run-to-run variation at this budget; the
-# finding is parity, not a winner.
+# Accuracy at our budget (15 epochs at 90x120, the same recipe for both; 11 and 9 minutes of
+# training on this CPU, beside another training run): both networks peak at 0.365 mIoU (the
+# shared one at output 10, the independent one at outputs 9 and 10). At the last output the
+# independent network is ahead, 0.353 against 0.310, because the shared network's curve
+# falls after its peak (0.339 at output 11, 0.310 at 16); its AUC' is close (0.329 vs 0.322).
+# The shared network's first output is better (0.271 vs 0.248, for 3x the MACs). So at equal
+# epochs the two are at parity at their peaks, as in the paper (72.8 vs 72.7 peak CamVid val).
+# Which one has the better last output changes from one training to the next: the run before
+# the initialization fix (bc63915; its independent network started as a shared one) gave
+# 0.365 (shared) vs 0.338 (independent) at the last output, peaks 0.367 vs 0.344
+# (`git show c3e7eb2:notebooks/results/04_weight_sharing/results.json`), and an earlier one
+# the reverse, 0.337 vs 0.362 (`git show cf0405e:notebooks/04_weight_sharing.ipynb`, the
+# conclusion table). Differences of 0.03 to 0.04 at one output are within run-to-run
+# variation at this budget; the finding is parity of the peaks, not a winner.
