@@ -48,7 +48,7 @@ from itnet_keras.model import build_itnet, iterative_block, model_args, output_n
 from itnet_keras.pipeline import SyncEpoch, make_dataset  # noqa: E402
 from itnet_keras.run_folder import (  # noqa: E402
     ConfigError, RunCheckpoint, TrainingError, checkpoint_epochs, load_checkpoint, locked_folder, prepare_folder,
-    save_model, trim_log,
+    save_checkpoint, save_model, trim_log,
 )
 
 # TensorFlow is imported where used: `--strategy mirrored` on that backend only.
@@ -202,23 +202,35 @@ def _run(config, callbacks):
         raise TrainingError(f"the loss became NaN in epoch {checkpoint.nan_epoch}; training stopped and the "
                             f"checkpoint of epoch {state['epoch']} in {folder} is kept")
     best = folder / ("best.keras" if (folder / "best.keras").is_file() else "last.keras")
-    model, result, kept = _reported_model(best, config, train, val, weights)
-    source = {"file": best.name, "epoch": state["best_epoch"] if best.name == "best.keras" else state["epoch"],
-              "epochs_trained": state["epoch"], "bn_batches": config.bn_batches, **kept,
+    epoch = state["best_epoch"] if best.name == "best.keras" else state["epoch"]
+    # A file recalibrated in place by an earlier report of this run (a resumed finished run):
+    # its batch norms are no longer the training's, and recalibrating again changes nothing.
+    done = state.get("recalibrated")
+    done = done if done and (done["file"], done["epoch"]) == (best.name, epoch) else None
+    model, result, kept = _reported_model(best, config, train, val, weights, done)
+    if kept.get("bn_recalibrated") and done is None:
+        state["recalibrated"] = {"file": best.name, "epoch": epoch, "bn_batches": config.bn_batches,
+                                 "last_output_miou": kept["last_output_miou"]}
+        save_checkpoint(folder / "checkpoint.npz", trained, state)
+    source = {"file": best.name, "epoch": epoch, "epochs_trained": state["epoch"],
+              "bn_batches": done["bn_batches"] if done else config.bn_batches, **kept,
               **training_summary(dataclasses.asdict(config))}
     return write_report(model, val, folder, label=config.preset, loss_weights=weights, source=source, result=result)
 
 
-def _reported_model(path, config, train, val, weights):
+def _reported_model(path, config, train, val, weights, done=None):
     """The model `fit` reports, `path` (best.keras, else last.keras), and its val evaluation.
 
     With `--bn-batches`, the same weights with their batch norms recalibrated over that many
     training batches (batch_norm.py) replace the file if they score higher on val at the last
     output, the quantity that chose best.keras; otherwise the training's own moving averages
     stay (recalibration can cost the later outputs once they have caught up, docs/training.md).
+    `done`: the checkpoint's record that this file was recalibrated so before, reported as such.
     Also returns what the report records of that choice."""
     model = load_itnet(path)
     result = evaluate_model(model, val, weights)
+    if done is not None:
+        return model, result, {"bn_recalibrated": True, "last_output_miou": done["last_output_miou"]}
     if not config.bn_batches:
         return model, result, {}
     recalibrated = load_itnet(path)

@@ -99,6 +99,14 @@ def test_fit_lowers_the_loss_writes_every_artifact_and_shows_progress(tmp_path, 
         assert line.split()[:2] == [str(o["output"]), f"{o['miou']:.4f}"]
     assert out[-1] == f"normalized AUC of mIoU over MACs: {report['normalized_auc']:.4f}"
 
+    # Resumed when finished (no epoch left), the run reports its file as before: a best.keras
+    # recalibrated in place is recorded in the checkpoint (recalibrating it again would score
+    # the same, and the report would call its batch norms the training's).
+    assert (checkpoint_arrays(folder)[1].get("recalibrated") is not None) == kept
+    assert fit.main(["--output", str(folder), "--resume"]) == 0
+    again = json.loads((folder / "evaluation.json").read_text())["model"]
+    assert (again["bn_recalibrated"], again["last_output_miou"], again["bn_batches"]) == (kept, scores, 4)
+
     # A recalibration that scores lower on val is not kept: the file stays as it was.
     def damaging(model, batches):
         for variable in moving_statistics(model):

@@ -3,7 +3,7 @@
 # TensorFlow and no network. From the project's root, after `../shared/tools/device-pack` has
 # written .device-pack/ here:
 #
-#   bash tools/device_check.sh                       # logs under $OUT (default: device_check/)
+#   bash tools/device_check.sh                       # results under $OUT (default: device_check/)
 #   DEVICE_CHECK_TINY=1 bash tools/device_check.sh   # the same stages at toy sizes (a CPU test)
 #
 # It installs nothing beyond `. .device-pack/setup.sh` (when that file exists; otherwise the
@@ -16,11 +16,18 @@
 #      (tools/fit_dispatch_bench.py)
 #   3. profile: tools/profile_step.py (forward, backward, train step, metrics) and a jax.profiler trace
 #   4. memory: cityscapes_shared 1024x512 batch-8 training steps with and without --remat (device peak)
-# The stages' limits add up to 520 s (plus the setup): one device call of at most 600 s.
+# The stages' limits add up to 540 s (plus the setup): one device call of at most 600 s; a device call
+# returns at most 8 files, so $OUT holds three: summary.txt (versions, each stage's exit code and time,
+# the tables), results.tar (bench.md, fit.md, profile.json, memory*.md; rewritten after every stage, so
+# that a call cut off still returns the stages done) and logs.tar (every stage's log, the profiler trace).
+# With no GPU visible to JAX it stops at once (exit 3) unless DEVICE_CHECK_TINY is set.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-device_check}
 mkdir -p "$OUT"
+work=${WORK:-/tmp/device_check}
+rm -rf "$work"
+mkdir -p "$work/results" "$work/logs"
 [ -f .device-pack/setup.sh ] && . .device-pack/setup.sh
 export KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
@@ -33,25 +40,32 @@ else
 fi
 summary=$OUT/summary.txt
 : > "$summary"
-stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log
+stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $work/logs/NAME.log
   local name=$1 seconds=$2; shift 2
   local start=$SECONDS
-  timeout $((seconds * ${scale:-1})) "$@" > "$OUT/$name.log" 2>&1
+  timeout -k 15 $((seconds * ${scale:-1})) "$@" > "$work/logs/$name.log" 2>&1
   local rc=$?
   echo "$name: exit $rc after $((SECONDS - start)) s" | tee -a "$summary"
+  tar -C "$work/results" -cf "$OUT/results.tar" .
 }
 { echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null)"; nvidia-smi -L 2>/dev/null
   $py -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)"; } >> "$summary" 2>&1
+if [ -z "${DEVICE_CHECK_TINY:-}" ] && ! $py -c "import jax; assert jax.default_backend() == 'gpu'" 2>/dev/null; then
+  echo "error: JAX sees no GPU: nothing measured" | tee -a "$summary"
+  exit 3
+fi
+res=$work/results
 
-stage bench 120 $py -m itnet_keras.lab.bench --presets $preset --input-size $size --batch-sizes 8 \
-  --steps $steps --output "$OUT/bench.md"
-stage fit 180 $py tools/fit_dispatch_bench.py --rounds 1 --output "$OUT/fit.md" --preset $preset "${data[@]}" \
+stage bench 110 $py -m itnet_keras.lab.bench --presets $preset --input-size $size --batch-sizes 8 \
+  --steps $steps --output "$res/bench.md"
+stage fit 230 $py tools/fit_dispatch_bench.py --rounds 1 --output "$res/fit.md" --preset $preset "${data[@]}" \
   --epochs $epochs --batch-size 8
-stage profile 80 $py tools/profile_step.py --preset $preset --input-size $size --batch-size 8 \
-  --steps $steps --trace "$OUT/trace" --top 25 --json "$OUT/profile.json"
+stage profile 90 $py tools/profile_step.py --preset $preset --input-size $size --batch-size 8 \
+  --steps $steps --trace "$work/logs/trace" --top 25 --json "$res/profile.json"
 for remat in "" --remat; do
-  stage "memory${remat:+_remat}" 70 $py -m itnet_keras.lab.bench --presets $big --input-size $big_size \
-    --batch-sizes 8 --steps 2 --variants loop $remat --output "$OUT/memory${remat:+_remat}.md"
+  stage "memory${remat:+_remat}" 55 $py -m itnet_keras.lab.bench --presets $big --input-size $big_size \
+    --batch-sizes 8 --steps 2 --variants loop $remat --output "$res/memory${remat:+_remat}.md"
 done
-cat "$OUT"/*.md >> "$summary" 2>/dev/null
+cat "$res"/*.md >> "$summary" 2>/dev/null
+tar -C "$work" -cf "$OUT/logs.tar" logs
 cat "$summary"

@@ -12,26 +12,29 @@
 #                     DEVICE_TRAIN_TINY none (a new toy run) unless given
 #   DATA_DIR=.device-pack/camvid  CamVid in the SegNet layout (e.g. data/camvid from `python -m itnet_keras.download camvid`)
 #   EPOCHS=2000       the run's total; the learning rate steps x0.1 at 70% and 85% of it (the paper: 2000)
-#   TOTAL_S=540       seconds for the whole script (one device command may run 600 s)
-#   MAIN_S=330        seconds of them for the full-resolution run (start-up and compilation included)
+#   TOTAL_S=540       seconds for the whole script, its setup included (one device command may run 600 s)
+#   MAIN_S=380        seconds of them for the full-resolution run (start-up and compilation included); a run
+#                     cut off then gets up to 75 s to recalibrate and 75 s to evaluate its last epoch
 #   COMPARE_EPOCHS=30 COMPARE_SCALE=2   the comparisons, each a fresh run of camvid_shared at 1/COMPARE_SCALE
 #                     resolution: paper+all, strong+all, paper+thinned:4 (docs/training.md), each given a third
-#                     of the time left (none when that is under a minute); a run cut off says so in summary.txt
+#                     of the time left (none when that is under a minute: with the defaults the full-resolution
+#                     run takes the whole budget; a smaller MAIN_S leaves them time); a run cut off says so
 # Writes under $OUT (at most 8 files come back from a device call, 16 MiB each):
 #   summary.txt   versions, each stage's exit code and time, every epoch line, the mIoU per output
 #   main.tar      the run folder (config.json, checkpoint.npz, log.csv, best.keras and, when the run was cut
 #                 off, latest/evaluation.json of its last epoch with its batch norms recalibrated;
 #                 evaluation.json, of best.keras recalibrated by fit, once it is complete):
-#                 unpack it into $RUN and commit to resume in the next session
+#                 unpack it into $RUN and commit to resume in the next session; written as soon as the
+#                 full-resolution run stops, and again at the end
 #   compare.tar   the comparison runs without their weights; logs.tar: every stage's log
 set -uo pipefail
+start=$SECONDS   # the setup counts against TOTAL_S
 cd "$(dirname "$0")/.."
 OUT=${OUT:-device_train}
 mkdir -p "$OUT"
 [ -f .device-pack/setup.sh ] && . .device-pack/setup.sh
 export KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
-start=$SECONDS
 if [ -n "${DEVICE_TRAIN_TINY:-}" ]; then
   RUN=${RUN:-}  # a new toy run: the repo's open run is camvid_shared at full resolution
   preset=tiny; data=(--data builtin --limit 16); moved=(); cmp_data=("${data[@]}"); EPOCHS=${EPOCHS:-3}
@@ -40,7 +43,7 @@ else
   RUN=${RUN:-device_runs/camvid_shared_full}
   preset=camvid_shared; data=(--data camvid --data-dir "${DATA_DIR:-.device-pack/camvid}"); moved=("${data[@]:2}")
   EPOCHS=${EPOCHS:-2000}
-  TOTAL_S=${TOTAL_S:-540}; MAIN_S=${MAIN_S:-330}; COMPARE_EPOCHS=${COMPARE_EPOCHS:-30}
+  TOTAL_S=${TOTAL_S:-540}; MAIN_S=${MAIN_S:-380}; COMPARE_EPOCHS=${COMPARE_EPOCHS:-30}
   cmp_data=("${data[@]}"); cmp_scale=(--scale "${COMPARE_SCALE:-2}")
 fi
 work=${WORK:-/tmp/device_train}
@@ -52,7 +55,8 @@ left() { echo $((TOTAL_S - (SECONDS - start))); }
 stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $work/logs/NAME.log
   local name=$1 seconds=$2; shift 2
   local t0=$SECONDS
-  timeout "$seconds" "$@" > "$work/logs/$name.log" 2>&1
+  if [ "$seconds" -lt 30 ]; then echo "$name: skipped, $seconds s left" | tee -a "$summary"; return 125; fi
+  timeout -k 15 "$seconds" "$@" > "$work/logs/$name.log" 2>&1
   local rc=$?
   echo "$name: exit $rc after $((SECONDS - t0)) s (limit $seconds s)$([ $rc = 124 ] && echo ', cut off')" | tee -a "$summary"
   grep -a "^epoch [0-9]*/[0-9]* [0-9]*s:" "$work/logs/$name.log" >> "$summary"
@@ -67,6 +71,15 @@ if 'epoch' in m else []), '| val mIoU per output', ' '.join(f\"{o['miou']:.3f}\"
 { echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null) EPOCHS=$EPOCHS TOTAL_S=$TOTAL_S MAIN_S=$MAIN_S"
   nvidia-smi -L 2>/dev/null
   $py -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)"; } >> "$summary" 2>&1
+if [ -z "${DEVICE_TRAIN_TINY:-}" ] && ! $py -c "import jax; assert jax.default_backend() == 'gpu'" 2>/dev/null; then
+  echo "error: JAX sees no GPU ($($py -c 'import jax; print(jax.default_backend())' 2>&1 | tail -1)): not training on the CPU" \
+    | tee -a "$summary"
+  exit 3
+fi
+pack_main() {  # the run folder as resuming needs it (and its evaluations), into $OUT/main.tar
+  tar -C "$run" -cf "$OUT/main.tar" --exclude=tensorboard --exclude=last.keras --exclude=latest.keras \
+    --exclude=run.lock --exclude='.*.tmp*' . && echo "main.tar: $(du -m "$OUT/main.tar" | cut -f1) MiB" >> "$summary"
+}
 
 # 1. The paper's recipe at full resolution, resumed where the repo carries the open run.
 run=$work/run
@@ -81,18 +94,19 @@ else
 fi
 main_s=$(( MAIN_S < $(left) ? MAIN_S : $(left) ))
 stage fit_main "$main_s" $py -m itnet_keras.fit "${fit[@]}"
-if [ $? = 0 ]; then
+main_rc=$?
+pack_main   # at once: what follows may be cut off
+if [ $main_rc = 0 ]; then
   miou "$run/evaluation.json"
 elif [ -f "$run/last.keras" ]; then   # cut off: its last completed epoch, batch norms recalibrated, on val
-  stage recalibrate_latest $(( $(left) > 120 ? 120 : $(left) )) $py -m itnet_keras.recalibrate "$run/last.keras" \
+  stage recalibrate_latest $(( $(left) > 75 ? 75 : $(left) )) $py -m itnet_keras.recalibrate "$run/last.keras" \
     "${moved[@]}" --output "$run/latest.keras" &&
-  stage evaluate_latest $(( $(left) > 150 ? 150 : $(left) )) $py -m itnet_keras.evaluate "$run/latest.keras" \
+  stage evaluate_latest $(( $(left) > 75 ? 75 : $(left) )) $py -m itnet_keras.evaluate "$run/latest.keras" \
     "${data[@]}" --split val --output "$run/latest" && miou "$run/latest/evaluation.json"
 fi
 $py -c "import json, sys, numpy; print('the checkpoint holds epoch', json.loads(str(numpy.load(sys.argv[1])['state']))['epoch'], \
 'of', sys.argv[2])" "$run/checkpoint.npz" "$EPOCHS" >> "$summary" 2>&1
-tar -C "$run" -cf "$OUT/main.tar" --exclude=tensorboard --exclude=last.keras --exclude=latest.keras --exclude=run.lock --exclude='.*.tmp*' .
-echo "main.tar: $(du -m "$OUT/main.tar" | cut -f1) MiB" >> "$summary"
+pack_main
 
 # 2. The comparisons (items 2 and 3): same model, epochs and seed; the recipe and the output weights vary.
 names=(paper_all strong_all paper_thinned4)

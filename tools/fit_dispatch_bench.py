@@ -65,8 +65,9 @@ def build_parser():
 def run_once(fit_flags, mode, folder):
     """Training images/s of one `fit` run (the median of its epochs after the first)."""
     flags = [*fit_flags, "--bn-batches", "0", "--output", str(folder)]
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # and a device's wheels
     result = subprocess.run([sys.executable, "-c", RUN, json.dumps(flags), mode], cwd=ROOT, capture_output=True,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            text=True, env={**os.environ, "PYTHONPATH": path})
     if result.returncode:
         raise SystemExit(f"error: the {mode} run failed:\n{result.stderr[-3000:]}")
     epochs = json.loads(result.stdout.split("EPOCHS", 1)[1])
