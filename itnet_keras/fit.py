@@ -30,7 +30,7 @@ from pathlib import Path
 
 from itnet_keras.cli import parse_size
 from itnet_keras.config import flag_of, parse_config
-from itnet_keras.console import progress, quiet_startup
+from itnet_keras.console import progress, quiet_startup, stoppable, stopped_by
 
 if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
     quiet_startup(parse_config(sys.argv[1:])[0].verbose)
@@ -249,10 +249,16 @@ def main(argv=None):
     config, given = parse_config(argv)
     quiet_startup(config.verbose)
     try:
-        result = run(config, given)
+        with stoppable():
+            result = run(config, given)
     except (ConfigError, TrainingError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:
+        name, code = stopped_by(interrupt)
+        print(f"stopped by {name}: {config.output} keeps the checkpoint of its last completed epoch; "
+              f"`python -m itnet_keras.fit --output {config.output} --resume` goes on from there", file=sys.stderr)
+        return code
     source = result["model"]
     print(f"{source['file']} is from epoch {source['epoch']} of {source['epochs_trained']}")
     if source["bn_batches"]:

@@ -231,6 +231,28 @@ def test_resume_after_sigkill(tmp_path, capsys):
     assert (folder / "evaluation.json").is_file()
 
 
+@pytest.mark.parametrize("sent, name, code", [(signal.SIGTERM, "SIGTERM", 143), (signal.SIGINT, "Ctrl-C", 130)])
+def test_sigterm_and_ctrl_c_stop_with_one_line_and_keep_the_checkpoint(tmp_path, sent, name, code):
+    """Stopped mid-run, `fit` says so in one line (no traceback), exits as a shell expects,
+    and leaves its checkpoint and no temporary file (SIGTERM no longer ends it at once)."""
+    folder, log = tmp_path / "run", tmp_path / "stderr.txt"
+    command = [sys.executable, "-m", "itnet_keras.fit", "--limit", "32", "--epochs", "6", "--output", str(folder)]
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + 240
+        while not (folder / "checkpoint.npz").exists() and process.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint within 4 minutes"
+            time.sleep(0.2)
+        process.send_signal(sent)
+        assert process.wait(timeout=120) == code
+    err = log.read_text()
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == (f"stopped by {name}: {folder} keeps the checkpoint of its last completed epoch; "
+                                    f"`python -m itnet_keras.fit --output {folder} --resume` goes on from there")
+    assert 1 <= checkpoint_arrays(folder)[1]["epoch"] < 6
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
 def test_remat_trains_the_heads_logits_and_saves_the_full_model(tmp_path):
     """--remat fits `training_model` (the heads' 1/8-size logits; the losses and the mIoU
     resize them) and saves and evaluates the full model, outputs at the input size."""
