@@ -201,7 +201,10 @@ def test_batches_shapes_and_dtypes():
         val[3]
 
 
-def test_camvid_batches(camvid_root):
+def test_camvid_batches(tmp_path, write_camvid):
+    """CamVid's sizes: 480x352 crops of 480x360 images, halved at --scale 2. On files written
+    here, so that it runs wherever the tests do (`test_camvid_shared_copy` reads the real copy)."""
+    camvid_root = write_camvid(tmp_path / "camvid", counts={"train": 8, "val": 4}, size=(360, 480))
     train = make_dataset("camvid", "train", data_dir=camvid_root, batch_size=4, training=True,
                          limit=8, scale=2)
     images, labels = train[0]
