@@ -30,7 +30,7 @@ from pathlib import Path
 
 from itnet_keras.cli import parse_size
 from itnet_keras.config import flag_of, parse_config
-from itnet_keras.console import progress, quiet_startup, stoppable, stopped_by
+from itnet_keras.console import progress, quiet_startup, quietly, stoppable, stopped_by
 
 if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
     quiet_startup(parse_config(sys.argv[1:])[0].verbose)
@@ -248,6 +248,7 @@ def _reported_model(path, config, train, val, weights, done=None):
 def main(argv=None):
     config, given = parse_config(argv)
     quiet_startup(config.verbose)
+    stopped = None
     try:
         with stoppable():
             result = run(config, given)
@@ -255,7 +256,11 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
-        name, code = stopped_by(interrupt)
+        stopped = stopped_by(interrupt)
+    if stopped:
+        with quietly():  # the interrupted epoch's tf.data iterator, freed now: its C++ errors would print at exit
+            gc.collect()
+        name, code = stopped
         print(f"stopped by {name}: {config.output} keeps the checkpoint of its last completed epoch; "
               f"`python -m itnet_keras.fit --output {config.output} --resume` goes on from there", file=sys.stderr)
         return code

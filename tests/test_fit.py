@@ -238,7 +238,10 @@ def test_sigterm_and_ctrl_c_stop_with_one_line_and_keep_the_checkpoint(tmp_path,
     folder, log = tmp_path / "run", tmp_path / "stderr.txt"
     command = [sys.executable, "-m", "itnet_keras.fit", "--limit", "32", "--epochs", "6", "--output", str(folder)]
     with open(log, "w") as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+        # SIGINT as a terminal sends it: a test run in the background (as CI may be) ignores it,
+        # and so would the child, which inherits that.
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 240
         while not (folder / "checkpoint.npz").exists() and process.poll() is None:
             assert time.monotonic() < deadline, "no checkpoint within 4 minutes"
