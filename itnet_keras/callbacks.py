@@ -68,7 +68,7 @@ class EpochSummary(keras.callbacks.Callback):
             return " ".join(f"{logs.get(f'{prefix}{n}_miou', float('nan')):.3f}" for n in (self.first, self.last))
 
         validated = f"val_{self.last}_miou" in logs
-        print(f"epoch {epoch + 1}/{self.epochs} {time.perf_counter() - self.start:.0f}s: "
+        print(f"epoch {epoch + 1}/{self.epochs} {time.perf_counter() - self.start:.1f}s: "
               f"loss {logs.get('loss', float('nan')):.4f}, mIoU of {self.first} and {self.last}: "
               f"train {miou('')}" + (f", val {miou('val_')}" if validated else ""), flush=True)
 

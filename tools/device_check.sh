@@ -11,16 +11,19 @@
 # from DATA_DIR (default .device-pack/camvid; e.g. data/camvid from `python -m itnet_keras.download camvid`). Stages, each
 # with its own time limit and log, going on when one fails (its exit code is in summary.txt):
 #   1. bench: training images/s and peak device memory, loop and unroll, camvid_shared 352x480, batch 8
-#   2. fit: two short camvid_shared runs of `fit` at full resolution (480x352 crops), batch 8,
+#   2. flags: the bench's loop step with CUDA graphs over the whole step (XLA flags, batch 8 and 32) and
+#      at batch 32 without them
+#   3. fit: two short camvid_shared runs of `fit` at full resolution (480x352 crops), batch 8,
 #      end-to-end images/s, with a blocking batch hook (how fit ran before) and as fit is
 #      (tools/fit_dispatch_bench.py)
-#   3. profile: tools/profile_step.py (forward, backward, train step, metrics) and a jax.profiler trace
-#   4. memory: cityscapes_shared 1024x512 batch-8 training steps with and without --remat (device peak)
-# The stages' limits add up to 540 s (plus the setup): one device call of at most 600 s; a device call
+#   4. profile: tools/profile_step.py (forward, backward, train step, metrics) and a jax.profiler trace
+#   5. memory: cityscapes_shared 1024x512 batch-8 training steps with and without --remat (device peak)
+# The stages' limits add up to 760 s (plus the setup), more than one device call (600 s): choose with STAGES. A device call
 # returns at most 8 files, so $OUT holds three: summary.txt (versions, each stage's exit code and time,
-# the tables), results.tar (bench.md, fit.md, profile.json, memory*.md; rewritten after every stage, so
+# the tables), results.tar (bench.md, flags_*.md, fit.md, profile.json, memory*.md; rewritten after every stage, so
 # that a call cut off still returns the stages done) and logs.tar (every stage's log, the profiler trace).
-# With no GPU visible to JAX it stops at once (exit 3) unless DEVICE_CHECK_TINY is set.
+# With no GPU visible to JAX it stops at once (exit 3) unless DEVICE_CHECK_TINY is set. STAGES="bench profile"
+# (say) runs only those.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-device_check}
@@ -28,7 +31,7 @@ mkdir -p "$OUT"
 work=${WORK:-/tmp/device_check}
 rm -rf "$work"
 mkdir -p "$work/results" "$work/logs"
-[ -f .device-pack/setup.sh ] && . .device-pack/setup.sh
+[ -f .device-pack/setup.sh ] && [ -z "${DEVICE_PACK_READY:-}" ] && . .device-pack/setup.sh && export DEVICE_PACK_READY=1
 export KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 if [ -n "${DEVICE_CHECK_TINY:-}" ]; then
@@ -40,8 +43,10 @@ else
 fi
 summary=$OUT/summary.txt
 : > "$summary"
+STAGES=" ${STAGES:-bench flags fit profile memory} "   # which stages run (tools/device_session.sh chooses)
 stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $work/logs/NAME.log
   local name=$1 seconds=$2; shift 2
+  [[ $STAGES == *" ${name%%_*} "* ]] || return 0
   local start=$SECONDS
   timeout -k 15 $((seconds * ${scale:-1})) "$@" > "$work/logs/$name.log" 2>&1
   local rc=$?
@@ -56,14 +61,25 @@ if [ -z "${DEVICE_CHECK_TINY:-}" ] && ! $py -c "import jax; assert jax.default_b
 fi
 res=$work/results
 
-stage bench 110 $py -m itnet_keras.lab.bench --presets $preset --input-size $size --batch-sizes 8 \
+stage bench 150 $py -m itnet_keras.lab.bench --presets $preset --input-size $size --batch-sizes 8 \
   --steps $steps --output "$res/bench.md"
-stage fit 230 $py tools/fit_dispatch_bench.py --rounds 1 --output "$res/fit.md" --preset $preset "${data[@]}" \
+# The bench's loop step under XLA settings that may launch its ~6,500 GPU ops per step faster (the
+# first measurement, docs/benchmarks.md): CUDA graphs for the whole step, the while loops included;
+# and batch 32 (fewer launches per image). A flag this XLA does not know makes its stage fail, no more.
+GRAPHS=${GRAPHS-"--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE --xla_gpu_graph_min_graph_size=1"}
+echo "$GRAPHS" > "$res/graphs.flags"   # what "graphs" means (tools/device_session.sh trains with it when it wins)
+for variant in "graphs 8 $GRAPHS" "default 32" "graphs 32 $GRAPHS"; do
+  read -r name batch flags <<< "$variant"
+  xla="${flags:-}${XLA_FLAGS:+ $XLA_FLAGS}"   # XLA reads a value not starting with "--" as a file name
+  stage "flags_${name}_$batch" 70 env ${xla:+"XLA_FLAGS=$xla"} $py -m itnet_keras.lab.bench --presets $preset \
+    --input-size $size --batch-sizes $batch --steps $steps --variants loop --output "$res/flags_${name}_$batch.md"
+done
+stage fit 170 $py tools/fit_dispatch_bench.py --rounds 1 --output "$res/fit.md" --preset $preset "${data[@]}" \
   --epochs $epochs --batch-size 8
 stage profile 90 $py tools/profile_step.py --preset $preset --input-size $size --batch-size 8 \
   --steps $steps --trace "$work/logs/trace" --top 25 --json "$res/profile.json"
 for remat in "" --remat; do
-  stage "memory${remat:+_remat}" 55 $py -m itnet_keras.lab.bench --presets $big --input-size $big_size \
+  stage "memory${remat:+_remat}" 70 $py -m itnet_keras.lab.bench --presets $big --input-size $big_size \
     --batch-sizes 8 --steps 2 --variants loop $remat --output "$res/memory${remat:+_remat}.md"
 done
 cat "$res"/*.md >> "$summary" 2>/dev/null

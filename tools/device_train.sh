@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper's CamVid recipe at full resolution on a GPU for a wall-time budget (issue 14), resuming
-# the open run carried in the repo (device_runs/camvid_shared_full: the 102-epoch CPU run so far), then the recipe comparisons if time remains. One device call,
+# the open run carried in the repo (device_runs/camvid_shared_full: 102 epochs on the CPU and 20 on a GPU so far), then the recipe comparisons if time remains. One device call,
 # JAX, no TensorFlow, no network. From the project's root, after `../shared/tools/device-pack`:
 #
 #   bash tools/device_train.sh                                       # results under $OUT (default: device_train/)
@@ -18,7 +18,7 @@
 #   COMPARE_EPOCHS=30 COMPARE_SCALE=2   the comparisons, each a fresh run of camvid_shared at 1/COMPARE_SCALE
 #                     resolution: paper+all, strong+all, paper+thinned:4 (docs/training.md), each given a third
 #                     of the time left (none when that is under a minute: with the defaults the full-resolution
-#                     run takes the whole budget; a smaller MAIN_S leaves them time); a run cut off says so
+#                     run takes the whole budget; a smaller MAIN_S leaves them time); a run cut off says so; COMPARE_EPOCHS=0: none
 # Writes under $OUT (at most 8 files come back from a device call, 16 MiB each):
 #   summary.txt   versions, each stage's exit code and time, every epoch line, the mIoU per output
 #   main.tar      the run folder (config.json, checkpoint.npz, log.csv, best.keras and, when the run was cut
@@ -32,7 +32,7 @@ start=$SECONDS   # the setup counts against TOTAL_S
 cd "$(dirname "$0")/.."
 OUT=${OUT:-device_train}
 mkdir -p "$OUT"
-[ -f .device-pack/setup.sh ] && . .device-pack/setup.sh
+[ -f .device-pack/setup.sh ] && [ -z "${DEVICE_PACK_READY:-}" ] && . .device-pack/setup.sh && export DEVICE_PACK_READY=1
 export KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 if [ -n "${DEVICE_TRAIN_TINY:-}" ]; then
@@ -59,7 +59,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $work/
   timeout -k 15 "$seconds" "$@" > "$work/logs/$name.log" 2>&1
   local rc=$?
   echo "$name: exit $rc after $((SECONDS - t0)) s (limit $seconds s)$([ $rc = 124 ] && echo ', cut off')" | tee -a "$summary"
-  grep -a "^epoch [0-9]*/[0-9]* [0-9]*s:" "$work/logs/$name.log" >> "$summary"
+  grep -a "^epoch [0-9]*/[0-9]* [0-9.]*s:" "$work/logs/$name.log" >> "$summary"
   return $rc
 }
 miou() {  # miou EVALUATION_JSON: one line of val mIoU per output
@@ -112,7 +112,7 @@ pack_main
 names=(paper_all strong_all paper_thinned4)
 flags=("--augment paper --output-weights all" "--augment strong --output-weights all"
        "--augment paper --output-weights thinned:4")
-share=$(( $(left) / 3 ))   # the same time limit for each, so that a cut-off leaves them comparable
+share=$(( COMPARE_EPOCHS > 0 ? $(left) / 3 : 0 ))   # the same time limit for each, so that a cut-off leaves them comparable
 [ "$share" -lt 60 ] && echo "comparisons: skipped, $(left) s left" | tee -a "$summary"
 for i in 0 1 2; do
   [ "$share" -lt 60 ] && break

@@ -1,0 +1,67 @@
+"""tools/trace_summary.py on a trace made here: what it sums is what the events say."""
+
+import gzip
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "trace_summary.py"
+
+
+@pytest.fixture(scope="module")
+def trace_summary():
+    spec = importlib.util.spec_from_file_location("trace_summary", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_trace(folder, events):
+    meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+            {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}}]
+    path = folder / "plugins" / "profile" / "run" / "vm.trace.json.gz"
+    path.parent.mkdir(parents=True)
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": meta + events}, f)
+
+
+def op(start, duration, pid=1, name="fusion"):
+    return {"ph": "X", "pid": pid, "tid": 1, "ts": start, "dur": duration, "name": name}
+
+
+def test_busy_time_ops_and_gaps_per_step(tmp_path, trace_summary, capsys):
+    # GPU ops, microseconds: three overlapping on other streams (0-10000, 1000-2000, 5000-12000),
+    # then idle gaps of 3, 60 and 2000 us; the host launched them in two events of 30 ms.
+    write_trace(tmp_path, [op(0, 10000), op(1000, 1000), op(5000, 7000), op(12003, 8000), op(20063, 10000),
+                           op(32063, 8000),
+                           op(0, 30000, pid=2, name="GpuExecutable::ExecuteThunks"),
+                           op(30000, 30000, pid=2, name="GpuExecutable::ExecuteThunks")])
+    trace_summary.main([str(tmp_path), "--steps", "1"])
+    out = capsys.readouterr().out
+    assert "| GPU span (first op to last) | 40.1 ms |" in out
+    assert "| GPU busy (some stream working) | 38.0 ms (95%) |" in out   # 12 + 8 + 10 + 8 ms
+    assert "| GPU ops (kernels, memsets, copies) | 6 |" in out
+    assert "| idle gaps of 0-5 us | 1, 0.0 ms |" in out
+    assert "| idle gaps of 5-20 us | 0, 0.0 ms |" in out
+    assert "| idle gaps of 20-100 us | 1, 0.1 ms |" in out
+    assert "| idle gaps of over 1000 us | 1, 2.0 ms |" in out
+    assert "| `GpuExecutable::ExecuteThunks` | 60.0 | 2 |" in out
+    trace_summary.main([str(tmp_path), "--steps", "2"])   # the same trace as two steps: halves
+    out = capsys.readouterr().out
+    assert "| GPU busy (some stream working) | 19.0 ms (95%) |" in out
+    assert "| `GpuExecutable::ExecuteThunks` | 30.0 | 1 |" in out
+
+
+def test_intervals_merge_across_streams(trace_summary):
+    events = [op(0, 10), op(5, 7), op(15, 5)]
+    assert trace_summary.busy_intervals(events) == [[0, 12], [15, 20]]
+
+
+def test_a_trace_without_gpu_events_is_refused(tmp_path, trace_summary):
+    write_trace(tmp_path, [op(0, 10, pid=2)])
+    with pytest.raises(SystemExit, match="no GPU events"):
+        trace_summary.main([str(tmp_path)])
+    with pytest.raises(SystemExit, match="no .*trace.json.gz under"):
+        trace_summary.main([str(tmp_path / "nothing")])

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One device call for both GPU issues: issue 12's measurements (tools/device_check.sh's stages in
+# STAGES, default "bench flags": the step's images/s, loop against unroll, and under CUDA graphs), then
+# issue 14's full-resolution run (tools/device_train.sh) resumed for the time left, with CUDA graphs
+# when they made the bench's step at least 5% faster, its epochs sized so that it ends (learning-rate
+# steps, recalibration and evaluation included) inside that time. Its epoch lines are also fit's
+# end-to-end images/s at camvid_shared 480x352 batch 8, validation included (issue 12's goal).
+#
+#   bash tools/device_session.sh                                        # results under $OUT (default device_session/)
+#   DEVICE_SESSION_TINY=1 JAX_PLATFORMS=cpu bash tools/device_session.sh  # toy sizes (a CPU test)
+#
+# TOTAL_S=560 is the whole script's time (one device call may run 600 s). $OUT gets check/ (3 files)
+# and train/ (summary.txt, main.tar, logs.tar; no comparisons): see the two scripts.
+set -uo pipefail
+start=$SECONDS
+cd "$(dirname "$0")/.."
+OUT=${OUT:-device_session}
+TOTAL_S=${TOTAL_S:-560}
+[ -f .device-pack/setup.sh ] && . .device-pack/setup.sh && export DEVICE_PACK_READY=1
+tiny=${DEVICE_SESSION_TINY:+1}
+WORK=/tmp/device_check DEVICE_CHECK_TINY=$tiny STAGES=${STAGES:-bench flags} OUT=$OUT/check bash tools/device_check.sh
+rc=$?
+[ $rc = 3 ] && exit 3   # no GPU
+left=$((TOTAL_S - (SECONDS - start)))
+if [ -z "$tiny" ]; then
+  # an epoch: 367 images at the bench's rate and 0.5 s of validation and saving; 90 s for start-up,
+  # compilation, recalibration and evaluation (the first session: 4 s epochs at 86 images/s, 63 s)
+  images_s() { awk -F'|' '$2 ~ /camvid_shared/ {print $4 + 0; exit}' "/tmp/device_check/results/$1" 2>/dev/null; }
+  rate=$(images_s bench.md) graphs=$(images_s flags_graphs_8.md)
+  if awk -v g="${graphs:-0}" -v r="${rate:-0}" 'BEGIN { exit !(g > 1.05 * r) }'; then   # CUDA graphs win: train with them
+    XLA_FLAGS="$(cat /tmp/device_check/results/graphs.flags)${XLA_FLAGS:+ $XLA_FLAGS}"; export XLA_FLAGS
+    echo "training with XLA_FLAGS=$XLA_FLAGS ($graphs images/s against $rate)" | tee -a "$OUT/plan.txt"
+    rate=$graphs
+  fi
+  done=$(( $(tail -n 1 device_runs/camvid_shared_full/log.csv | cut -d, -f1) + 1 ))
+  more=$(awk -v r="${rate:-0}" -v s="$left" 'BEGIN { e = r > 0 ? int((s - 90) / (367 / r + 0.5)) : 0; print e < 5 ? 5 : e }')
+  export EPOCHS=$((done + more))
+  echo "bench loop ${rate:-?} images/s, $left s left: the run goes from $done to $EPOCHS epochs" | tee -a "$OUT/plan.txt"
+fi
+DEVICE_TRAIN_TINY=$tiny COMPARE_EPOCHS=0 TOTAL_S=$left MAIN_S=$((left - 10)) OUT=$OUT/train bash tools/device_train.sh
