@@ -3,7 +3,15 @@
 Convention everywhere: confusion matrix rows are labels, columns predictions; classes with
 an empty union (never labelled, never predicted in the split) have IoU NaN and are left
 out of the mean.
+
+A batch's confusion matrix is a segment sum (a scatter-add of its pixels into C x C cells).
+On a GPU the pixels contend for those few cells (0.4 ms per output and step on an H200, 16
+outputs: 14% of the training step's GPU time, docs/benchmarks.md), so there they are spread
+over 256 copies of the cells, pixel i into copy i mod 256, and the copies summed: the same
+counts. `ITNET_CONFUSION_FORM=segment_sum` or `=spread` forces one form (to compare them).
 """
+
+import os
 
 import keras
 import numpy as np
@@ -22,6 +30,42 @@ def _count_dtype():
 
         return "int64" if jax.config.read("jax_enable_x64") else "int32"
     return "int64"
+
+
+SPREAD = 256  # copies of the cells in the spread form
+
+
+def spread_form():
+    """Whether batches are counted in the spread form (on a GPU) rather than the plain one."""
+    form = os.environ.get("ITNET_CONFUSION_FORM", "auto")
+    if form not in ("auto", "segment_sum", "spread"):
+        raise ValueError(f"ITNET_CONFUSION_FORM={form!r}: expected auto, segment_sum or spread")
+    if form != "auto":
+        return form == "spread"
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() == "gpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_logical_devices("GPU"))
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
+def batch_counts(cell, valid, cells):
+    """float32 [cells]: how many pixels with `valid` fall in each of `cells` cells (int32 `cell`)."""
+    weight = ops.cast(valid, "float32")
+    if not spread_form():
+        return ops.segment_sum(weight, cell, num_segments=cells, sorted=False)
+    copy = ops.arange(ops.shape(cell)[0], dtype="int32") % SPREAD
+    counts = ops.segment_sum(weight, copy * cells + cell, num_segments=SPREAD * cells, sorted=False)
+    return ops.sum(ops.reshape(counts, (SPREAD, cells)), axis=0)
 
 
 @keras.saving.register_keras_serializable(package="itnet_keras")
@@ -64,9 +108,7 @@ class SegmentationMeanIoU(keras.metrics.Metric):
             weight = ops.broadcast_to(weight, ops.shape(y_true))
             valid = valid & (ops.reshape(weight, (-1,)) != 0)
         cell = ops.where(valid, labels * c + preds, ops.zeros_like(labels))
-        counts = ops.segment_sum(
-            ops.cast(valid, "float32"), cell, num_segments=c * c, sorted=False
-        )
+        counts = batch_counts(cell, valid, c * c)
         counts = ops.reshape(ops.cast(counts, self.total_cm.dtype), (c, c))
         self.total_cm.assign_add(counts)
 

@@ -84,6 +84,31 @@ def test_metric_sample_weight_masks_pixels():
     )
 
 
+@pytest.mark.parametrize("form", ["segment_sum", "spread"])
+def test_both_counting_forms_give_the_same_confusion_matrix(form, monkeypatch):
+    monkeypatch.setenv("ITNET_CONFUSION_FORM", form)
+    batches = split_batches(2)
+    labels, logits = batches[0]
+    weight = (np.arange(labels.size).reshape(labels.shape) % 3 != 0).astype("float32")
+    metric = SegmentationMeanIoU(C, IGNORE)
+    metric.update_state(labels, logits, sample_weight=weight)
+    rng = np.random.default_rng(3)   # and a batch of more pixels (1800) than the spread form's copies
+    big = (rng.choice([0, 1, 4, IGNORE], size=(3, 20, 30)).astype("int32"), rng.normal(size=(3, 20, 30, C)).astype("float32"))
+    for labels, logits in [*batches[1:], big]:
+        metric.update_state(labels, logits)
+    expected = confusion_matrix(np.where(weight > 0, batches[0][0], IGNORE), batches[0][1].argmax(-1), C, IGNORE)
+    for labels, logits in [*batches[1:], big]:
+        expected += confusion_matrix(labels, logits.argmax(-1), C, IGNORE)
+    np.testing.assert_array_equal(metric.confusion_matrix(), expected)
+
+
+def test_an_unknown_counting_form_is_refused(monkeypatch):
+    monkeypatch.setenv("ITNET_CONFUSION_FORM", "scatter")
+    labels, logits = split_batches()[0]
+    with pytest.raises(ValueError, match="ITNET_CONFUSION_FORM='scatter': expected auto, segment_sum or spread"):
+        SegmentationMeanIoU(C, IGNORE).update_state(labels, logits)
+
+
 def test_metric_in_compiled_model_and_config_round_trip():
     inputs = keras.Input((4, 5, C))
     model = keras.Model(inputs, keras.layers.Identity(name="output_1")(inputs))
@@ -98,7 +123,8 @@ def test_metric_in_compiled_model_and_config_round_trip():
     assert (restored.num_classes, restored.ignore_label, restored.name) == (C, IGNORE, "miou_1")
 
 
-def test_metric_under_jax_backend():
+@pytest.mark.parametrize("form", ["auto", "spread"])   # auto: the plain segment sum on this CPU
+def test_metric_under_jax_backend(form):
     script = textwrap.dedent(
         """
         import numpy as np, keras
@@ -129,7 +155,7 @@ def test_metric_under_jax_backend():
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONPATH=path)
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONPATH=path, ITNET_CONFUSION_FORM=form)
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True
     )

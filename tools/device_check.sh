@@ -11,14 +11,14 @@
 # from DATA_DIR (default .device-pack/camvid; e.g. data/camvid from `python -m itnet_keras.download camvid`). Stages, each
 # with its own time limit and log, going on when one fails (its exit code is in summary.txt):
 #   1. bench: training images/s and peak device memory, loop and unroll, camvid_shared 352x480, batch 8
-#   2. flags: the bench's loop step with CUDA graphs over the whole step (XLA flags, batch 8 and 32) and
-#      at batch 32 without them
+#   2. flags: the bench's loop step with CUDA graphs over the whole step (XLA flags, batch 8 and 32), at
+#      batch 32 without them, and with the metrics' plain confusion counts (batch 8)
 #   3. fit: two short camvid_shared runs of `fit` at full resolution (480x352 crops), batch 8,
 #      end-to-end images/s, with a blocking batch hook (how fit ran before) and as fit is
 #      (tools/fit_dispatch_bench.py)
 #   4. profile: tools/profile_step.py (forward, backward, train step, metrics) and a jax.profiler trace
 #   5. memory: cityscapes_shared 1024x512 batch-8 training steps with and without --remat (device peak)
-# The stages' limits add up to 760 s (plus the setup), more than one device call (600 s): choose with STAGES. A device call
+# The stages' limits add up to 830 s (plus the setup), more than one device call (600 s): choose with STAGES. A device call
 # returns at most 8 files, so $OUT holds three: summary.txt (versions, each stage's exit code and time,
 # the tables), results.tar (bench.md, flags_*.md, fit.md, profile.json, memory*.md; rewritten after every stage, so
 # that a call cut off still returns the stages done) and logs.tar (every stage's log, the profiler trace).
@@ -63,16 +63,19 @@ res=$work/results
 
 stage bench 150 $py -m itnet_keras.lab.bench --presets $preset --input-size $size --batch-sizes 8 \
   --steps $steps --output "$res/bench.md"
-# The bench's loop step under XLA settings that may launch its ~6,500 GPU ops per step faster (the
+# The bench's loop step under XLA settings that may launch its ~6,600 GPU ops per step faster (the
 # first measurement, docs/benchmarks.md): CUDA graphs for the whole step, the while loops included;
-# and batch 32 (fewer launches per image). A flag this XLA does not know makes its stage fail, no more.
+# batch 32 (fewer launches per image); and the mIoU metrics' confusion counts in their plain form
+# (a scatter into C x C cells, which the default replaced on a GPU: itnet_keras/metrics.py).
+# A flag this XLA does not know makes its stage fail, no more.
 GRAPHS=${GRAPHS-"--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE --xla_gpu_graph_min_graph_size=1"}
 echo "$GRAPHS" > "$res/graphs.flags"   # what "graphs" means (tools/device_session.sh trains with it when it wins)
-for variant in "graphs 8 $GRAPHS" "default 32" "graphs 32 $GRAPHS"; do
-  read -r name batch flags <<< "$variant"
+for variant in "graphs 8 auto $GRAPHS" "default 32 auto" "graphs 32 auto $GRAPHS" "plaincounts 8 segment_sum"; do
+  read -r name batch form flags <<< "$variant"
   xla="${flags:-}${XLA_FLAGS:+ $XLA_FLAGS}"   # XLA reads a value not starting with "--" as a file name
-  stage "flags_${name}_$batch" 70 env ${xla:+"XLA_FLAGS=$xla"} $py -m itnet_keras.lab.bench --presets $preset \
-    --input-size $size --batch-sizes $batch --steps $steps --variants loop --output "$res/flags_${name}_$batch.md"
+  stage "flags_${name}_$batch" 70 env ${xla:+"XLA_FLAGS=$xla"} ITNET_CONFUSION_FORM=$form $py -m itnet_keras.lab.bench \
+    --presets $preset --input-size $size --batch-sizes $batch --steps $steps --variants loop \
+    --output "$res/flags_${name}_$batch.md"
 done
 stage fit 170 $py tools/fit_dispatch_bench.py --rounds 1 --output "$res/fit.md" --preset $preset "${data[@]}" \
   --epochs $epochs --batch-size 8
