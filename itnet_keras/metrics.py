@@ -32,7 +32,7 @@ def _count_dtype():
     return "int64"
 
 
-SPREAD = 256  # copies of the cells in the spread form
+SPREAD = 256  # copies of the cells in the spread form, fewer for many classes (at most 2**22 cells in all)
 
 
 def spread_form():
@@ -63,9 +63,10 @@ def batch_counts(cell, valid, cells):
     weight = ops.cast(valid, "float32")
     if not spread_form():
         return ops.segment_sum(weight, cell, num_segments=cells, sorted=False)
-    copy = ops.arange(ops.shape(cell)[0], dtype="int32") % SPREAD
-    counts = ops.segment_sum(weight, copy * cells + cell, num_segments=SPREAD * cells, sorted=False)
-    return ops.sum(ops.reshape(counts, (SPREAD, cells)), axis=0)
+    copies = max(1, min(SPREAD, 2**22 // cells))
+    copy = ops.arange(ops.shape(cell)[0], dtype="int32") % copies
+    counts = ops.segment_sum(weight, copy * cells + cell, num_segments=copies * cells, sorted=False)
+    return ops.sum(ops.reshape(counts, (copies, cells)), axis=0)
 
 
 @keras.saving.register_keras_serializable(package="itnet_keras")

@@ -207,3 +207,15 @@ def test_anytime_auc_hand_computed():
 def test_anytime_auc_rejects_bad_input(macs, mious, message):
     with pytest.raises(ValueError, match=message):
         anytime_auc(macs, mious)
+
+
+def test_the_spread_form_takes_fewer_copies_for_many_cells(monkeypatch):
+    # 3000 classes: 9e6 cells, more than 2**22, so one copy (256 would overflow int32 indices).
+    from itnet_keras.metrics import batch_counts
+
+    monkeypatch.setenv("ITNET_CONFUSION_FORM", "spread")
+    cells = 3000 * 3000
+    cell = np.array([0, cells - 1, cells - 1, 12345], "int32")
+    valid = np.array([True, True, True, False])
+    counts = np.asarray(keras.ops.convert_to_numpy(batch_counts(cell, valid, cells)))
+    assert counts.shape == (cells,) and counts[0] == 1 and counts[cells - 1] == 2 and counts.sum() == 3

@@ -32,26 +32,34 @@ def op(start, duration, pid=1, name="fusion"):
 
 
 def test_busy_time_ops_and_gaps_per_step(tmp_path, trace_summary, capsys):
-    # GPU ops, microseconds: three overlapping on other streams (0-10000, 1000-2000, 5000-12000),
-    # then idle gaps of 3, 60 and 2000 us; the host launched them in two events of 30 ms.
+    # Two steps, each launched by the host (ExecuteThunks at 0 and 100000 us). Step 1's GPU ops:
+    # three overlapping on other streams (0-10000, 1000-2000, 5000-12000), then idle gaps of 3, 60
+    # and 2000 us; step 2's: two overlapping. The 60 ms between the steps is no GPU gap. The
+    # host's PjitFunction event appears twice, one inside the other, as in JAX's traces.
+    thunks = "GpuExecutable::ExecuteThunks"
     write_trace(tmp_path, [op(0, 10000), op(1000, 1000), op(5000, 7000), op(12003, 8000), op(20063, 10000),
-                           op(32063, 8000),
-                           op(0, 30000, pid=2, name="GpuExecutable::ExecuteThunks"),
-                           op(30000, 30000, pid=2, name="GpuExecutable::ExecuteThunks")])
-    trace_summary.main([str(tmp_path), "--steps", "1"])
+                           op(32063, 8000), op(100000, 40000), op(100000, 1000),
+                           op(0, 30000, pid=2, name=thunks), op(100000, 30000, pid=2, name=thunks),
+                           op(0, 50000, pid=2, name="PjitFunction"), op(1, 49998, pid=2, name="PjitFunction")])
+    trace_summary.main([str(tmp_path)])
     out = capsys.readouterr().out
-    assert "| GPU span (first op to last) | 40.1 ms |" in out
-    assert "| GPU busy (some stream working) | 38.0 ms (95%) |" in out   # 12 + 8 + 10 + 8 ms
-    assert "| GPU ops (kernels, memsets, copies) | 6 |" in out
-    assert "| idle gaps of 0-5 us | 1, 0.0 ms |" in out
+    assert out.startswith("2 steps")
+    assert "| GPU span (a step's first op to its last) | 40.0 ms |" in out   # (40063 + 40000) / 2
+    assert "| GPU busy (some stream working) | 39.0 ms (97%) |" in out   # (12 + 8 + 10 + 8 + 40 ms) / 2
+    assert "| GPU ops (kernels, memsets, copies) | 4 |" in out
+    assert "| idle gaps of 0-5 us | 0.5, 0.0 ms |" in out
     assert "| idle gaps of 5-20 us | 0, 0.0 ms |" in out
-    assert "| idle gaps of 20-100 us | 1, 0.1 ms |" in out
-    assert "| idle gaps of over 1000 us | 1, 2.0 ms |" in out
-    assert "| `GpuExecutable::ExecuteThunks` | 60.0 | 2 |" in out
-    trace_summary.main([str(tmp_path), "--steps", "2"])   # the same trace as two steps: halves
-    out = capsys.readouterr().out
-    assert "| GPU busy (some stream working) | 19.0 ms (95%) |" in out
+    assert "| idle gaps of 20-100 us | 0.5, 0.0 ms |" in out
+    assert "| idle gaps of over 1000 us | 0.5, 1.0 ms |" in out   # 2000 us in step 1; none between the steps
     assert "| `GpuExecutable::ExecuteThunks` | 30.0 | 1 |" in out
+    assert "| `PjitFunction` | 25.0 | 0.5 |" in out   # counted once
+
+
+def test_without_launch_events_the_trace_is_divided_into_the_steps_given(tmp_path, trace_summary, capsys):
+    write_trace(tmp_path, [op(0, 10000), op(10000, 10000)])
+    trace_summary.main([str(tmp_path), "--steps", "2"])
+    out = capsys.readouterr().out
+    assert out.startswith("2 steps") and "| GPU busy (some stream working) | 10.0 ms (100%) |" in out
 
 
 def test_intervals_merge_across_streams(trace_summary):

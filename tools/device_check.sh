@@ -23,7 +23,7 @@
 # the tables), results.tar (bench.md, flags_*.md, fit.md, profile.json, memory*.md; rewritten after every stage, so
 # that a call cut off still returns the stages done) and logs.tar (every stage's log, the profiler trace).
 # With no GPU visible to JAX it stops at once (exit 3) unless DEVICE_CHECK_TINY is set. STAGES="bench profile"
-# (say) runs only those.
+# (say) runs only those; CHECK_S (seconds from the script's start) cuts the stages' limits to fit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-device_check}
@@ -44,9 +44,13 @@ fi
 summary=$OUT/summary.txt
 : > "$summary"
 STAGES=" ${STAGES:-bench flags fit profile memory} "   # which stages run (tools/device_session.sh chooses)
+CHECK_S=${CHECK_S:-100000}   # seconds for all stages: a stage that no longer gets 30 s is skipped
 stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $work/logs/NAME.log
   local name=$1 seconds=$2; shift 2
   [[ $STAGES == *" ${name%%_*} "* ]] || return 0
+  local left=$((CHECK_S - SECONDS))
+  [ "$left" -lt "$seconds" ] && seconds=$left
+  if [ "$seconds" -lt 30 ]; then echo "$name: skipped, $left s left of CHECK_S" | tee -a "$summary"; return 0; fi
   local start=$SECONDS
   timeout -k 15 $((seconds * ${scale:-1})) "$@" > "$work/logs/$name.log" 2>&1
   local rc=$?
@@ -61,7 +65,7 @@ if [ -z "${DEVICE_CHECK_TINY:-}" ] && ! $py -c "import jax; assert jax.default_b
 fi
 res=$work/results
 
-stage bench 150 $py -m itnet_keras.lab.bench --presets $preset --input-size $size --batch-sizes 8 \
+stage bench 150 env ITNET_CONFUSION_FORM=auto $py -m itnet_keras.lab.bench --presets $preset --input-size $size --batch-sizes 8 \
   --steps $steps --output "$res/bench.md"
 # The bench's loop step under XLA settings that may launch its ~6,600 GPU ops per step faster (the
 # first measurement, docs/benchmarks.md): CUDA graphs for the whole step, the while loops included;

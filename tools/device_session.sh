@@ -12,8 +12,9 @@
 #   bash tools/device_session.sh                                        # results under $OUT (default device_session/)
 #   DEVICE_SESSION_TINY=1 JAX_PLATFORMS=cpu bash tools/device_session.sh  # toy sizes (a CPU test)
 #
-# TOTAL_S=560 is the whole script's time (one device call may run 600 s). $OUT gets check/ (3 files)
-# and train/ (summary.txt, main.tar, logs.tar; no comparisons): see the two scripts.
+# TOTAL_S=560 is the whole script's time (one device call may run 600 s), of which the measurements leave
+# the training at least 250 s. $OUT gets check/ (3 files), train/ (summary.txt, main.tar, logs.tar; no
+# comparisons; see the two scripts) and plan.txt (the flags and epochs chosen, when they were chosen).
 set -uo pipefail
 start=$SECONDS
 cd "$(dirname "$0")/.."
@@ -21,7 +22,9 @@ OUT=${OUT:-device_session}
 TOTAL_S=${TOTAL_S:-560}
 [ -f .device-pack/setup.sh ] && . .device-pack/setup.sh && export DEVICE_PACK_READY=1
 tiny=${DEVICE_SESSION_TINY:+1}
-WORK=/tmp/device_check DEVICE_CHECK_TINY=$tiny STAGES=${STAGES:-bench flags} OUT=$OUT/check bash tools/device_check.sh
+# the measurements end with at least 250 s left for the training
+WORK=/tmp/device_check DEVICE_CHECK_TINY=$tiny STAGES=${STAGES:-bench flags} CHECK_S=$((TOTAL_S - 250 - SECONDS + start)) \
+  OUT=$OUT/check bash tools/device_check.sh
 rc=$?
 [ $rc = 3 ] && exit 3   # no GPU
 left=$((TOTAL_S - (SECONDS - start)))
@@ -30,18 +33,19 @@ if [ -z "$tiny" ]; then
   # compilation, recalibration and evaluation (the first session: 4 s epochs at 86 images/s, 63 s)
   images_s() { awk -F'|' '$2 ~ /camvid_shared/ {print $4 + 0; exit}' "/tmp/device_check/results/$1" 2>/dev/null; }
   rate=$(images_s bench.md) graphs=$(images_s flags_graphs_8.md)
-  if awk -v g="${graphs:-0}" -v r="${rate:-0}" 'BEGIN { exit !(g > 1.05 * r) }'; then   # CUDA graphs win: train with them
+  if awk -v g="${graphs:-0}" -v r="${rate:-0}" 'BEGIN { exit !(r > 0 && g > 1.05 * r) }'; then   # CUDA graphs win: train with them
     XLA_FLAGS="$(cat /tmp/device_check/results/graphs.flags)${XLA_FLAGS:+ $XLA_FLAGS}"; export XLA_FLAGS
     echo "training with XLA_FLAGS=$XLA_FLAGS ($graphs images/s against $rate)" | tee -a "$OUT/plan.txt"
     rate=$graphs
   fi
   main_s=$((left - 100))   # a run cut off: its last epoch recalibrated and evaluated (75 s each at most)
   if [ "${EPOCHS:-2000}" = sized ]; then   # end inside the time left, its rate steps and report included
-    done=$(( $(tail -n 1 device_runs/camvid_shared_full/log.csv | cut -d, -f1) + 1 ))
-    more=$(awk -v r="${rate:-0}" -v s="$left" 'BEGIN { e = r > 0 ? int((s - 90) / (367 / r + 0.5)) : 0; print e < 5 ? 5 : e }')
+    done=$(( $(tail -n 1 "${RUN:-device_runs/camvid_shared_full}/log.csv" | cut -d, -f1) + 1 ))
+    more=$(awk -v r="${rate:-0}" -v s="$left" 'BEGIN { e = r > 0 ? int((s - 90) / (367 / r + 0.5)) : 0; print e < 1 ? 1 : e }')
     export EPOCHS=$((done + more)) main_s=$((left - 10))
     echo "bench loop ${rate:-?} images/s, $left s left: the run goes from $done to $EPOCHS epochs" | tee -a "$OUT/plan.txt"
   fi
 fi
+[ -n "$tiny" ] && [ "${EPOCHS:-}" = sized ] && unset EPOCHS   # a toy run has its own total
 DEVICE_TRAIN_TINY=$tiny COMPARE_EPOCHS=0 TOTAL_S=$left MAIN_S=${main_s:-$((left - 10))} OUT=$OUT/train \
   bash tools/device_train.sh

@@ -77,6 +77,7 @@ if [ -z "${DEVICE_TRAIN_TINY:-}" ] && ! $py -c "import jax; assert jax.default_b
   exit 3
 fi
 pack_main() {  # the run folder as resuming needs it (and its evaluations), into $OUT/main.tar
+  [ -f "$run/checkpoint.npz" ] || return 0   # no epoch done (the stage skipped or cut off before one)
   tar -C "$run" -cf "$OUT/main.tar" --exclude=tensorboard --exclude=last.keras --exclude=latest.keras \
     --exclude=run.lock --exclude='.*.tmp*' . && echo "main.tar: $(du -m "$OUT/main.tar" | cut -f1) MiB" >> "$summary"
 }
@@ -104,7 +105,7 @@ elif [ -f "$run/last.keras" ]; then   # cut off: its last completed epoch, batch
   stage evaluate_latest $(( $(left) > 75 ? 75 : $(left) )) $py -m itnet_keras.evaluate "$run/latest.keras" \
     "${data[@]}" --split val --output "$run/latest" && miou "$run/latest/evaluation.json"
 fi
-$py -c "import json, sys, numpy; print('the checkpoint holds epoch', json.loads(str(numpy.load(sys.argv[1])['state']))['epoch'], \
+[ -f "$run/checkpoint.npz" ] && $py -c "import json, sys, numpy; print('the checkpoint holds epoch', json.loads(str(numpy.load(sys.argv[1])['state']))['epoch'], \
 'of', sys.argv[2])" "$run/checkpoint.npz" "$EPOCHS" >> "$summary" 2>&1
 pack_main
 
