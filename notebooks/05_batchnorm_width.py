@@ -21,12 +21,11 @@
 # **Width.** How do the last output's mIoU and the anytime AUC' grow with the width f of the
 # independent network (MACs grow about with f squared)?
 #
-# **Trained before the initialization fix (bc63915, 2026-11-28).** Every run of this study
-# started with equal rows in each per-iteration weight: the 16 heads of every network, and
-# for the independent networks every conv of every iteration, so that they started as a
-# weight-shared network. The numbers below come from those runs. To redo them with
-# independent initial weights, move `runs/studies/camvid_s4_e15/` away first (finished runs
-# are reused) and run the command below.
+# **Run again after the initialization fix (bc63915).** Before it, every per-iteration weight
+# started with equal rows (the 16 heads, and every conv of an independent network, so that
+# it started as a weight-shared one). The f=29 run with BN between iterations is study 4's
+# independent network (run again after the fix too); the other three were trained again on
+# 2026-11-28.
 #
 # Run it: `python -m itnet_keras.lab.notebooks notebooks/05_batchnorm_width.py --mode full`.
 
@@ -84,14 +83,16 @@ if committed:
 #
 # *Batch-norm placement* (Fig. 3a): one batch norm per scale between iterations, with
 # parameters and statistics of its own per iteration, is clearly better than a batch norm
-# after every conv of the block: 0.338 against 0.215 mIoU at the last output (peak 0.344 vs
-# 0.248), AUC' 0.315 vs 0.214; its run also took longer (10.8 vs 5.0 minutes between the
-# run's first and last file, not a controlled timing). This agrees with the paper's choice of batch
-# normalization between iterations (Sec. 2.5).
+# after every conv of the block: 0.353 against 0.224 mIoU at the last output (peak 0.365 vs
+# 0.237), AUC' 0.329 vs 0.207 (before the initialization fix: 0.338 vs 0.215). Its run
+# also took less time (9.0 vs 12.3 minutes between the run's first and last file, not a
+# controlled timing). This agrees with the paper's choice of batch normalization between
+# iterations (Sec. 2.5).
 #
-# *Width* (Fig. 3b): mIoU rises with the width f at a fixed N=16, L=3, K=1: 0.266 (f=13),
-# 0.280 (f=21), 0.338 (f=29) at the last output, for 0.03, 0.08 and 0.14 billion MACs at
-# 90x120. No saturation is visible up to the width the MAC budget allows. The paper's
-# figure values are not available to us (SPEC), so this is a trend, not a comparison of
-# numbers. One run per point; run-to-run differences of up to 0.03 (study 4) put the f=13 vs f=21
-# step within noise, the step to f=29 not.
+# *Width* (Fig. 3b): mIoU rises with the width f at a fixed N=16, L=3, K=1: 0.258 (f=13),
+# 0.292 (f=21), 0.353 (f=29) at the last output, for 0.03, 0.08 and 0.14 billion MACs at
+# 90x120 (before the fix: 0.266, 0.280, 0.338). No saturation is visible up to the width
+# the MAC budget allows. The paper's figure values are not available to us (SPEC), so this
+# is a trend, not a comparison of numbers. One run per point; run-to-run differences of up
+# to 0.03 (study 4) put the f=13 vs f=21 step (0.034) at the edge of noise, the step to
+# f=29 (0.061) not.
