@@ -21,12 +21,11 @@
 # size. The latency per output is then measured with LiteRT on the exported `.tflite` files.
 # No training: the weights do not change any of these numbers.
 #
-# **Measured before the initialization fix (bc63915, 2026-11-28).** The LiteRT latencies of
-# the independent network used random weights whose 16 iteration rows were equal, and the
-# TFLite converter stores equal weight buffers once, so its unrolled file held one copy of
-# the kernels instead of 16. Its 29.7 ms at output 16, and the 2.6x to 5.5x, may change when
-# this notebook is run again; the costs (MACs, graph size, depth, state) do not depend on
-# the weights.
+# **Measured again after the initialization fix (bc63915), on 2026-11-28,** with nothing else
+# running on the machine. Before the fix the independent network's random weights had 16
+# equal iteration rows, which the TFLite converter stores once; its unrolled file now holds
+# 16 copies, and its latency barely moved (output 16: 31.2 ms, before 29.7 ms). The costs
+# (MACs, graph size, depth, state) do not depend on the weights.
 #
 # Run it: `python -m itnet_keras.lab.notebooks notebooks/01_architecture_costs.py --mode full`.
 
@@ -132,19 +131,19 @@ if committed:
 # smaller graphs than the paper's; `docs/architecture.md` lists where the reading may differ.
 #
 # Latency (Fig. 2; LiteRT, 2 threads on this 2-core CPU, median of 5 calls taken in turns
-# with the unrolled baselines; the notebook took 6.4 minutes): the shared network's first
-# output comes after 5.3 ms and its last after 91.5 ms, 17x later. Its loop file's `anytime`
-# takes 0.97x to 1.14x the time of an unrolled graph that stops at the same output (output
-# 16: 91.5 vs 89.9 ms; all 16 outputs in one call: 150 vs 155 ms); only output 9 is above
-# 1.08x, the noise of 5 calls per point (the benchmark in `export/README.md`, with 15, stays
-# within 1.07x). `anytime` computes its last iteration at the finest scale only, as the
+# with the unrolled baselines; the notebook took 6.0 minutes): the shared network's first
+# output comes after 5.8 ms and its last after 89.7 ms, 15x later. Its loop file's `anytime`
+# takes 0.95x to 1.11x the time of an unrolled graph that stops at the same output (output
+# 16: 89.7 vs 88.5 ms; all 16 outputs in one call: 129 vs 123 ms); only outputs 5 and 6
+# are above 1.06x, the noise of 5 calls per point (the benchmark in `export/README.md`,
+# with 15, stays within 1.07x). `anytime` computes its last iteration at the finest scale only, as the
 # pruned unrolled graph does. An app that drives the loop and ends with `finish` takes
-# 1.05x to 1.16x; one that decides after each step (`encode` + n `step` + one `upsample`)
-# 1.03x to 1.23x: each interpreter call costs about 0.3 ms, and `step` computes the coarser
+# 0.78x to 1.16x; one that decides after each step (`encode` + n `step` + one `upsample`)
+# 0.95x to 1.18x: each interpreter call costs about 0.3 ms, and `step` computes the coarser
 # scales that a further step would read.
 #
-# The independent network is the exception: from output 2 on its loop file is 2.6x to 5.5x
-# slower than unrolled (output 16: 129 vs 30 ms), although it has a third of the MACs. Its loop picks
+# The independent network is the exception: from output 2 on its loop file is 2.3x to 5.6x
+# slower than unrolled (output 16: 143 vs 31 ms), although it has a third of the MACs. Its loop picks
 # each iteration's kernels with a run-time `GATHER`; LiteRT's default CPU delegate (XNNPACK)
 # wants constant weights, so those convolutions fall back to the slower builtin kernels.
 # Without weight sharing nothing is gained by a loop on a CPU: export such a network

@@ -21,12 +21,9 @@
 # exactly as an app would: `encode(image)`, then `step(state, n)` for n = 1, 2, ...,
 # deciding after every step whether to go on (`itnet_keras.export.measure.anytime_device`).
 #
-# **Trained before the initialization fix (bc63915, 2026-11-28).** Every run of this study
-# started with equal rows in each per-iteration weight: the 16 heads of every network, and
-# for the independent networks every conv of every iteration, so that they started as a
-# weight-shared network. The numbers below come from those runs. To redo them with
-# independent initial weights, move `runs/studies/camvid_s4_e15/` away first (finished runs
-# are reused) and run the command below.
+# **Run again after the initialization fix (bc63915), on 2026-11-28,** with study 4's
+# networks as trained again after the fix (before it, every per-iteration weight started
+# with equal rows). The timings were taken with nothing else running on the machine.
 #
 # Run it: `python -m itnet_keras.lab.notebooks notebooks/06_anytime_device.py --mode full`.
 
@@ -127,25 +124,26 @@ if committed:
 
 # %% [markdown]
 # **Conclusion** (full mode: study 4's two networks, CamVid val at 90x120, float32 `.tflite`
-# files on LiteRT with 2 threads on this CPU; the notebook took 75 s).
+# files on LiteRT with 2 threads on this CPU; the notebook took 85 s).
 #
-# *Scenario 1, a deadline* works as the paper describes: the app always has an answer and it
-# improves with the time it is given. The shared network needs 7.8 ms per image for all 16
-# iterations here; with a deadline of 20% of that (1.6 ms) it reaches 0.353 mIoU (2.4
-# iterations on average), with 50% 0.362, against 0.365 for all 16. The independent network
-# (15.9 ms for all 16, although it has a third of the MACs: at this tiny size the per-call
-# cost and its per-iteration kernel gathers dominate) reaches 0.336 at 20% and 0.338 at the
-# end. Deadlines are kept on average, not for every image: the slowest image overran its
-# deadline by up to 1.0 ms (shared) and 3.7 ms (independent), because the policy predicts
-# the next step's time from the last one and a step on this shared machine sometimes takes
-# longer; an app with a hard deadline should keep a margin.
+# *Scenario 1, a deadline* works as the paper describes: the app always has an answer. The
+# shared network needs 8.7 ms per image for all 16 iterations here; with a deadline of 20%
+# of that (1.5 ms on average) it reaches 0.336 mIoU (3.1 iterations on average), with 50%
+# 0.348, and with all 16 iterations 0.311: this network's curve peaks at output 10 (0.365)
+# and falls after it (study 4), so a deadline that stops it early even gains. The
+# independent network (17.3 ms for all 16, although it has a third of the MACs: at this tiny
+# size the per-call cost and its per-iteration kernel gathers dominate) reaches 0.314 at 20%,
+# 0.362 at 50% and 0.353 at the end. Deadlines are kept on average, not for every image: the
+# slowest image overran its deadline by up to 0.8 ms (shared) and 2.5 ms (independent),
+# because the policy predicts the next step's time from the last one and a step sometimes
+# takes longer; an app with a hard deadline should keep a margin.
 #
 # *Scenario 2, a budgeted batch* gives nothing here: the policies that stop an image once its
-# prediction stops changing (`stable`) or is confident enough (`confident`) land on the
-# fixed-budget curve, within -0.004 to +0.001 mIoU of a fixed number of iterations with the
-# same mean. The reason is the curve itself: at our training budget both networks are within
-# 0.015 mIoU of their best from output 3 on (shared: 0.352 and 0.355 at outputs 3 and 4
-# against 0.367), so there is little left for an
+# prediction stops changing (`stable`) or is confident enough (`confident`) land on or below
+# the fixed-budget curve, from -0.022 to 0.000 mIoU (shared) and from -0.014 to +0.003
+# (independent) against a fixed number of iterations with the same mean. The reason is the
+# curve itself: at our training budget the later outputs add little or lose (shared: 0.337
+# at output 3, 0.365 at its peak, 0.310 at the end), so there is little left for an
 # adaptive policy to allocate. The policies also decide on the head's 12x15 logits (what
 # `step` returns), where 0.5% and 0.2% of the pixels both mean "none changed". The paper
 # argues for this scenario without a figure we can compare with; with a longer-trained
