@@ -38,7 +38,7 @@ if [ -z "$tiny" ]; then
     echo "training with XLA_FLAGS=$XLA_FLAGS ($graphs images/s against $rate)" | tee -a "$OUT/plan.txt"
     rate=$graphs
   fi
-  main_s=$((left - 100))   # a run cut off: its last epoch recalibrated and evaluated (75 s each at most)
+  main_s=$((left - 130))   # a run cut off: its last epoch recalibrated and evaluated (75 s each at most)
   if [ "${EPOCHS:-2000}" = sized ]; then   # end inside the time left, its rate steps and report included
     done=$(( $(tail -n 1 "${RUN:-device_runs/camvid_shared_full}/log.csv" | cut -d, -f1) + 1 ))
     more=$(awk -v r="${rate:-0}" -v s="$left" 'BEGIN { e = r > 0 ? int((s - 90) / (367 / r + 0.5)) : 0; print e < 1 ? 1 : e }')
