@@ -10,7 +10,8 @@ half on 2 CPU cores). The run folder (`--output`) receives:
                        (or every --checkpoint-every epochs)
     last.keras, best.keras   the latest model and the best one (val mIoU of the last output);
                        at the end the reported one's batch norms are recalibrated (--bn-batches)
-                       if that scores higher on val
+                       if that scores higher on val. Each is written as .NAME-epochN.pending.keras
+                       first and renamed after the checkpoint of epoch N
     log.csv, tensorboard/    per-epoch logs (log.csv's `epoch` counts from 0, as Keras'
                        CSVLogger writes it: epoch 81, 1-based as everywhere else, is its row 80)
     evaluation.json, miou_over_macs.png, predictions.png   the final evaluation (on val)
@@ -48,7 +49,7 @@ from itnet_keras.model import build_itnet, iterative_block, model_args, output_n
 from itnet_keras.pipeline import SyncEpoch, make_dataset  # noqa: E402
 from itnet_keras.run_folder import (  # noqa: E402
     ConfigError, RunCheckpoint, TrainingError, checkpoint_epochs, load_checkpoint, locked_folder, prepare_folder,
-    save_checkpoint, save_model, trim_log,
+    promote_pending, save_checkpoint, save_model, trim_log,
 )
 
 # TensorFlow is imported where used: `--strategy mirrored` on that backend only.
@@ -173,6 +174,7 @@ def _run(config, callbacks):
             raise ConfigError(f"--epochs {config.epochs}: the run in {folder} has already completed "
                               f"{state['epoch']} epochs")
         trim_log(folder / "log.csv", state["epoch"])
+        promote_pending(folder, state)
     resolved = {"fit": dataclasses.asdict(config), "model": model_args(model), "dataset": spec.name}
     write_atomic(folder / "config.json", json.dumps(resolved, indent=1))
     validated = checkpoint_epochs(config.checkpoint_every, config.epochs)  # validation chooses best.keras

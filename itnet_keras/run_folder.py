@@ -161,10 +161,30 @@ def checkpoint_epochs(every, epochs):
     return [epoch for epoch in range(1, epochs + 1) if epoch % every == 0 or epoch == epochs]
 
 
+def pending_model(folder, name, epoch):
+    """Where epoch `epoch`'s `name` (last.keras, best.keras) waits for its checkpoint."""
+    return Path(folder) / f".{Path(name).stem}-epoch{epoch}.pending.keras"
+
+
+def promote_pending(folder, state):
+    """Rename the model files of the checkpoint's epochs into place, remove any other pending
+    one: each was written before the checkpoint of its epoch, and only that commit makes it
+    last.keras or best.keras (a kill in between leaves a file of an epoch the resume repeats)."""
+    folder = Path(folder)
+    committed = {"last": state["epoch"], "best": state["best_epoch"]}
+    for path in folder.glob(".*-epoch*.pending.keras"):
+        name, _, epoch = path.name[1:-len(".pending.keras")].rpartition("-epoch")
+        if name in committed and epoch == str(committed[name]):
+            os.replace(path, folder / f"{name}.keras")
+        else:
+            path.unlink(missing_ok=True)
+
+
 class RunCheckpoint(keras.callbacks.Callback):
-    """After every epoch in `epochs` (1-based; `checkpoint_epochs`): last.keras, best.keras (of
-    `saved`, the full model over the trained one's layers), then checkpoint.npz (the commit
-    point). A NaN loss stops training at any epoch."""
+    """After every epoch in `epochs` (1-based; `checkpoint_epochs`): last.keras and best.keras
+    (of `saved`, the full model over the trained one's layers) under pending names, then
+    checkpoint.npz (the commit point), then the pending files renamed into place
+    (`promote_pending`). A NaN loss stops training at any epoch."""
 
     def __init__(self, folder, monitor, state, saved, epochs):
         super().__init__()
@@ -180,10 +200,11 @@ class RunCheckpoint(keras.callbacks.Callback):
             return
         if epoch + 1 not in self.epochs:
             return
-        save_model(self.saved, self.folder / "last.keras")
+        save_model(self.saved, pending_model(self.folder, "last.keras", epoch + 1))
         score = logs.get(self.monitor)
         if score is not None and score > self.state["best"]:
             self.state.update(best=float(score), best_epoch=epoch + 1)
-            save_model(self.saved, self.folder / "best.keras")
+            save_model(self.saved, pending_model(self.folder, "best.keras", epoch + 1))
         self.state["epoch"] = epoch + 1
         save_checkpoint(self.folder / "checkpoint.npz", self.model, self.state)
+        promote_pending(self.folder, self.state)

@@ -303,6 +303,38 @@ def test_a_kill_just_after_the_checkpoint_loses_no_log_row(tmp_path, monkeypatch
     assert [line.split(",")[0] for line in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]] == ["0", "1"]
 
 
+
+def test_a_kill_before_the_checkpoint_leaves_the_model_files_of_the_committed_epoch(tmp_path, monkeypatch):
+    """last.keras and best.keras wait under pending names until checkpoint.npz commits their
+    epoch. Killed in between (here epoch 2, which scores best), the folder's files are still
+    epoch 1's, and a resume with no epoch left reports best.keras as epoch 1's, which it is
+    (was: epoch 2's weights reported as epoch 1's)."""
+    run = tmp_path / "run"
+    end, commit = run_folder.RunCheckpoint.on_epoch_end, run_folder.save_checkpoint
+
+    def every_epoch_the_best(self, epoch, logs=None):
+        end(self, epoch, {**(logs or {}), self.monitor: float(epoch)})
+
+    def kill_before_epoch_2(path, model, state):
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+        commit(path, model, state)
+
+    monkeypatch.setattr(run_folder.RunCheckpoint, "on_epoch_end", every_epoch_the_best)
+    monkeypatch.setattr(run_folder, "save_checkpoint", kill_before_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        fit.run(*parse_config([*SMALL, "--epochs", "2", "--output", str(run)]))
+    monkeypatch.undo()
+    assert sorted(p.name for p in run.glob(".*")) == [".best-epoch2.pending.keras", ".last-epoch2.pending.keras"]
+    weights = {name: [np.array(v) for v in evaluate.load_itnet(run / name).weights]
+               for name in ("last.keras", "best.keras", ".best-epoch2.pending.keras")}
+    for a, b in zip(weights["best.keras"], weights["last.keras"]):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(weights["best.keras"], weights[".best-epoch2.pending.keras"]))
+    report = fit.run(*parse_config(["--output", str(run), "--resume", "--epochs", "1"]))
+    assert (report["model"]["file"], report["model"]["epoch"]) == ("best.keras", 1)
+    assert not list(run.glob(".*"))
+
 # -- 8. --resume --epochs M ----------------------------------------------------------
 
 

@@ -79,7 +79,7 @@ fi
 pack_main() {  # the run folder as resuming needs it (and its evaluations), into $OUT/main.tar
   [ -f "$run/checkpoint.npz" ] || return 0   # no epoch done (the stage skipped or cut off before one)
   tar -C "$run" -cf "$OUT/main.tar" --exclude=tensorboard --exclude=last.keras --exclude=latest.keras \
-    --exclude=run.lock --exclude='.*.tmp*' . && echo "main.tar: $(du -m "$OUT/main.tar" | cut -f1) MiB" >> "$summary"
+    --exclude=run.lock --exclude='.*.tmp*' --exclude='.*.pending.keras' . && echo "main.tar: $(du -m "$OUT/main.tar" | cut -f1) MiB" >> "$summary"
 }
 
 # 1. The paper's recipe at full resolution, resumed where the repo carries the open run.
