@@ -1,5 +1,6 @@
 """The per-iteration weight store of `IterativeBlock`: weights with a leading axis of one
-row per iteration (or none, when shared), and the row that iteration n reads.
+row per iteration (or none, when shared), the row that iteration n reads, the batch
+statistics a training step records row by row, and an iteration rematerialized over them.
 
 `IterationWeights` is a mixin of the Keras layer: the weights are the layer's own
 (`add_weight`), so saved files and their variable names are those of `IterativeBlock`.
@@ -45,8 +46,8 @@ def _stacked(name, count):
 
 
 class IterationWeights:
-    """Adds and reads the weights of a layer with `num_iterations` and `l2` attributes;
-    `build` starts with `self._usage = {}`."""
+    """Adds and reads the weights of a layer with `num_iterations`, `l2` and `momentum`
+    attributes; `build` starts with `self._usage = {}`."""
 
     def weight_usage(self):
         """A `WeightUse` (variable, rows, first) for every weight."""
@@ -96,3 +97,61 @@ class IterationWeights:
             yield
         finally:
             self._static_weight_shapes = False
+
+    # -- batch statistics: recorded per row inside the loop, the moving ones updated after it --
+
+    def _empty_stats(self):
+        """{norm key: (means, variances)}, zeros with one row per iteration, for `_record`."""
+        stats = {}
+        for name, use in self._usage.items():
+            if name.endswith("_moving_mean"):
+                stats[name[: -len("_moving_mean")]] = (ops.zeros(use.variable.shape), ops.zeros(use.variable.shape))
+        return stats
+
+    def _update_moving_stats(self, stats, count):
+        """Each norm's moving statistics, row by row, from the batch statistics of the `count`
+        iterations that ran (`momentum`); the other rows keep theirs."""
+        m = self.momentum
+        for key, (means, variances) in stats.items():
+            moving_mean, rows, first = self._usage[key + "_moving_mean"]
+            moving_var = self._usage[key + "_moving_var"].variable
+            ran = (ops.arange(rows) + first < count)[:, None]  # rows whose iteration ran
+            for moving, batch in ((moving_mean, means), (moving_var, variances)):
+                old = ops.convert_to_tensor(moving)
+                moving.assign(ops.where(ran, m * old + (1 - m) * batch, old))
+
+    def _record(self, stats, key, n, mean, var):
+        """`stats` with the batch mean and variance of norm `key` in 0-based iteration n."""
+        first = self._usage[key + "_moving_mean"].first
+        index = ops.reshape(ops.convert_to_tensor(n - first, "int32"), (1, 1))
+        means, variances = stats[key]
+        stats = dict(stats)
+        stats[key] = (ops.scatter_update(means, index, mean[None]),
+                      ops.scatter_update(variances, index, var[None]))
+        return stats
+
+    # -- rematerialization -----------------------------------------------------------
+
+    def _rematerialized(self, iteration):
+        """`iteration(n, state, stats)` under `keras.remat`: its activations are recomputed in
+        the backward pass, so a training step keeps only the loop's carried values per
+        iteration. Tensors pass as one flat list, the weights among them (TensorFlow's
+        `recompute_grad` cannot capture variables inside a `tf.while_loop`); `n` is closed over."""
+        names = [name for name, use in self._usage.items() if use.variable.trainable]
+
+        def call(n, state, stats):
+            weights = [ops.convert_to_tensor(self._usage[name].variable) for name in names]
+            structure = {}
+
+            def flat(*values):
+                self._weight_values = dict(zip(names, values[:len(names)]))
+                try:
+                    structure["out"] = iteration(n, *keras.tree.pack_sequence_as((state, stats), values[len(names):]))
+                finally:
+                    self._weight_values = {}
+                return keras.tree.flatten(structure["out"])
+
+            values = keras.remat(flat)(*weights, *keras.tree.flatten((state, stats)))
+            return keras.tree.pack_sequence_as(structure["out"], values)
+
+        return call

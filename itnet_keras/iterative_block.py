@@ -135,15 +135,6 @@ class IterativeBlock(IterationWeights, keras.layers.Layer):
         scale, shift = fold_norm(*parts, self.epsilon)
         return x * self._pick(key + "_gamma", n, scale) + self._pick(key + "_beta", n, shift), stats
 
-    def _record(self, stats, key, n, mean, var):
-        first = self._usage[key + "_moving_mean"].first
-        index = ops.reshape(ops.convert_to_tensor(n - first, "int32"), (1, 1))
-        means, variances = stats[key]
-        stats = dict(stats)
-        stats[key] = (ops.scatter_update(means, index, mean[None]),
-                      ops.scatter_update(variances, index, var[None]))
-        return stats
-
     def _conv_norm(self, x, key, n, training, stats, depthwise=False):
         y = self._conv(x, key, n, depthwise)
         if self.bn_placement == "every_conv":
@@ -159,8 +150,18 @@ class IterativeBlock(IterationWeights, keras.layers.Layer):
         return mixed, stats
 
     def _mix_at(self, state, l, n, training, stats):
-        """Mixing at scale l: all scales resized to scale l, conv3x3 + 1x1 projection."""
+        """Mixing at scale l: all scales resized to scale l, conv3x3 + 1x1 projection.
+
+        In training, with no norm after each conv, the two run as one 3x3 conv whose kernel
+        holds the projection's at its centre: the same sum, with one conv and its two
+        gradient convs fewer per scale and iteration (the kernels stay two weights; in
+        inference the two convs stay apart, as exported files have them)."""
         both = ops.concatenate([resize_like(s, state[l - 1]) for s in state], axis=-1)
+        if training and self.bn_placement == "between":
+            key = f"scale{l}_mix"
+            centred = ops.pad(self._pick(key + "_proj_kernel", n), ((1, 1), (1, 1), (0, 0), (0, 0)))
+            y = conv(both, self._pick(key + "_conv_kernel", n) + centred, in_loop=not isinstance(n, int))
+            return ops.relu(y + self._pick(key + "_conv_bias", n) + self._pick(key + "_proj_bias", n)), stats
         a, stats = self._conv_norm(both, f"scale{l}_mix_conv", n, training, stats)
         b, stats = self._conv_norm(both, f"scale{l}_mix_proj", n, training, stats)
         return ops.relu(a + b), stats
@@ -247,30 +248,6 @@ class IterativeBlock(IterationWeights, keras.layers.Layer):
         return ops.while_loop(lambda n, *_: n < count, lambda n, *v: (n + 1, *body(n, *v)), (1, *loop_vars),
                               maximum_iterations=self.num_iterations - 1)[1:]
 
-    def _rematerialized(self, iteration):
-        """`iteration(n, state, stats)` under `keras.remat`: its activations are recomputed in
-        the backward pass, so a training step keeps only the loop's carried values per
-        iteration. Tensors pass as one flat list, the weights among them (TensorFlow's
-        `recompute_grad` cannot capture variables inside a `tf.while_loop`); `n` is closed over."""
-        names = [name for name, use in self._usage.items() if use.variable.trainable]
-
-        def call(n, state, stats):
-            weights = [ops.convert_to_tensor(self._usage[name].variable) for name in names]
-            structure = {}
-
-            def flat(*values):
-                self._weight_values = dict(zip(names, values[:len(names)]))
-                try:
-                    structure["out"] = iteration(n, *keras.tree.pack_sequence_as((state, stats), values[len(names):]))
-                finally:
-                    self._weight_values = {}
-                return keras.tree.flatten(structure["out"])
-
-            values = keras.remat(flat)(*weights, *keras.tree.flatten((state, stats)))
-            return keras.tree.pack_sequence_as(structure["out"], values)
-
-        return call
-
     def _run(self, state, training, iterations, collect):
         """Run the loop; returns (all logits [N, ...] or the latest logits, final state)."""
         count = self.num_iterations if iterations is None else self.clamp(iterations)
@@ -325,23 +302,6 @@ class IterativeBlock(IterationWeights, keras.layers.Layer):
         if isinstance(count, int):
             return first() if count == 1 else later()
         return ops.cond(count > 1, later, first)
-
-    def _empty_stats(self):
-        stats = {}
-        for name, use in self._usage.items():
-            if name.endswith("_moving_mean"):
-                stats[name[: -len("_moving_mean")]] = (ops.zeros(use.variable.shape), ops.zeros(use.variable.shape))
-        return stats
-
-    def _update_moving_stats(self, stats, count):
-        m = self.momentum
-        for key, (means, variances) in stats.items():
-            moving_mean, rows, first = self._usage[key + "_moving_mean"]
-            moving_var = self._usage[key + "_moving_var"].variable
-            ran = (ops.arange(rows) + first < count)[:, None]  # rows whose iteration ran
-            for moving, batch in ((moving_mean, means), (moving_var, variances)):
-                old = ops.convert_to_tensor(moving)
-                moving.assign(ops.where(ran, m * old + (1 - m) * batch, old))
 
     def call(self, scales, training=None):
         """All N outputs' logits, stacked: [N, batch, h_1, w_1, C]."""

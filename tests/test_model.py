@@ -136,6 +136,24 @@ def test_gradients_reach_every_weight_and_iteration(variant):
             assert np.abs(grad).sum() > 0, weight.path
 
 
+@pytest.mark.parametrize("variant", VARIANTS[:2], ids=VARIANT_IDS[:2])
+def test_training_mixes_with_one_conv_that_equals_both(variant):
+    """In training, with the norms between iterations, the mixing block's 3x3 conv and 1x1
+    projection run as one 3x3 conv (the projection's kernel at its centre): the same values
+    as the two convs that inference runs, biases included, at a Python or a tensor n."""
+    model = build_itnet(**SMALL, **variant)
+    block = iterative_block(model)
+    rng = np.random.default_rng(0)
+    for weight in block.weights:
+        if weight.name.endswith("_bias"):
+            weight.assign(rng.standard_normal(weight.shape))
+    state = [ops.convert_to_tensor(rng.standard_normal((2, 16 // s, 20 // s, 8), dtype=np.float32)) for s in (1, 2)]
+    for n in (1, 2, tf.constant(2)):
+        for scale in (1, 2):
+            merged, apart = (block._mix_at(state, scale, n, training, {})[0] for training in (True, False))
+            np.testing.assert_allclose(merged, apart, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("variant", VARIANTS[:3], ids=VARIANT_IDS[:3])
 def test_training_lowers_loss_and_moves_every_batch_norm(variant):
     keras.utils.set_random_seed(1)
