@@ -67,3 +67,27 @@ def test_no_private_name_is_imported_across_modules():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("itnet_keras"):
                 assert not [a.name for a in node.names if a.name.startswith("_")], f"{path}: {node.module}"
+
+
+def floor_listing(imports):
+    """The floors as docs/architecture.md lists them: `floor k:`, then its modules (without
+    the package's name) and what of the package each imports."""
+    floor = floors(imports)
+
+    def short(module):
+        return "itnet_keras (__init__)" if module == "itnet_keras" else module[len("itnet_keras."):]
+
+    lines = []
+    for k in range(max(floor.values()) + 1):
+        lines.append(f"floor {k}:")
+        for module in sorted((m for m in floor if floor[m] == k), key=lambda m: (m != "itnet_keras", short(m))):
+            uses = ", ".join(sorted(short(m) for m in imports[module]))
+            lines.append(f"  {short(module)}" + (f" <- {uses}" if uses else ""))
+    return "\n".join(lines) + "\n"
+
+
+def test_docs_list_the_floors_as_they_are():
+    docs = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    start = docs.index("```\nfloor 0:") + len("```\n")
+    assert docs[start:docs.index("```", start)] == floor_listing(package_imports()), \
+        "docs/architecture.md: its floors differ from the package's imports (print tests/test_imports.floor_listing)"
