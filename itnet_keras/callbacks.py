@@ -77,11 +77,15 @@ class EpochTensorBoard(keras.callbacks.Callback):
     """Per-epoch scalars for TensorBoard, written with tensorboardX, which needs no TensorFlow
     (Keras' `TensorBoard` callback imports it): `train/` and `validation/` event files with
     Keras' tags (`epoch_loss`, `epoch_output_1_miou`, ...). Without tensorboardX installed it
-    says so once and writes nothing; training goes on."""
+    says so once and writes nothing; training goes on.
 
-    def __init__(self, folder):
+    A resumed run starts at `first_epoch` (0-based, its checkpoint's): TensorBoard then hides
+    what earlier event files hold from that epoch on (tensorboardX's `purge_step`), the epochs
+    after the checkpoint that the resume trains again."""
+
+    def __init__(self, folder, first_epoch=0):
         super().__init__()
-        self.folder, self.writers = Path(folder), None
+        self.folder, self.first_epoch, self.writers = Path(folder), first_epoch, None
 
     def on_train_begin(self, logs=None):
         try:
@@ -90,7 +94,11 @@ class EpochTensorBoard(keras.callbacks.Callback):
             print(f"note: {self.folder} is not written: TensorBoard logs need tensorboardX "
                   "(pip install tensorboardX)", flush=True)
             return
-        self.writers = {part: SummaryWriter(str(self.folder / part)) for part in ("train", "validation")}
+        # A resume's own file name: one started in the second the run began would reuse its
+        # name, and truncate its file.
+        resumed = dict(purge_step=self.first_epoch, filename_suffix=f".after-epoch{self.first_epoch}") \
+            if self.first_epoch else {}
+        self.writers = {part: SummaryWriter(str(self.folder / part), **resumed) for part in ("train", "validation")}
 
     def on_epoch_end(self, epoch, logs=None):
         if self.writers is None:

@@ -184,7 +184,7 @@ def _run(config, callbacks):
     callbacks = [
         SyncEpoch(train), StopOnNaN(), keras.callbacks.CSVLogger(str(folder / "log.csv"), append=config.resume),
         checkpoint, EpochProgress(config.epochs, len(train), len(val), validated), EpochSummary(config.epochs, names),
-        EpochTensorBoard(folder / "tensorboard"),
+        EpochTensorBoard(folder / "tensorboard", state["epoch"]),
         *callbacks,
     ]
     if state["epoch"] < config.epochs:
