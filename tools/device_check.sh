@@ -72,7 +72,7 @@ stage bench 150 env ITNET_CONFUSION_FORM=auto $py -m itnet_keras.lab.bench --pre
 # batch 32 (fewer launches per image); and the mIoU metrics' confusion counts in their plain form
 # (a scatter into C x C cells, which the default replaced on a GPU: itnet_keras/metrics.py).
 # A flag this XLA does not know makes its stage fail, no more.
-GRAPHS=${GRAPHS-"--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE --xla_gpu_graph_min_graph_size=1"}
+GRAPHS=${GRAPHS-$(cat tools/cuda_graphs.flags)}
 echo "$GRAPHS" > "$res/graphs.flags"   # what "graphs" means (tools/device_session.sh trains with it when it wins)
 for variant in "graphs 8 auto $GRAPHS" "default 32 auto" "graphs 32 auto $GRAPHS" "plaincounts 8 segment_sum"; do
   read -r name batch form flags <<< "$variant"

@@ -13,7 +13,9 @@
 #   DEVICE_SESSION_TINY=1 JAX_PLATFORMS=cpu bash tools/device_session.sh  # toy sizes (a CPU test)
 #
 # TOTAL_S=560 is the whole script's time (one device call may run 600 s), of which the measurements leave
-# the training at least 250 s. $OUT gets check/ (3 files), train/ (summary.txt, main.tar, logs.tar; no
+# the training at least 250 s. STAGES=none: no measurement, all the time for training (a later session,
+# once the stages have answered). CUDA_GRAPHS=auto (default: train with tools/cuda_graphs.flags when the
+# flags stage found them at least 5% faster), on or off. $OUT gets check/ (3 files), train/ (summary.txt, main.tar, logs.tar; no
 # comparisons; see the two scripts) and plan.txt (the flags and epochs chosen, when they were chosen).
 set -uo pipefail
 start=$SECONDS
@@ -22,20 +24,27 @@ OUT=${OUT:-device_session}
 TOTAL_S=${TOTAL_S:-560}
 [ -f .device-pack/setup.sh ] && . .device-pack/setup.sh && export DEVICE_PACK_READY=1
 tiny=${DEVICE_SESSION_TINY:+1}
-# the measurements end with at least 250 s left for the training
-WORK=/tmp/device_check DEVICE_CHECK_TINY=$tiny STAGES=${STAGES:-bench flags} CHECK_S=$((TOTAL_S - 250 - SECONDS + start)) \
-  OUT=$OUT/check bash tools/device_check.sh
-rc=$?
-[ $rc = 3 ] && exit 3   # no GPU
+STAGES=${STAGES:-bench flags}
+if [ "$STAGES" != none ]; then   # the measurements end with at least 250 s left for the training
+  WORK=/tmp/device_check DEVICE_CHECK_TINY=$tiny STAGES=$STAGES CHECK_S=$((TOTAL_S - 250 - SECONDS + start)) \
+    OUT=$OUT/check bash tools/device_check.sh
+  [ $? = 3 ] && exit 3   # no GPU
+fi
+mkdir -p "$OUT"
+case ${CUDA_GRAPHS:=auto} in auto|on|off) ;; *) echo "error: CUDA_GRAPHS=$CUDA_GRAPHS: expected auto, on or off" >&2; exit 2;; esac
+graphs_on() {
+  XLA_FLAGS="$(cat tools/cuda_graphs.flags)${XLA_FLAGS:+ $XLA_FLAGS}"; export XLA_FLAGS
+  echo "training with XLA_FLAGS=$XLA_FLAGS ($1)" | tee -a "$OUT/plan.txt"
+}
+[ "$CUDA_GRAPHS" = on ] && graphs_on "CUDA_GRAPHS=on"
 left=$((TOTAL_S - (SECONDS - start)))
 if [ -z "$tiny" ]; then
   # an epoch: 367 images at the bench's rate and 0.5 s of validation and saving; 90 s for start-up,
   # compilation, recalibration and evaluation (the first session: 4 s epochs at 86 images/s, 63 s)
   images_s() { awk -F'|' '$2 ~ /camvid_shared/ {print $4 + 0; exit}' "/tmp/device_check/results/$1" 2>/dev/null; }
   rate=$(images_s bench.md) graphs=$(images_s flags_graphs_8.md)
-  if awk -v g="${graphs:-0}" -v r="${rate:-0}" 'BEGIN { exit !(r > 0 && g > 1.05 * r) }'; then   # CUDA graphs win: train with them
-    XLA_FLAGS="$(cat /tmp/device_check/results/graphs.flags)${XLA_FLAGS:+ $XLA_FLAGS}"; export XLA_FLAGS
-    echo "training with XLA_FLAGS=$XLA_FLAGS ($graphs images/s against $rate)" | tee -a "$OUT/plan.txt"
+  if [ "$CUDA_GRAPHS" = auto ] && awk -v g="${graphs:-0}" -v r="${rate:-0}" 'BEGIN { exit !(r > 0 && g > 1.05 * r) }'; then
+    graphs_on "$graphs images/s against $rate"   # CUDA graphs win: train with them
     rate=$graphs
   fi
   main_s=$((left - 130))   # a run cut off: its last epoch recalibrated and evaluated (75 s each at most)
