@@ -11,14 +11,14 @@
 # from DATA_DIR (default .device-pack/camvid; e.g. data/camvid from `python -m itnet_keras.download camvid`). Stages, each
 # with its own time limit and log, going on when one fails (its exit code is in summary.txt):
 #   1. bench: training images/s and peak device memory, loop and unroll, camvid_shared 352x480, batch 8
-#   2. flags: the bench's loop step with CUDA graphs over the whole step (XLA flags, batch 8 and 32), at
-#      batch 32 without them, and with the metrics' plain confusion counts (batch 8)
+#   2. flags: the bench's loop step under XLA flags: CUDA graphs over the whole step, XLA's own unrolling
+#      of the while loops, both; the metrics' plain confusion counts; batch 32 with and without graphs
 #   3. fit: two short camvid_shared runs of `fit` at full resolution (480x352 crops), batch 8,
 #      end-to-end images/s, with a blocking batch hook (how fit ran before) and as fit is
 #      (tools/fit_dispatch_bench.py)
 #   4. profile: tools/profile_step.py (forward, backward, train step, metrics) and a jax.profiler trace
 #   5. memory: cityscapes_shared 1024x512 batch-8 training steps with and without --remat (device peak)
-# The stages' limits add up to 830 s (plus the setup), more than one device call (600 s): choose with STAGES. A device call
+# The stages' limits add up to 970 s (plus the setup), more than one device call (600 s): choose with STAGES. A device call
 # returns at most 8 files, so $OUT holds three: summary.txt (versions, each stage's exit code and time,
 # the tables), results.tar (bench.md, flags_*.md, fit.md, profile.json, memory*.md; rewritten after every stage, so
 # that a call cut off still returns the stages done) and logs.tar (every stage's log, the profiler trace).
@@ -68,14 +68,19 @@ res=$work/results
 stage bench 150 env ITNET_CONFUSION_FORM=auto $py -m itnet_keras.lab.bench --presets $preset --input-size $size --batch-sizes 8 \
   --steps $steps --output "$res/bench.md"
 # The bench's loop step under XLA settings that may launch its ~6,600 GPU ops per step faster (the
-# first measurement, docs/benchmarks.md): CUDA graphs for the whole step, the while loops included;
-# batch 32 (fewer launches per image); and the mIoU metrics' confusion counts in their plain form
-# (a scatter into C x C cells, which the default replaced on a GPU: itnet_keras/metrics.py).
-# A flag this XLA does not know makes its stage fail, no more.
+# first measurement, docs/benchmarks.md), most telling first (a stage CHECK_S cannot hold is skipped):
+# CUDA graphs for the whole step, the while loops included (tools/cuda_graphs.flags); XLA unrolling the
+# while loops when it compiles for the GPU (the model and exported files keep their loop); both; the
+# mIoU metrics' confusion counts in their plain form (a scatter into C x C cells, which the default
+# replaced on a GPU: itnet_keras/metrics.py); batch 32 (fewer launches per image), with and without graphs.
+# Each variant's flags go to flags_NAME_BATCH.flags (tools/device_session.sh trains with the fastest at
+# batch 8 when it wins). A flag this XLA does not know makes its stage fail, no more.
 GRAPHS=${GRAPHS-$(cat tools/cuda_graphs.flags)}
-echo "$GRAPHS" > "$res/graphs.flags"   # what "graphs" means (tools/device_session.sh trains with it when it wins)
-for variant in "graphs 8 auto $GRAPHS" "default 32 auto" "graphs 32 auto $GRAPHS" "plaincounts 8 segment_sum"; do
+UNROLL=--xla_gpu_enable_while_loop_unrolling=WHILE_LOOP_UNROLLING_FULL_UNROLL
+for variant in "graphs 8 auto $GRAPHS" "xlaunroll 8 auto $UNROLL" "graphsunroll 8 auto $GRAPHS $UNROLL" \
+    "plaincounts 8 segment_sum" "default 32 auto" "graphs 32 auto $GRAPHS"; do
   read -r name batch form flags <<< "$variant"
+  echo "${flags:-}" > "$res/flags_${name}_$batch.flags"
   xla="${flags:-}${XLA_FLAGS:+ $XLA_FLAGS}"   # XLA reads a value not starting with "--" as a file name
   stage "flags_${name}_$batch" 70 env ${xla:+"XLA_FLAGS=$xla"} ITNET_CONFUSION_FORM=$form $py -m itnet_keras.lab.bench \
     --presets $preset --input-size $size --batch-sizes $batch --steps $steps --variants loop \

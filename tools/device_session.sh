@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call for both GPU issues: issue 12's measurements (tools/device_check.sh's stages in
-# STAGES, default "bench flags": the step's images/s, loop against unroll, and under CUDA graphs), then
+# STAGES, default "bench flags": the step's images/s, loop against unroll, and under XLA flags), then
 # issue 14's full-resolution run (tools/device_train.sh, resuming device_runs/camvid_shared_full) for
-# the time left, with CUDA graphs when they made the bench's step at least 5% faster. Its epoch lines
+# the time left, with the XLA flags that made the bench's step fastest if at least 5% faster. Its epoch lines
 # are also fit's end-to-end images/s at camvid_shared 480x352 batch 8, validation included (issue 12).
 # EPOCHS: the run's total, default the paper's 2000 (the learning rate at 1e-3 until 70% of it; the run
 # is cut off, its last epoch evaluated, and resumed in a later session); EPOCHS=sized: a total sized
@@ -14,14 +14,18 @@
 #
 # TOTAL_S=560 is the whole script's time (one device call may run 600 s), of which the measurements leave
 # the training at least 250 s. STAGES=none: no measurement, all the time for training (a later session,
-# once the stages have answered). CUDA_GRAPHS=auto (default: train with tools/cuda_graphs.flags when the
-# flags stage found them at least 5% faster), on or off. $OUT gets check/ (3 files), train/ (summary.txt, main.tar, logs.tar; no
+# once the stages have answered). TRAIN_XLA=auto (default: the flags stage's fastest batch-8 variant when
+# it beat the bench by 5%), none, or a file of XLA flags to train with (e.g. tools/cuda_graphs.flags). $OUT gets check/ (3 files), train/ (summary.txt, main.tar, logs.tar; no
 # comparisons; see the two scripts) and plan.txt (the flags and epochs chosen, when they were chosen).
 set -uo pipefail
 start=$SECONDS
 cd "$(dirname "$0")/.."
 OUT=${OUT:-device_session}
 TOTAL_S=${TOTAL_S:-560}
+TRAIN_XLA=${TRAIN_XLA:-auto}
+if [ "$TRAIN_XLA" != auto ] && [ "$TRAIN_XLA" != none ] && [ ! -f "$TRAIN_XLA" ]; then
+  echo "error: TRAIN_XLA=$TRAIN_XLA: expected auto, none or a file of XLA flags" >&2; exit 2
+fi
 [ -f .device-pack/setup.sh ] && . .device-pack/setup.sh && export DEVICE_PACK_READY=1
 tiny=${DEVICE_SESSION_TINY:+1}
 STAGES=${STAGES:-bench flags}
@@ -31,21 +35,24 @@ if [ "$STAGES" != none ]; then   # the measurements end with at least 250 s left
   [ $? = 3 ] && exit 3   # no GPU
 fi
 mkdir -p "$OUT"
-case ${CUDA_GRAPHS:=auto} in auto|on|off) ;; *) echo "error: CUDA_GRAPHS=$CUDA_GRAPHS: expected auto, on or off" >&2; exit 2;; esac
-graphs_on() {
-  XLA_FLAGS="$(cat tools/cuda_graphs.flags)${XLA_FLAGS:+ $XLA_FLAGS}"; export XLA_FLAGS
-  echo "training with XLA_FLAGS=$XLA_FLAGS ($1)" | tee -a "$OUT/plan.txt"
+train_with() {  # train_with FLAGS_FILE WHY
+  XLA_FLAGS="$(cat "$1")${XLA_FLAGS:+ $XLA_FLAGS}"; export XLA_FLAGS
+  echo "training with XLA_FLAGS=$XLA_FLAGS ($2)" | tee -a "$OUT/plan.txt"
 }
-[ "$CUDA_GRAPHS" = on ] && graphs_on "CUDA_GRAPHS=on"
+[ -f "$TRAIN_XLA" ] && train_with "$TRAIN_XLA" "TRAIN_XLA=$TRAIN_XLA"
 left=$((TOTAL_S - (SECONDS - start)))
 if [ -z "$tiny" ]; then
   # an epoch: 367 images at the bench's rate and 0.5 s of validation and saving; 90 s for start-up,
   # compilation, recalibration and evaluation (the first session: 4 s epochs at 86 images/s, 63 s)
   images_s() { awk -F'|' '$2 ~ /camvid_shared/ {print $4 + 0; exit}' "/tmp/device_check/results/$1" 2>/dev/null; }
-  rate=$(images_s bench.md) graphs=$(images_s flags_graphs_8.md)
-  if [ "$CUDA_GRAPHS" = auto ] && awk -v g="${graphs:-0}" -v r="${rate:-0}" 'BEGIN { exit !(r > 0 && g > 1.05 * r) }'; then
-    graphs_on "$graphs images/s against $rate"   # CUDA graphs win: train with them
-    rate=$graphs
+  rate=$(images_s bench.md) best= fastest=0
+  for name in graphs xlaunroll graphsunroll; do   # the fastest batch-8 flags
+    r=$(images_s "flags_${name}_8.md")
+    awk -v n="${r:-0}" -v o="$fastest" 'BEGIN { exit !(n > o) }' && best=$name fastest=$r
+  done
+  if [ "$TRAIN_XLA" = auto ] && awk -v n="$fastest" -v o="${rate:-0}" 'BEGIN { exit !(o > 0 && n > 1.05 * o) }'; then
+    train_with "/tmp/device_check/results/flags_${best}_8.flags" "$best: $fastest images/s against the bench's $rate"
+    rate=$fastest
   fi
   main_s=$((left - 130))   # a run cut off: its last epoch recalibrated and evaluated (75 s each at most)
   if [ "${EPOCHS:-2000}" = sized ]; then   # end inside the time left, its rate steps and report included
