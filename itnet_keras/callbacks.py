@@ -79,9 +79,10 @@ class EpochTensorBoard(keras.callbacks.Callback):
     Keras' tags (`epoch_loss`, `epoch_output_1_miou`, ...). Without tensorboardX installed it
     says so once and writes nothing; training goes on.
 
-    A resumed run starts at `first_epoch` (0-based, its checkpoint's): TensorBoard then hides
-    what earlier event files hold from that epoch on (tensorboardX's `purge_step`), the epochs
-    after the checkpoint that the resume trains again."""
+    A run starts at `first_epoch` (0-based: its checkpoint's epoch, 0 for a new run), and
+    TensorBoard hides what earlier event files hold from that epoch on (tensorboardX's
+    `purge_step`): the epochs past the checkpoint that a resume trains again, and everything
+    of a run that stopped before its first checkpoint and starts again."""
 
     def __init__(self, folder, first_epoch=0):
         super().__init__()
@@ -94,11 +95,11 @@ class EpochTensorBoard(keras.callbacks.Callback):
             print(f"note: {self.folder} is not written: TensorBoard logs need tensorboardX "
                   "(pip install tensorboardX)", flush=True)
             return
-        # A resume's own file name: one started in the second the run began would reuse its
-        # name, and truncate its file.
-        resumed = dict(purge_step=self.first_epoch, filename_suffix=f".after-epoch{self.first_epoch}") \
-            if self.first_epoch else {}
-        self.writers = {part: SummaryWriter(str(self.folder / part), **resumed) for part in ("train", "validation")}
+        # A file name of the start's own: one started in the second an earlier one began would
+        # reuse its name, and truncate its file.
+        self.writers = {part: SummaryWriter(str(self.folder / part), purge_step=self.first_epoch,
+                                            filename_suffix=f".after-epoch{self.first_epoch}")
+                        for part in ("train", "validation")}
 
     def on_epoch_end(self, epoch, logs=None):
         if self.writers is None:

@@ -78,7 +78,8 @@ def quietly():
 def quiet_startup(verbose=False, modules=("keras",)):
     """Import `modules` (Keras imports TensorFlow, and TensorFlow finds its devices) without
     their startup lines, unless `verbose`; afterwards TensorFlow's and absl's Python
-    loggers and TensorFlow's C++ logs print errors only.
+    loggers and TensorFlow's C++ logs print errors only. A module whose package is not
+    installed is skipped (an optional one: whoever needs it says so).
 
     Most startup lines come from C++ before any logger is set up (absl's "All log messages
     before absl::InitializeLog()", oneDNN, CUDA), so stderr itself is captured meanwhile.
@@ -93,7 +94,11 @@ def quiet_startup(verbose=False, modules=("keras",)):
         os.environ.setdefault(name, value)
     with captured_stderr(keep_python=False):  # loggers made now must write to fd 2 later
         for module in modules:
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as error:  # the module's own package missing, not one it needs
+                if (error.name or "").partition(".")[0] != module.partition(".")[0]:
+                    raise
         if "tensorflow" in sys.modules:
             sys.modules["tensorflow"].config.list_physical_devices()  # CUDA's probe logs here
     for name in ("absl", "tensorflow"):

@@ -48,8 +48,8 @@ from itnet_keras.metrics import SegmentationMeanIoU  # noqa: E402
 from itnet_keras.model import build_itnet, iterative_block, model_args, output_names, training_model  # noqa: E402
 from itnet_keras.pipeline import SyncEpoch, make_dataset  # noqa: E402
 from itnet_keras.run_folder import (  # noqa: E402
-    ConfigError, RunCheckpoint, TrainingError, checkpoint_epochs, load_checkpoint, locked_folder, prepare_folder,
-    promote_pending, save_checkpoint, save_model, trim_log,
+    ConfigError, RunCheckpoint, TrainingError, checkpoint_epochs, committed_epoch, load_checkpoint, locked_folder,
+    pending_model, prepare_folder, promote_pending, save_checkpoint, save_model, trim_log,
 )
 
 # TensorFlow is imported where used: `--strategy mirrored` on that backend only.
@@ -199,9 +199,9 @@ def _run(config, callbacks):
     if checkpoint.nan_epoch is not None:
         if state["epoch"] == 0:
             before = "any epoch completed" if config.checkpoint_every == 1 else "the first checkpoint"
-            raise TrainingError(f"the loss became NaN in epoch {checkpoint.nan_epoch}, before {before}, "
+            raise TrainingError(f"the {checkpoint.nan_in} became NaN in epoch {checkpoint.nan_epoch}, before {before}, "
                                 f"so {folder} holds no checkpoint: start the run again (a lower --learning-rate?)")
-        raise TrainingError(f"the loss became NaN in epoch {checkpoint.nan_epoch}; training stopped and the "
+        raise TrainingError(f"the {checkpoint.nan_in} became NaN in epoch {checkpoint.nan_epoch}; training stopped and the "
                             f"checkpoint of epoch {state['epoch']} in {folder} is kept")
     best = folder / ("best.keras" if (folder / "best.keras").is_file() else "last.keras")
     epoch = state["best_epoch"] if best.name == "best.keras" else state["epoch"]
@@ -211,9 +211,13 @@ def _run(config, callbacks):
     done = done if done and (done["file"], done["epoch"]) == (best.name, epoch) else None
     model, result, kept = _reported_model(best, config, train, val, weights, done)
     if kept.get("bn_recalibrated") and done is None:
+        # The recalibrated file replaces `best` once the checkpoint records it (a kill before
+        # that leaves `best` as training left it, and the resume recalibrates it again).
+        save_model(model, pending_model(folder, best.name, epoch, recalibrated=True))
         state["recalibrated"] = {"file": best.name, "epoch": epoch, "bn_batches": config.bn_batches,
                                  "last_output_miou": kept["last_output_miou"]}
         save_checkpoint(folder / "checkpoint.npz", trained, state)
+        promote_pending(folder, state)
     source = {"file": best.name, "epoch": epoch, "epochs_trained": state["epoch"],
               "bn_batches": done["bn_batches"] if done else config.bn_batches, **kept,
               **training_summary(dataclasses.asdict(config))}
@@ -224,9 +228,10 @@ def _reported_model(path, config, train, val, weights, done=None):
     """The model `fit` reports, `path` (best.keras, else last.keras), and its val evaluation.
 
     With `--bn-batches`, the same weights with their batch norms recalibrated over that many
-    training batches (batch_norm.py) replace the file if they score higher on val at the last
-    output, the quantity that chose best.keras; otherwise the training's own moving averages
-    stay (recalibration can cost the later outputs once they have caught up, docs/training.md).
+    training batches (batch_norm.py) are reported instead if they score higher on val at the
+    last output, the quantity that chose best.keras (the caller then writes them over `path`);
+    otherwise the training's own moving averages stay (recalibration can cost the later
+    outputs once they have caught up, docs/training.md).
     `done`: the checkpoint's record that this file was recalibrated so before, reported as such.
     Also returns what the report records of that choice."""
     model = load_itnet(path)
@@ -241,8 +246,7 @@ def _reported_model(path, config, train, val, weights, done=None):
     candidate = evaluate_model(recalibrated, val, weights)
     scores = {"moving_averages": result["outputs"][-1]["miou"], "recalibrated": candidate["outputs"][-1]["miou"]}
     better = scores["recalibrated"] > scores["moving_averages"]
-    if better:
-        save_model(recalibrated, path)
+    if better:  # the caller writes it over `path`
         model, result = recalibrated, candidate
     return model, result, {"bn_recalibrated": better, "last_output_miou": scores}
 
@@ -263,8 +267,17 @@ def main(argv=None):
         with quietly():  # the interrupted epoch's tf.data iterator, freed now: its C++ errors would print at exit
             gc.collect()
         name, code = stopped
-        print(f"stopped by {name}: {config.output} keeps the checkpoint of its last completed epoch; "
-              f"`python -m itnet_keras.fit --output {config.output} --resume` goes on from there", file=sys.stderr)
+        try:
+            epoch = committed_epoch(config.output)
+        except TrainingError as error:
+            print(f"stopped by {name}: {error}", file=sys.stderr)
+            return code
+        if epoch is None:
+            print(f"stopped by {name} before the first checkpoint: {config.output} holds nothing to resume; "
+                  "the same command starts the run again", file=sys.stderr)
+        else:
+            print(f"stopped by {name}: {config.output} keeps the checkpoint of epoch {epoch}; "
+                  f"`python -m itnet_keras.fit --output {config.output} --resume` goes on from there", file=sys.stderr)
         return code
     source = result["model"]
     print(f"{source['file']} is from epoch {source['epoch']} of {source['epochs_trained']}")

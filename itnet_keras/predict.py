@@ -20,7 +20,6 @@ import contextlib
 import glob
 import io
 import json
-import math
 import statistics
 import sys
 import time

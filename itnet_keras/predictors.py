@@ -79,7 +79,11 @@ class TFLitePredictor:
     warnings = ()
 
     def __init__(self, path, input_size=None):
-        from ai_edge_litert.interpreter import Interpreter  # lazy: LiteRT is the optional `export` extra
+        try:
+            from ai_edge_litert.interpreter import Interpreter  # lazy: LiteRT is the optional `export` extra
+        except ImportError as error:
+            raise PredictError(f"{path}: a .tflite file runs on LiteRT, which is not installed ({error}): "
+                               'pip install -e ".[export]" (or pip install ai-edge-litert)') from None
 
         meta_path = Path(path).with_suffix(".json")
         if not meta_path.is_file():

@@ -138,6 +138,18 @@ def load_checkpoint(path, model):
     return state
 
 
+def committed_epoch(folder):
+    """The epoch `folder`'s checkpoint holds, None without one (TrainingError if damaged)."""
+    path = Path(folder) / "checkpoint.npz"
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            return json.loads(str(data["state"]))["epoch"]
+    except Exception as error:  # as in load_checkpoint
+        raise TrainingError(f"{path} is damaged ({type(error).__name__}: {error})") from None
+
+
 def trim_log(path, epochs_done):
     """Drop log rows of epochs that a resumed run repeats."""
     if path.is_file():
@@ -161,21 +173,26 @@ def checkpoint_epochs(every, epochs):
     return [epoch for epoch in range(1, epochs + 1) if epoch % every == 0 or epoch == epochs]
 
 
-def pending_model(folder, name, epoch):
-    """Where epoch `epoch`'s `name` (last.keras, best.keras) waits for its checkpoint."""
-    return Path(folder) / f".{Path(name).stem}-epoch{epoch}.pending.keras"
+def pending_model(folder, name, epoch, recalibrated=False):
+    """Where epoch `epoch`'s `name` (last.keras, best.keras) waits for the checkpoint that
+    commits it (`recalibrated`: the same file with its batch norms recalibrated, `fit`'s end)."""
+    return Path(folder) / f".{Path(name).stem}-epoch{epoch}{'-recalibrated' if recalibrated else ''}.pending.keras"
 
 
 def promote_pending(folder, state):
-    """Rename the model files of the checkpoint's epochs into place, remove any other pending
-    one: each was written before the checkpoint of its epoch, and only that commit makes it
-    last.keras or best.keras (a kill in between leaves a file of an epoch the resume repeats)."""
+    """Rename the model files the checkpoint's `state` commits into place, remove any other
+    pending one: each was written before the checkpoint that records it, and only that commit
+    makes it last.keras or best.keras (a kill in between leaves a file of an epoch the resume
+    repeats, or a recalibration the resume does again)."""
     folder = Path(folder)
-    committed = {"last": state["epoch"], "best": state["best_epoch"]}
-    for path in folder.glob(".*-epoch*.pending.keras"):
-        name, _, epoch = path.name[1:-len(".pending.keras")].rpartition("-epoch")
-        if name in committed and epoch == str(committed[name]):
-            os.replace(path, folder / f"{name}.keras")
+    committed = {pending_model(folder, "last.keras", state["epoch"]): "last.keras",
+                 pending_model(folder, "best.keras", state["best_epoch"]): "best.keras"}
+    done = state.get("recalibrated")
+    if done:
+        committed[pending_model(folder, done["file"], done["epoch"], recalibrated=True)] = done["file"]
+    for path in folder.glob(".*.pending.keras"):
+        if path in committed:
+            os.replace(path, folder / committed[path])
         else:
             path.unlink(missing_ok=True)
 
@@ -184,22 +201,27 @@ class RunCheckpoint(keras.callbacks.Callback):
     """After every epoch in `epochs` (1-based; `checkpoint_epochs`): last.keras and best.keras
     (of `saved`, the full model over the trained one's layers) under pending names, then
     checkpoint.npz (the commit point), then the pending files renamed into place
-    (`promote_pending`). A NaN loss stops training at any epoch."""
+    (`promote_pending`). A NaN loss stops training at any epoch, NaN weights at one to be
+    saved (the last step of an epoch can diverge after its loss was counted)."""
 
     def __init__(self, folder, monitor, state, saved, epochs):
         super().__init__()
         self.folder, self.monitor, self.state, self.saved = Path(folder), monitor, state, saved
         self.epochs = set(epochs)
-        self.nan_epoch = None
+        self.nan_epoch, self.nan_in = None, None
+
+    def _diverged(self, epoch, what):
+        self.nan_epoch, self.nan_in = epoch + 1, what
+        self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if not math.isfinite(logs.get("loss", float("nan"))):
-            self.nan_epoch = epoch + 1
-            self.model.stop_training = True
-            return
+            return self._diverged(epoch, "loss")
         if epoch + 1 not in self.epochs:
             return
+        if not all(np.isfinite(ops.convert_to_numpy(v)).all() for v in self.model.variables):
+            return self._diverged(epoch, "weights")
         save_model(self.saved, pending_model(self.folder, "last.keras", epoch + 1))
         score = logs.get(self.monitor)
         if score is not None and score > self.state["best"]:

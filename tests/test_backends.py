@@ -171,23 +171,33 @@ def test_tensorboard_logs_hold_the_epoch_scalars(tmp_path):
 
 
 
-def test_a_resumed_runs_tensorboard_shows_each_epoch_once(tmp_path):
+def test_a_resumed_runs_tensorboard_shows_each_epoch_once(tmp_path, monkeypatch):
     """Epochs 0-2 logged, then a resume from the checkpoint of epoch 1 (0-based: it trains
     epochs 1 and 2 again): TensorBoard shows epoch 0 from the first run, 1 and 2 from the
-    resume, once each (was: 1 and 2 twice)."""
+    resume, once each (was: 1 and 2 twice). A run started again from nothing (its folder had
+    no checkpoint) hides all of them."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from itnet_keras.callbacks import EpochTensorBoard
 
-    for first, losses in ((0, [3.0, 2.0, 1.0]), (1, [1.5, 0.5])):
+    def scalars():
+        return [(e.step, e.value) for e in EventAccumulator(str(tmp_path / "train")).Reload().Scalars("epoch_loss")]
+
+    import time
+
+    clock = [1.8e9]  # each start in a second of its own, as runs are: event files are named by the second
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    for first, losses in ((0, [3.0, 2.0, 1.0]), (1, [1.5, 0.5]), (0, [2.5])):
+        clock[0] += 60
         callback = EpochTensorBoard(tmp_path, first)
         callback.on_train_begin()
         for epoch, loss in enumerate(losses, start=first):
             callback.on_epoch_end(epoch, {"loss": loss})
         callback.on_train_end()
-    assert len(list((tmp_path / "train").glob("events.out.tfevents.*"))) == 2
-    train = EventAccumulator(str(tmp_path / "train")).Reload()
-    assert [(e.step, e.value) for e in train.Scalars("epoch_loss")] == [(0, 3.0), (1, 1.5), (2, 0.5)]
+        if first:
+            assert len(list((tmp_path / "train").glob("events.out.tfevents.*"))) == 2
+            assert scalars() == [(0, 3.0), (1, 1.5), (2, 0.5)]
+    assert scalars() == [(0, 2.5)]
 
 def test_evaluation_compiles_one_prediction_per_split(monkeypatch, tmp_path):
     """5 images in batches of 2: the last batch is padded, so the loop is traced once (an

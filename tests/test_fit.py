@@ -250,9 +250,10 @@ def test_sigterm_and_ctrl_c_stop_with_one_line_and_keep_the_checkpoint(tmp_path,
         assert process.wait(timeout=120) == code
     err = log.read_text()
     assert "Traceback" not in err
-    assert err.splitlines()[-1] == (f"stopped by {name}: {folder} keeps the checkpoint of its last completed epoch; "
+    epoch = checkpoint_arrays(folder)[1]["epoch"]
+    assert err.splitlines()[-1] == (f"stopped by {name}: {folder} keeps the checkpoint of epoch {epoch}; "
                                     f"`python -m itnet_keras.fit --output {folder} --resume` goes on from there")
-    assert 1 <= checkpoint_arrays(folder)[1]["epoch"] < 6
+    assert 1 <= epoch < 6
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # no temporary file left
 
 
@@ -288,6 +289,26 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(np.all(np.isfinite(a)) for a in arrays.values())
     assert (tmp_path / "run" / "last.keras").is_file()
 
+
+
+def test_weights_that_diverge_in_an_epochs_last_step_are_not_checkpointed(tmp_path):
+    """The epoch's loss is counted before each update: NaN weights after its last step leave
+    it finite. The checkpoint checks the weights, stops, and keeps the epoch before (was: NaN
+    weights committed, and every resume NaN at once)."""
+    class PoisonLastStep(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 1 and batch == self.params["steps"] - 1:
+                kernel = self.model.get_layer("data_block").convs[0].kernel
+                kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+    with pytest.raises(TrainingError, match="weights became NaN in epoch 2.*checkpoint of epoch 1"):
+        fit.run(*config_for(tmp_path / "run"), callbacks=[PoisonLastStep()])
+    arrays, state = checkpoint_arrays(tmp_path / "run")
+    assert state["epoch"] == 1 and all(np.all(np.isfinite(a)) for a in arrays.values())
+    assert float(log_rows(tmp_path / "run")[1]["loss"]) < float("inf")  # epoch 2's loss was finite
 
 def test_existing_run_needs_resume_and_resume_keeps_the_configuration(tmp_path):
     fit.run(*config_for(tmp_path / "run", "--epochs", "1"))

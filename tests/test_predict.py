@@ -243,3 +243,35 @@ def test_command_prints_no_startup_logs(tflite_file, photos, tmp_path):
         "note: 1 image(s) of 48x80 (c.png) resized to 64x64 (height x width), the only size tiny.tflite takes; "
         "their masks are resized back"]
     assert result.stdout.splitlines()[-1] == f"3 image(s) through output 4; masks in {tmp_path / 'out'}"
+
+
+def test_keras_models_predict_without_litert_and_tflite_files_say_what_to_install(model_file, tflite_file, photos,
+                                                                                tmp_path):
+    """LiteRT is the optional `export` extra: without it a .keras model predicts as before, and
+    a .tflite file gets one error naming the install (was: a ModuleNotFoundError traceback for
+    either, from the quiet startup's import)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    no_litert = (
+        "import importlib.abc, runpy, sys\n"
+        "class NoLiteRT(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] == 'ai_edge_litert':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, NoLiteRT())\n"
+        "runpy.run_module('itnet_keras.predict', run_name='__main__')\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for model, out in ((model_file[1], "keras"), (tflite_file, "tflite")):
+        result = subprocess.run([sys.executable, "-c", no_litert, str(model), str(photos), "--data", "builtin",
+                                 "--output", str(tmp_path / out)], env=env, capture_output=True, text=True)
+        if out == "keras":
+            assert result.returncode == 0, result.stderr[-2000:]
+            assert len(list((tmp_path / out).glob("*_mask.png"))) == 3
+        else:
+            assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+            assert result.stderr.startswith(f"error: {tflite_file}: a .tflite file runs on LiteRT, which is not "
+                                            "installed"), result.stderr
+            assert 'pip install -e ".[export]"' in result.stderr

@@ -335,6 +335,65 @@ def test_a_kill_before_the_checkpoint_leaves_the_model_files_of_the_committed_ep
     assert (report["model"]["file"], report["model"]["epoch"]) == ("best.keras", 1)
     assert not list(run.glob(".*"))
 
+
+def test_a_kill_before_the_recalibration_is_recorded_leaves_best_keras_as_trained(tmp_path, monkeypatch):
+    """The recalibrated best.keras waits under a pending name until the checkpoint records it.
+    Killed in between, best.keras is as training left it; the resume recalibrates it again and
+    reports it as recalibrated (was: the file replaced before the record, and a resume reported
+    its batch norms as the training's)."""
+    from itnet_keras.batch_norm import moving_statistics
+
+    run = tmp_path / "run"
+    evaluate_model, calls = fit.evaluate_model, []
+
+    def recalibration_wins(model, *args, **kwargs):  # every second evaluation is the recalibrated one's
+        result = evaluate_model(model, *args, **kwargs)
+        calls.append(1)
+        if len(calls) % 2 == 0:
+            result["outputs"][-1]["miou"] += 1.0
+        return result
+
+    def kill_at_the_record(path, model, state):
+        if "recalibrated" in state:
+            raise KeyboardInterrupt
+        commit(path, model, state)
+
+    commit = fit.save_checkpoint
+    monkeypatch.setattr(fit, "evaluate_model", recalibration_wins)
+    monkeypatch.setattr(fit, "save_checkpoint", kill_at_the_record)
+    with pytest.raises(KeyboardInterrupt):
+        fit.run(*parse_config([*SMALL, "--epochs", "2", "--bn-batches", "4", "--output", str(run)]))
+    stats = {path.name: [np.array(v) for v in moving_statistics(evaluate.load_itnet(path))]
+             for path in [run / "best.keras", *run.glob(".*.pending.keras")]}
+    with np.load(run / "checkpoint.npz") as checkpoint:
+        state = json.loads(str(checkpoint["state"]))
+    pending = f".best-epoch{state['best_epoch']}-recalibrated.pending.keras"
+    assert sorted(stats) == [pending, "best.keras"] and "recalibrated" not in state
+    assert any(not np.array_equal(a, b) for a, b in zip(stats["best.keras"], stats[pending]))
+    monkeypatch.setattr(fit, "save_checkpoint", commit)
+    report = fit.run(*parse_config(["--output", str(run), "--resume"]))
+    assert report["model"]["bn_recalibrated"]
+    for a, b in zip(stats[pending], moving_statistics(evaluate.load_itnet(run / "best.keras"))):
+        np.testing.assert_allclose(np.array(b), a, rtol=1e-5, atol=1e-6)  # the same recalibration again
+    assert not list(run.glob(".*"))
+    again = fit.run(*parse_config(["--output", str(run), "--resume"]))  # recorded: reported so, not redone
+    assert again["model"]["bn_recalibrated"] and again["model"]["last_output_miou"] == report["model"]["last_output_miou"]
+
+
+def test_a_stop_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path, monkeypatch, capsys):
+    """Stopped in epoch 1, `fit` says the folder holds nothing to resume (was: that --resume
+    would go on from its last completed epoch, which then failed: nothing to resume)."""
+    def stop(self, epoch, logs=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_folder.RunCheckpoint, "on_epoch_end", stop)
+    assert fit.main([*SMALL, "--output", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"stopped by Ctrl-C before the first checkpoint: {tmp_path / 'run'} holds nothing to resume; "
+        "the same command starts the run again")
+    monkeypatch.undo()
+    assert fit.main([*SMALL, "--output", str(tmp_path / "run")]) == 0
+
 # -- 8. --resume --epochs M ----------------------------------------------------------
 
 
