@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from itnet_keras.cli import description, parse_size
+from itnet_keras.cli import description, parse_size, table_path
 from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.datasets import DATASETS
 from itnet_keras.export import QUANT_MODES
@@ -31,7 +31,8 @@ def build_parser():
     parser.add_argument("--input-size", type=parse_size, help="HEIGHTxWIDTH")
     parser.add_argument("--quant", nargs="+", choices=QUANT_MODES, default=["float32"])
     parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
-    parser.add_argument("--output", help="also write the markdown table and JSON (OUTPUT.json) there")
+    parser.add_argument("--output", type=table_path,
+                        help="also write the markdown table there, and its data as .json beside it (x.md, x.json)")
     add_verbose_flag(parser)
     return parser
 

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from itnet_keras.cli import description, positive
+from itnet_keras.cli import description, positive, table_path
 from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.export import EVALUATED_SIGNATURES
 from itnet_keras.presets import DATASET_NAMES
@@ -29,7 +29,8 @@ def build_parser():
     parser.add_argument("--limit", type=positive(int))
     parser.add_argument("--signature", default="outputs", choices=EVALUATED_SIGNATURES,
                         help="how each output of a .tflite file is computed")
-    parser.add_argument("--output", help="also write the table (markdown) and OUTPUT.json there")
+    parser.add_argument("--output", type=table_path,
+                        help="also write the markdown table there, and its data as .json beside it (x.md, x.json)")
     add_verbose_flag(parser)
     return parser
 
@@ -71,6 +72,9 @@ def main(argv=None):
         for path in args.files:
             if Path(path).suffix not in (".tflite", ".onnx"):
                 raise ValueError(f"{path}: expected a .tflite or .onnx file")
+            if Path(path).suffix == ".onnx" and args.signature != "outputs":
+                raise ValueError(f"--signature {args.signature}: {path} is an ONNX file, which has the `outputs` "
+                                 "signature only (measure it in a run of its own)")
             check_input_size(path, dataset.spec, args.scale)
         results = {"keras": [o["miou"] for o in evaluate_model(load_itnet(args.model), dataset)["outputs"]]}
         names = [Path(path).name for path in args.files]

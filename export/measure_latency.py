@@ -23,11 +23,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from itnet_keras.cli import description, parse_size, positive
+from itnet_keras.cli import description, parse_size, positive, table_path
 from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.datasets import DATASETS
 from itnet_keras.export import INPUT_TYPES, QUANT_MODES
-from itnet_keras.presets import PRESET_DATASET
+from itnet_keras.presets import PRESET_DATASET, resolve_model_args
 
 
 def build_parser():
@@ -40,7 +40,7 @@ def build_parser():
     parser.add_argument("--repeats", type=positive(int), default=5)
     parser.add_argument("--quant", nargs="+", choices=QUANT_MODES,
                         help="with --preset: static and loop files in these modes, side by side")
-    parser.add_argument("--iterations", type=positive(int), nargs="+", help="--quant: the outputs n (default 1 2 4 8 16)")
+    parser.add_argument("--iterations", type=positive(int), nargs="+", help="--quant: the outputs n (default: the powers of 2 up to N, and N)")
     parser.add_argument("--input-type", choices=INPUT_TYPES, default="float32",
                         help="--quant: the input of the int8 files")
     parser.add_argument("--no-loop", action="store_true", help="--quant: static files only")
@@ -48,7 +48,8 @@ def build_parser():
                         " instead of random weights")
     parser.add_argument("--calibration-images", type=positive(int), default=4, help="--quant int8: calibration sample")
     parser.add_argument("--data-dir", help="--quant int8: dataset folder of the calibration images")
-    parser.add_argument("--output", help="also write the table (markdown) and OUTPUT.json there")
+    parser.add_argument("--output", type=table_path,
+                        help="also write the markdown table there, and its data as .json beside it (x.md, x.json)")
     add_verbose_flag(parser)
     return parser
 
@@ -60,6 +61,7 @@ from itnet_keras.evaluate import load_itnet  # noqa: E402
 from itnet_keras.export.measure.latency import measure, preset_files, quant_files, quant_latency  # noqa: E402
 from itnet_keras.export.tflite import calibration_sample  # noqa: E402
 from itnet_keras.files import markdown_table, write_result_files  # noqa: E402
+from itnet_keras.model import model_args  # noqa: E402
 
 
 def format_rows(rows):
@@ -107,7 +109,8 @@ def run_quant(args, trained=None):
     """The `--quant` table: (markdown, rows); the files of the `trained` model if one is given."""
     dataset = DATASETS[PRESET_DATASET[args.preset]]
     size = args.input_size or dataset.image_size
-    iterations = args.iterations or [1, 2, 4, 8, 16]
+    n_max = model_args(trained)["num_iterations"] if trained else resolve_model_args(args.preset)["num_iterations"]
+    iterations = args.iterations or sorted({*(2**k for k in range(n_max.bit_length()) if 2**k <= n_max), n_max})
     images = None
     if "int8" in args.quant:
         images, _ = calibration_sample(dataset.name, size, args.calibration_images, data_dir=args.data_dir)
@@ -144,7 +147,11 @@ def main(argv=None):
                 print(f"error: --model {args.model} has {trained.outputs[0].shape[-1]} classes, --preset "
                       f"{args.preset}'s dataset {classes}", file=sys.stderr)
                 return 2
-        table, rows = run_quant(args, trained)
+        try:
+            table, rows = run_quant(args, trained)
+        except (ValueError, OSError) as error:  # a dataset missing, a combination the converter refuses
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         print(table)
         if args.output:
             command = "python export/measure_latency.py " + " ".join(sys.argv[1:] if argv is None else argv)

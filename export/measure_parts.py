@@ -14,7 +14,7 @@ import platform
 import statistics
 import sys
 
-from itnet_keras.cli import description, positive
+from itnet_keras.cli import description, positive, table_path
 from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.datasets import DATASETS
 from itnet_keras.presets import PRESET_DATASET
@@ -26,7 +26,8 @@ def build_parser():
     parser.add_argument("--preset", choices=sorted(PRESET_DATASET), default="camvid_shared")
     parser.add_argument("--repeats", type=positive(int), default=61)
     parser.add_argument("--calibration-images", type=positive(int), default=4)
-    parser.add_argument("--output", help="also write the table (markdown) and OUTPUT.json there")
+    parser.add_argument("--output", type=table_path,
+                        help="also write the markdown table there, and its data as .json beside it (x.md, x.json)")
     add_verbose_flag(parser)
     return parser
 

@@ -55,3 +55,12 @@ def boolean(text):
     if text.lower() in ("false", "0", "no"):
         return False
     raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")
+
+
+def table_path(text):
+    """An argparse type: where a results table goes (`files.write_result_files`), its data
+    beside it as .json; so not a .json name itself, which the data would overwrite."""
+    if text.lower().endswith(".json"):
+        raise argparse.ArgumentTypeError(f"{text!r}: the table's data goes beside it as .json, which would "
+                                         "overwrite it; give a .md name")
+    return text

@@ -18,6 +18,13 @@ def output_names(num_iterations):
     return [f"output_{n}" for n in range(1, num_iterations + 1)]
 
 
+def named_outputs(model, images):
+    """{output name: logits} of all N outputs, inference mode (a one-output model's call
+    returns its tensor alone)."""
+    outputs = keras.tree.flatten(model(images, training=False))
+    return dict(zip(output_names(len(outputs)), outputs))
+
+
 def build_itnet(preset=None, input_shape=(None, None, 3), name="itnet", **model_args):
     """Build an ItNet from a preset name and/or model arguments (see `presets.DEFAULTS`).
 

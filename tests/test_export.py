@@ -251,6 +251,28 @@ def test_onnx_loop_matches_keras(tiny, val_images, tmp_path):
         np.testing.assert_allclose(got[f"output_{n}"], want, atol=1e-4)
 
 
+
+def test_one_iteration_exports_without_a_loop(val_images, tmp_path):
+    """N = 1, which `fit` allows, has no loop to keep: its TFLite and ONNX files have no WHILE
+    or Loop and compute Keras' output (was: refused after the conversion, "0 WHILE ops,
+    expected 1")."""
+    import onnxruntime
+
+    from itnet_keras.export.onnx import convert_onnx
+
+    keras.utils.set_random_seed(0)
+    model = build_itnet("tiny", input_shape=(*SIZE, 3), num_iterations=1)
+    images = val_images[0][:1]
+    want = np.asarray(model(images, training=False))
+    path = tmp_path / "n1.tflite"
+    convert_tflite(model, path, "float32", SPEC, SIZE)
+    assert all("WHILE" not in ops for ops in signature_ops(path).values())
+    np.testing.assert_allclose(runner(path, "outputs")(image=images)["output_1"], want, atol=1e-4)
+    np.testing.assert_allclose(runner(path, "anytime")(image=images, iterations=np.int32(1))["logits"], want, atol=1e-4)
+    assert convert_onnx(model, tmp_path / "n1_onnx.onnx", SPEC, SIZE)["ops"].get("Loop", 0) == 0
+    session = onnxruntime.InferenceSession(str(tmp_path / "n1_onnx.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"image": images})[0], want, atol=1e-4)
+
 def convert_cli(*args):
     return subprocess.run([sys.executable, str(ROOT / "export" / "convert.py"), *map(str, args)],
                           capture_output=True, text=True, cwd=ROOT)
@@ -348,6 +370,11 @@ def test_latency_benchmark_command(tmp_path):
     assert all(len(row[p]) == 4 and min(row[p]) > 0 for p in paths)
     assert row["unrolled_outputs_s"] > 0 and row["loop_outputs_s"] > 0
     assert "| app, `finish` last ms | / unrolled |" in out.read_text()
+    # --quant times the outputs 1, 2, 4 ... up to N by default (was: 1 2 4 8 16, an error after
+    # the conversions for the 4-output tiny preset)
+    assert measure_latency.main(["--preset", "tiny", "--input-size", "32x32", "--threads", "1", "--repeats", "1",
+                                 "--quant", "float32", "--output", str(out)]) == 0
+    assert list(json.loads(out.with_suffix(".json").read_text())["1"]) == ["1", "2", "4"]
 
 
 def test_measurement_scripts_name_bad_input(tmp_path, capsys):
@@ -365,6 +392,12 @@ def test_measurement_scripts_name_bad_input(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_:
             main(["--preset", "tiny", flag, "0"])
         assert exit_.value.code == 2 and f"argument {flag}: '0': expected a number > 0" in capsys.readouterr().err
+    # A table named .json would be overwritten by its own data (was: the table lost, silently).
+    for script in ("measure_latency", "measure_parts", "measure_accuracy", "graph_memory"):
+        with pytest.raises(SystemExit) as exit_:
+            export_script(script).main(["x.keras", "--output", "results.json"])
+        assert exit_.value.code == 2 and "argument --output: 'results.json': the table's data goes beside it as " \
+            ".json, which would overwrite it; give a .md name" in capsys.readouterr().err, script
 
 
 def test_latency_parts_are_prefixes_of_the_real_outputs(tiny):
@@ -440,9 +473,11 @@ def test_export_evaluation_command(tiny, float32_file, tmp_path, capsys):
     capsys.readouterr()
     assert measure_accuracy.main([str(model_path), str(tmp_path / "none.tflite")]) == 2
     assert f"error: {tmp_path / 'none.tflite'} does not exist" in capsys.readouterr().err
-    # ONNX: outputs only
+    # ONNX: outputs only, refused before any file is evaluated (was: after them all, as "not one of"
+    # the signatures it names)
     assert measure_accuracy.main([str(model_path), str(onnx_path), "--signature", "anytime"]) == 2
-    assert "error: --signature 'anytime': not one of" in capsys.readouterr().err
+    assert f"error: --signature anytime: {onnx_path} is an ONNX file, which has the `outputs` signature only" \
+        in capsys.readouterr().err
 
 
 def test_export_evaluation_refuses_a_scale_the_file_was_not_made_for(tiny, float32_file, capsys):

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from itnet_keras.model import anytime, data_block, encode, finish, iterative_block, output_names, upsample
+from itnet_keras.model import anytime, data_block, encode, finish, iterative_block, named_outputs, upsample
 
 SIGNATURES = ("outputs", "anytime", "encode", "step", "upsample", "finish")
 
@@ -45,7 +45,6 @@ def export_archive(model, input_size, batch_size=1, normalization=None):
     """A `keras.export.ExportArchive` with the signatures at a fixed input size. With
     `normalization` (scale, offset), `image` is uint8 camera bytes, normalized inside."""
     height, width = input_size
-    names = output_names(iterative_block(model).num_iterations)
     shapes = state_shapes(model, input_size, batch_size)
     dtype = tf.float32 if normalization is None else tf.uint8
     image = tf.TensorSpec((batch_size, height, width, 3), dtype, name="image")
@@ -58,7 +57,7 @@ def export_archive(model, input_size, batch_size=1, normalization=None):
         return tf.cast(image, tf.float32) * np.float32(scale) + np.float32(offset)
 
     def all_outputs(image):
-        return dict(zip(names, model(normalized(image), training=False)))
+        return named_outputs(model, normalized(image))
 
     def anytime_fn(image, iterations):
         return {"logits": anytime(model, normalized(image), iterations)}

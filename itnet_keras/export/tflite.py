@@ -172,7 +172,8 @@ def convert_tflite(model, path, quant="float32", spec=None, input_size=None, cal
             data = _embedded(data, model, spec, input_type=input_type)
         candidate = Path(work) / "model.tflite"
         candidate.write_bytes(data)
-        summary = check_tflite(candidate, signatures, loop=not iterative_block(model).unroll,
+        block = iterative_block(model)  # one iteration has no loop to keep
+        summary = check_tflite(candidate, signatures, loop=not block.unroll and block.num_iterations > 1,
                                integer_loop=quant == "int8")
         write_atomic(path, data, "wb")
     if spec is not None:

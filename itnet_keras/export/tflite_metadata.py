@@ -5,7 +5,8 @@ library read the metadata embedded in the file (a `TFLITE_METADATA` buffer and a
 associated files appended to the flatbuffer), not a sidecar. `embed_metadata` writes:
 the model's name and description, the image input (RGB; `NormalizationOptions` as mean
 and std for a float input), the segmentation output with its label file and, for
-MediaPipe, the output activation (`NONE`: logits; the category mask is their argmax).
+MediaPipe, the output activation (`SOFTMAX`: the outputs are logits, MediaPipe's confidence
+masks their softmax; the category mask is their argmax).
 
 MediaPipe is the maintained writer: tflite-support 0.4.4 (its last release) pins
 protobuf < 4, which TensorFlow 2.21 cannot run with. The MediaPipe 1.2.3 wheel ships the
