@@ -26,6 +26,7 @@ def build_parser():
     parser.add_argument("--preset", choices=sorted(PRESET_DATASET), default="camvid_shared")
     parser.add_argument("--repeats", type=positive(int), default=61)
     parser.add_argument("--calibration-images", type=positive(int), default=4)
+    parser.add_argument("--data-dir", help="the preset's dataset (calibration images; default: its usual place)")
     parser.add_argument("--output", type=table_path,
                         help="also write the markdown table there, and its data as .json beside it (x.md, x.json)")
     add_verbose_flag(parser)
@@ -70,11 +71,19 @@ def main(argv=None):
         except (FileNotFoundError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+        if model_args(trained)["num_classes"] != spec.num_classes:
+            print(f"error: {args.model} has {model_args(trained)['num_classes']} classes, --preset {args.preset}'s "
+                  f"dataset {spec.name} {spec.num_classes}", file=sys.stderr)
+            return 2
         model = build_itnet(input_shape=(*spec.image_size, 3), **model_args(trained))
         model.set_weights(trained.get_weights())
     else:
         model = build_itnet(args.preset, input_shape=(*spec.image_size, 3))
-    images, _ = calibration_sample(spec.name, spec.image_size, args.calibration_images)
+    try:
+        images, _ = calibration_sample(spec.name, spec.image_size, args.calibration_images, data_dir=args.data_dir)
+    except (ValueError, OSError) as error:  # the dataset missing or damaged
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     calls = part_calls(model, images)
     times = dict(zip(calls, timed_in_turns({" / ".join(k): c for k, c in calls.items()}, args.repeats).values()))
     table = format_table(times)

@@ -377,7 +377,7 @@ def test_latency_benchmark_command(tmp_path):
     assert list(json.loads(out.with_suffix(".json").read_text())["1"]) == ["1", "2", "4"]
 
 
-def test_measurement_scripts_name_bad_input(tmp_path, capsys):
+def test_measurement_scripts_name_bad_input(tiny, tmp_path, capsys):
     measure_latency, measure_parts = export_script("measure_latency"), export_script("measure_parts")
     image = tmp_path / "x.png"
     image.write_bytes(b"not a model")
@@ -392,6 +392,12 @@ def test_measurement_scripts_name_bad_input(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_:
             main(["--preset", "tiny", flag, "0"])
         assert exit_.value.code == 2 and f"argument {flag}: '0': expected a number > 0" in capsys.readouterr().err
+    # measure_parts: the data from --data-dir, a model of the preset's class count (was: a DatasetError
+    # traceback without CamVid at its usual place; a model of another class count measured)
+    assert measure_parts.main(["--preset", "camvid_shared", "--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert str(tmp_path / "nowhere") in capsys.readouterr().err
+    assert measure_parts.main([str(tiny[1]), "--preset", "camvid_shared"]) == 2
+    assert f"error: {tiny[1]} has 4 classes, --preset camvid_shared's dataset camvid 11" in capsys.readouterr().err
     # A table named .json would be overwritten by its own data (was: the table lost, silently).
     for script in ("measure_latency", "measure_parts", "measure_accuracy", "graph_memory"):
         with pytest.raises(SystemExit) as exit_:
