@@ -30,8 +30,8 @@ class SegmentationDataset(keras.utils.PyDataset):
     """Batches `(images float32 [B, H, W, 3], labels [B, H, W])` of one `Split`, the labels
     of `label_dtype(spec)`.
 
-    Targets are a dict `{name: labels}` when `output_names` is given (one loss per
-    model output). `epoch` selects the shuffle and augmentation; it advances at each
+    Targets are a dict `{name: labels}` when `output_names` names more than one output (one
+    loss per model output), else the labels. `epoch` selects the shuffle and augmentation; it advances at each
     `on_epoch_begin` / `on_epoch_end` pair and can be set directly (see `SyncEpoch`).
 
     With `pad_last` (evaluation only), a last incomplete batch is filled up with black
@@ -87,7 +87,7 @@ class SegmentationDataset(keras.utils.PyDataset):
             images = np.concatenate([images, np.zeros((missing, *images.shape[1:]), images.dtype)])
             labels = np.concatenate([labels, np.full((missing, *labels.shape[1:]), self.spec.ignore_label,
                                                      labels.dtype)])
-        if self.output_names:
+        if self.output_names and len(self.output_names) > 1:  # a one-output model's targets are a tensor
             return images, {name: labels for name in self.output_names}
         return images, labels
 

@@ -310,6 +310,13 @@ def test_weights_that_diverge_in_an_epochs_last_step_are_not_checkpointed(tmp_pa
     assert state["epoch"] == 1 and all(np.all(np.isfinite(a)) for a in arrays.values())
     assert float(log_rows(tmp_path / "run")[1]["loss"]) < float("inf")  # epoch 2's loss was finite
 
+
+def test_one_iteration_trains_and_reports_its_one_output(tmp_path):
+    """N = 1 (the model without a loop): its targets are the labels, not a dict of one (was: a
+    TypeError in the first step)."""
+    report = fit.run(*config_for(tmp_path / "run", "--num-iterations", "1", "--epochs", "1"))
+    assert [o["output"] for o in report["outputs"]] == [1] and 0 < report["outputs"][0]["miou"] <= 1
+
 def test_existing_run_needs_resume_and_resume_keeps_the_configuration(tmp_path):
     fit.run(*config_for(tmp_path / "run", "--epochs", "1"))
     with pytest.raises(ConfigError, match="--resume"):
