@@ -82,7 +82,10 @@ def compile_model(model, config, spec, steps_per_epoch):
         optimizer=keras.optimizers.Adam(schedule, beta_1=0.9, beta_2=0.999),
         loss={name: MaskedCrossEntropy(spec.ignore_label, remat=config.remat, resize=heads) for name in names},
         loss_weights=dict(zip(names, weights)),
-        metrics={name: [SegmentationMeanIoU(spec.num_classes, spec.ignore_label, resize=heads, name="miou")]
+        # Keras prefixes a metric with its output's name only when there are several outputs:
+        # a single output's is named so here, and the logs read output_1_miou for every N.
+        metrics={name: [SegmentationMeanIoU(spec.num_classes, spec.ignore_label, resize=heads,
+                                            name="miou" if len(names) > 1 else f"{name}_miou")]
                  for name in names},
     )
     return trained, weights

@@ -313,9 +313,12 @@ def test_weights_that_diverge_in_an_epochs_last_step_are_not_checkpointed(tmp_pa
 
 def test_one_iteration_trains_and_reports_its_one_output(tmp_path):
     """N = 1 (the model without a loop): its targets are the labels, not a dict of one (was: a
-    TypeError in the first step)."""
-    report = fit.run(*config_for(tmp_path / "run", "--num-iterations", "1", "--epochs", "1"))
+    TypeError in the first step), and its metric is logged as output_1_miou, which chooses
+    best.keras as for any N (Keras names a single output's metric without the output)."""
+    report = fit.run(*config_for(tmp_path / "run", "--num-iterations", "1", "--epochs", "2"))
     assert [o["output"] for o in report["outputs"]] == [1] and 0 < report["outputs"][0]["miou"] <= 1
+    assert report["model"]["file"] == "best.keras"
+    assert list(log_rows(tmp_path / "run")[0]) == ["epoch", "loss", "output_1_miou", "val_loss", "val_output_1_miou"]
 
 def test_existing_run_needs_resume_and_resume_keeps_the_configuration(tmp_path):
     fit.run(*config_for(tmp_path / "run", "--epochs", "1"))
