@@ -524,6 +524,25 @@ def test_app_driven_policies_stop_where_they_should(tiny, float32_file, val_imag
     assert runner.run(images[0], device.either(device.fixed(n_max), device.until_confident(0.0)))[1] == 1
 
 
+def test_policies_run_files_that_take_camera_bytes(tiny, float32_file, val_images, tmp_path):
+    """A loop file made with --input-type uint8 takes the camera bytes: the runner turns the
+    dataset's normalized images back into them (was: float32 fed to a uint8 input, an error)."""
+    model, _ = tiny
+    path = tmp_path / "bytes.tflite"
+    convert_tflite(model, path, "float32", SPEC, SIZE, input_type="uint8")
+    with pytest.raises(ValueError, match="camera bytes"):
+        device.StepRunner(path, threads=1)
+    runner = device.StepRunner(path, threads=1, normalization=SPEC.normalization)
+    float_runner = device.StepRunner(float32_file[0], threads=1)
+    image = val_images[0][0]
+    for n in (1, runner.num_iterations):
+        logits, done, _ = runner.run(image, device.fixed(n))
+        assert done == n
+        # the bytes lose what rounding the normalized image to 8 bits loses
+        agree = np.mean(logits.argmax(-1) == float_runner.run(image, device.fixed(n))[0].argmax(-1))
+        assert agree > 0.99, (n, agree)
+
+
 def test_policy_evaluation_matches_the_outputs_signature(float32_file):
     path, _ = float32_file
     runner = device.StepRunner(path, threads=1)

@@ -52,6 +52,19 @@ def pixels_of(image, normalization):
     return np.clip(np.round((np.asarray(image, np.float32) - offset) / scale), 0, 255).astype(np.uint8)
 
 
+def image_for(runner, normalization):
+    """normalized image -> what `runner`'s `image` input (a LiteRT signature runner) takes:
+    itself, or the camera bytes (uint8, or int8: minus 128) of a file made with
+    `--input-type`, which needs the dataset's `normalization` to recover them."""
+    dtype = runner.get_input_details()["image"]["dtype"]
+    if dtype == np.float32:
+        return lambda image: np.asarray(image, np.float32)
+    if normalization is None:
+        raise ValueError(f"the file takes camera bytes ({np.dtype(dtype).name}): pass the dataset's normalization "
+                         "to turn normalized images back into them")
+    return lambda image: file_image(pixels_of(image, normalization), dtype, normalization)
+
+
 def _byte_input(tensor, scale, point, input_type):
     tensor.type = _TENSOR_TYPES[input_type]
     tensor.quantization = tensor.quantization or schema.QuantizationParametersT()

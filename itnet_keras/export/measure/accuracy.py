@@ -12,18 +12,9 @@ from ai_edge_litert.interpreter import Interpreter
 
 from itnet_keras.evaluate import split_confusion_matrices
 from itnet_keras.export import EVALUATED_SIGNATURES
-from itnet_keras.export.camera_input import file_image, pixels_of
+from itnet_keras.export.camera_input import image_for
 from itnet_keras.export.flatbuffer import iterations_of, load, signature_subgraphs
 from itnet_keras.metrics import mean_iou
-
-
-def _image_for(runner, normalization):
-    """normalized image -> what `runner`'s `image` input takes: itself, or the camera bytes
-    (uint8, or int8: minus 128) of a file made with `--input-type`."""
-    dtype = runner.get_input_details()["image"]["dtype"]
-    if dtype == np.float32:
-        return lambda image: image
-    return lambda image: file_image(pixels_of(image, normalization), dtype, normalization)
 
 
 def _outputs_function(path, threads, normalization):
@@ -35,7 +26,7 @@ def _outputs_function(path, threads, normalization):
         names = [o.name for o in session.get_outputs()]
         return lambda image: dict(zip(names, session.run(None, {"image": image})))
     runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner("outputs")
-    given = _image_for(runner, normalization)
+    given = image_for(runner, normalization)
     return lambda image: runner(image=given(image))
 
 
@@ -45,7 +36,7 @@ def _app_function(path, threads, signature, normalization):
     interpreter = Interpreter(model_path=str(path), num_threads=threads)
     run = {name: interpreter.get_signature_runner(name) for name in ("anytime", "encode", "step", "finish")}
     count = iterations_of(path)
-    given = _image_for(run["anytime"], normalization)
+    given = image_for(run["anytime"], normalization)
 
     def outputs(image):
         image = given(image)
@@ -74,7 +65,7 @@ def _static_function(path, threads, normalization):
     """image [1, H, W, 3] (normalized) -> {output_n: logits} of a static file."""
     n = static_output(path)
     runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner(f"output_{n}")
-    given = _image_for(runner, normalization)
+    given = image_for(runner, normalization)
 
     def outputs(image):
         return {f"output_{n}": runner(image=given(image))["logits"]}

@@ -19,6 +19,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from itnet_keras.evaluate import split_confusion_matrices
+from itnet_keras.export.camera_input import image_for
 from itnet_keras.export.flatbuffer import iterations_of
 from itnet_keras.metrics import mean_iou
 
@@ -53,11 +54,14 @@ def either(*policies):
 
 
 class StepRunner:
-    """The `encode` and `step` signatures of a loop `.tflite` file, driven one image at a time."""
+    """The `encode` and `step` signatures of a loop `.tflite` file, driven one image at a time.
+    A file that takes camera bytes (`--input-type uint8|int8`) needs the dataset's
+    `normalization`: the images given are normalized, as a dataset yields them."""
 
-    def __init__(self, path, threads=2):
+    def __init__(self, path, threads=2, normalization=None):
         interpreter = Interpreter(model_path=str(path), num_threads=threads)
         self.encode = interpreter.get_signature_runner("encode")
+        self.image = image_for(self.encode, normalization)
         self.step = interpreter.get_signature_runner("step")
         self.upsample = interpreter.get_signature_runner("upsample")
         self.state_names = sorted(k for k in self.step.get_output_details() if k.startswith("state_"))
@@ -69,7 +73,7 @@ class StepRunner:
         Policies see the head's logits (H/8 x W/8, as `step` returns them); the kept logits
         are upsampled to H x W once, and that counts in the seconds."""
         start = time.perf_counter()
-        state = self.encode(image=image[None].astype(np.float32))
+        state = self.encode(image=self.image(image[None]))
         logits, previous, done = None, None, 0
         while done < self.num_iterations:
             before = time.perf_counter()
