@@ -73,3 +73,23 @@ def test_a_trace_without_gpu_events_is_refused(tmp_path, trace_summary):
         trace_summary.main([str(tmp_path)])
     with pytest.raises(SystemExit, match="no .*trace.json.gz under"):
         trace_summary.main([str(tmp_path / "nothing")])
+
+
+def test_a_bench_cut_off_keeps_the_rows_it_measured(tmp_path, monkeypatch):
+    """`lab.bench --output` is rewritten after every measurement: when the unrolled variant's
+    process dies (a device call's time limit, a compile that runs out of memory), the loop's
+    row is in the file (was: no file; the device session then had no rate to choose by)."""
+    from itnet_keras.lab import bench
+
+    def measured(preset, batch_size, unroll, *args):
+        if unroll:
+            raise KeyboardInterrupt  # as the time limit's signal ends the bench
+        return {"images_per_s": 85.9, "step_s": 0.093, "peak_mb": 3593.0, "memory": "GPU peak", "compile_s": 26.0}
+
+    monkeypatch.setattr(bench, "measure_in_subprocess", measured)
+    out = tmp_path / "bench.md"
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--presets", "camvid_shared", "--batch-sizes", "8", "--output", str(out)])
+    row = out.read_text().splitlines()[-1]
+    assert row.startswith("| camvid_shared | 8 | 85.90 | - |")
+    assert row.split("|")[3].strip() == "85.90"  # the column tools/device_session.sh reads ($4 of awk -F'|')

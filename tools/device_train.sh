@@ -58,7 +58,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $work/
   if [ "$seconds" -lt 30 ]; then echo "$name: skipped, $seconds s left" | tee -a "$summary"; return 125; fi
   timeout -k 15 "$seconds" "$@" > "$work/logs/$name.log" 2>&1
   local rc=$?
-  echo "$name: exit $rc after $((SECONDS - t0)) s (limit $seconds s)$([ $rc = 124 ] && echo ', cut off')" | tee -a "$summary"
+  echo "$name: exit $rc after $((SECONDS - t0)) s (limit $seconds s)$( { [ $rc = 124 ] || [ $rc = 137 ]; } && echo ', cut off')" | tee -a "$summary"
   grep -a "^epoch [0-9]*/[0-9]* [0-9.]*s:" "$work/logs/$name.log" >> "$summary"
   return $rc
 }

@@ -152,8 +152,11 @@ def measure_in_subprocess(preset, batch_size, unroll, input_size, steps, remat=F
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def run(presets, input_size, batch_sizes, steps, remat=False, compiled=False, variants=("loop", "unroll")):
-    """Rows: one per (preset, batch size), loop and unroll side by side."""
+def run(presets, input_size, batch_sizes, steps, remat=False, compiled=False, variants=("loop", "unroll"),
+        measured=None):
+    """Rows: one per (preset, batch size), loop and unroll side by side. `measured(rows)` is
+    called after every measurement with the rows so far, the last one maybe partial (a run
+    cut off by a time limit keeps what it measured)."""
     rows = []
     for preset in presets:
         for batch_size in batch_sizes:
@@ -161,6 +164,8 @@ def run(presets, input_size, batch_sizes, steps, remat=False, compiled=False, va
             for variant in variants:
                 row[variant] = measure_in_subprocess(preset, batch_size, variant == "unroll", input_size, steps,
                                                      remat, compiled)
+                if measured:
+                    measured([*rows, row])
             rows.append(row)
             print(format_row(row, compiled), flush=True)
     return rows
@@ -205,15 +210,17 @@ def main(argv=None):
         parser.error(f"--compiled-memory needs KERAS_BACKEND=jax (this process runs {backend})")
     header = COMPILED_HEADER if args.compiled_memory else HEADER
     print(header, flush=True)
-    rows = run(args.presets, args.input_size, args.batch_sizes, args.steps, args.remat, args.compiled_memory,
-               args.variants)
-    if args.output:
+
+    def write(rows):  # after every measurement: a bench cut off keeps its rows
         command = "python -m itnet_keras.lab.bench " + " ".join(argv)
         what = "compiled, not run" if args.compiled_memory else f"median of {args.steps} steps"
         text = (f"`KERAS_BACKEND={backend} {command}`\n\n{platform.processor() or platform.machine()}, "
                 f"{args.input_size[0]}x{args.input_size[1]}, {what}{', --remat' if args.remat else ''}\n\n"
                 + header + "\n" + "\n".join(format_row(r, args.compiled_memory) for r in rows) + "\n")
         write_atomic(args.output, text)
+
+    run(args.presets, args.input_size, args.batch_sizes, args.steps, args.remat, args.compiled_memory,
+        args.variants, measured=write if args.output else None)
 
 
 if __name__ == "__main__":
