@@ -37,7 +37,7 @@ study = studies.Study("02_architecture_search", MODE, repo="..")
 # (N, L, K): a reduced grid (the paper's is larger) and few epochs, to fit the CPU budget.
 GRID = [(16, 3, 1), (8, 3, 1), (16, 2, 1)] if MODE == "full" else [(4, 2, 1), (2, 2, 1)]
 EPOCHS = 5 if MODE == "full" else None  # None: the mode's epochs
-print(f"mode {MODE}: {study.settings.description}; search runs use {EPOCHS or 'the mode''s'} epochs")
+print(f"mode {MODE}: {study.settings.description}; search runs use {EPOCHS or 'the mode’s'} epochs")
 
 # %% [markdown]
 # ## The width of each candidate under the MAC budget
