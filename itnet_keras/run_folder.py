@@ -116,6 +116,10 @@ def save_checkpoint(path, model, state):
     write_atomic(path, buffer.getvalue(), "wb")
 
 
+def _damaged(path, error):
+    return TrainingError(f"{path} is damaged ({type(error).__name__}: {error}): the run cannot be resumed from it")
+
+
 def load_checkpoint(path, model):
     """Restore weights and optimizer state in place; returns the saved progress."""
     try:
@@ -123,8 +127,7 @@ def load_checkpoint(path, model):
             arrays = {key: data[key] for key in data.files}
         state = json.loads(str(arrays.pop("state")))
     except Exception as error:  # zipfile, zlib, numpy and json errors of a truncated or damaged file
-        raise TrainingError(f"{path} is damaged ({type(error).__name__}: {error}): the run cannot be resumed "
-                            "from it") from None
+        raise _damaged(path, error) from None
     model.optimizer.build(model.trainable_variables)
     for prefix, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
         keys = sorted(k for k in arrays if k.startswith(prefix + "/"))
@@ -147,7 +150,7 @@ def committed_epoch(folder):
         with np.load(path) as data:
             return json.loads(str(data["state"]))["epoch"]
     except Exception as error:  # as in load_checkpoint
-        raise TrainingError(f"{path} is damaged ({type(error).__name__}: {error})") from None
+        raise _damaged(path, error) from None
 
 
 def trim_log(path, epochs_done):
