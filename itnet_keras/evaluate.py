@@ -3,7 +3,8 @@
     python -m itnet_keras.evaluate MODEL.keras --data camvid --split val --output DIR
 
 writes `evaluation.json` (`outputs`: per output `output`, `miou`, `iou_per_class`, `macs`,
-`params`, graph bytes, `depth`; top-level `auc`, `normalized_auc`), `miou_over_macs.png`
+`params`, graph bytes, `depth`; top-level `auc`, `normalized_auc` and the `chance_miou` they
+start from: the paper's 0.00828 for CamVid, else the split's majority-class mIoU), `miou_over_macs.png`
 and `predictions.png` (image, label and the prediction of every output for one image).
 `--data` and `--scale` default to what the model's run folder recorded (`config.json`
 beside the model; see `evaluation_inputs`).
@@ -47,7 +48,8 @@ from keras import ops  # noqa: E402
 from itnet_keras.costs import output_costs  # noqa: E402
 from itnet_keras.datasets import get_spec, spec_with_classes  # noqa: E402
 from itnet_keras.files import write_atomic  # noqa: E402
-from itnet_keras.metrics import anytime_auc, confusion_matrix, iou_from_confusion, mean_iou  # noqa: E402
+from itnet_keras.metrics import (  # noqa: E402
+    anytime_auc, confusion_matrix, iou_from_confusion, majority_class_miou, mean_iou)
 from itnet_keras.model import model_args  # noqa: E402  (and registers the custom layers for loading)
 from itnet_keras.pipeline import make_dataset  # noqa: E402
 from itnet_keras.plots import plot_miou_over_macs, plot_prediction_strip  # noqa: E402
@@ -120,9 +122,11 @@ def evaluate_model(model, dataset, loss_weights=None):
         })
         if loss_weights is not None:
             outputs[-1]["loss_weight"] = float(loss_weights[len(outputs) - 1])
-    auc, normalized = anytime_auc([o["macs"] for o in outputs], [o["miou"] for o in outputs])
+    chance = spec.chance_miou if spec.chance_miou is not None else majority_class_miou(matrices[0])
+    auc, normalized = anytime_auc([o["macs"] for o in outputs], [o["miou"] for o in outputs], chance)
     return {"dataset": spec.name, "split": dataset.split.split, "images": len(dataset.split),
-            "input_size": list(input_size), "auc": auc, "normalized_auc": normalized, "outputs": outputs}
+            "input_size": list(input_size), "auc": auc, "normalized_auc": normalized, "chance_miou": chance,
+            "outputs": outputs}
 
 
 def write_report(model, dataset, output_dir, label="ItNet", loss_weights=None, source=None, result=None):

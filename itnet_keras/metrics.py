@@ -189,6 +189,15 @@ def mean_iou(cm):
     return float(iou[present].mean()) if present.any() else 0.0
 
 
+def majority_class_miou(cm):
+    """The mIoU of predicting the split's most frequent labelled class at every pixel: its
+    share of the labelled pixels over the number of classes present (a chance level for the
+    area under mIoU over MACs where none is published; `cm`'s rows are the labels)."""
+    cm = np.asarray(cm)
+    counts = cm.sum(axis=1)
+    return float(counts.max() / counts.sum() / np.count_nonzero(counts)) if counts.sum() else 0.0
+
+
 def anytime_auc(macs, mious, chance_miou=0.00828):
     """Area under mIoU over MACs and its normalized value (SPEC s.5).
 

@@ -13,6 +13,7 @@ from itnet_keras.metrics import (
     anytime_auc,
     confusion_matrix,
     iou_from_confusion,
+    majority_class_miou,
     mean_iou,
 )
 
@@ -191,6 +192,15 @@ def test_anytime_auc_hand_computed():
     auc, normalized = anytime_auc([2.0], [0.5])
     assert auc == pytest.approx(0.49172)
     assert normalized == pytest.approx(0.24586)
+
+
+def test_majority_class_miou_is_the_mious_of_a_constant_prediction():
+    # labels (rows): class 0 on 6 pixels, class 1 on 3, class 2 on 1, class 3 on none
+    cm = np.array([[4, 1, 1, 0], [0, 3, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+    labels = np.repeat(np.arange(4), cm.sum(axis=1))
+    constant = confusion_matrix(labels, np.zeros_like(labels), 4, ignore_label=9)
+    assert majority_class_miou(cm) == pytest.approx(mean_iou(constant)) == pytest.approx(0.6 / 3)
+    assert majority_class_miou(np.zeros((3, 3))) == 0.0
 
 
 @pytest.mark.parametrize(
