@@ -23,6 +23,8 @@ import os
 import keras
 from keras import ops
 
+from itnet_keras.devices import accelerated
+
 # jax is imported on the JAX backend only: the model trains on TensorFlow without it.
 
 
@@ -33,11 +35,7 @@ def cpu_form():
         raise ValueError(f"ITNET_CONV_FORM={form!r}: expected auto, ops or cpu")
     if keras.backend.backend() != "jax" or form == "ops":
         return False
-    if form == "cpu":
-        return True
-    import jax
-
-    return jax.default_backend() == "cpu"
+    return form == "cpu" or not accelerated()
 
 
 def _pad_same(x, kernel_size):

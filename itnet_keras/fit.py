@@ -27,6 +27,7 @@ import dataclasses
 import gc
 import json
 import sys
+import time
 from pathlib import Path
 
 from itnet_keras.cli import parse_size
@@ -170,9 +171,9 @@ def _run(config, callbacks):
         names = output_names(len(model.outputs))
         train.output_names = val.output_names = names
         trained, weights = compile_model(model, config, spec, len(train))  # `model` is the one saved
-    state = {"epoch": 0, "best": -1.0, "best_epoch": None}
-    if config.resume:
-        state = load_checkpoint(folder / "checkpoint.npz", trained)
+    state = {"epoch": 0, "best": -1.0, "best_epoch": None, "train_seconds": 0.0}
+    if config.resume:  # a checkpoint from before `train_seconds` was recorded: unknown
+        state = {"train_seconds": None, **load_checkpoint(folder / "checkpoint.npz", trained)}
         if state["epoch"] > config.epochs:
             raise ConfigError(f"--epochs {config.epochs}: the run in {folder} has already completed "
                               f"{state['epoch']} epochs")
@@ -212,6 +213,7 @@ def _run(config, callbacks):
     # its batch norms are no longer the training's, and recalibrating again changes nothing.
     done = state.get("recalibrated")
     done = done if done and (done["file"], done["epoch"]) == (best.name, epoch) else None
+    began = time.monotonic()
     model, result, kept = _reported_model(best, config, train, val, weights, done)
     if kept.get("bn_recalibrated") and done is None:
         # The recalibrated file replaces `best` once the checkpoint records it (a kill before
@@ -222,6 +224,7 @@ def _run(config, callbacks):
         save_checkpoint(folder / "checkpoint.npz", trained, state)
         promote_pending(folder, state)
     source = {"file": best.name, "epoch": epoch, "epochs_trained": state["epoch"],
+              "train_seconds": state["train_seconds"], "evaluate_seconds": time.monotonic() - began,
               "bn_batches": done["bn_batches"] if done else config.bn_batches, **kept,
               **training_summary(dataclasses.asdict(config))}
     return write_report(model, val, folder, label=config.preset, loss_weights=weights, source=source, result=result)

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from itnet_keras.devices import accelerated
 from itnet_keras.layers import one_image_at_a_time, resize_like
 
 # TensorFlow and JAX are imported inside the branches that run on that backend only: metrics
@@ -42,20 +43,7 @@ def spread_form():
         raise ValueError(f"ITNET_CONFUSION_FORM={form!r}: expected auto, segment_sum or spread")
     if form != "auto":
         return form == "spread"
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return jax.default_backend() == "gpu"
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return bool(tf.config.list_logical_devices("GPU"))
-    if backend == "torch":
-        import torch
-
-        return torch.cuda.is_available()
-    return False
+    return accelerated()
 
 
 def batch_counts(cell, valid, cells):

@@ -10,6 +10,7 @@ import json
 import math
 import os
 from pathlib import Path
+from time import monotonic
 
 import keras
 import numpy as np
@@ -205,13 +206,21 @@ class RunCheckpoint(keras.callbacks.Callback):
     (of `saved`, the full model over the trained one's layers) under pending names, then
     checkpoint.npz (the commit point), then the pending files renamed into place
     (`promote_pending`). A NaN loss stops training at any epoch, NaN weights at one to be
-    saved (the last step of an epoch can diverge after its loss was counted)."""
+    saved (the last step of an epoch can diverge after its loss was counted).
+
+    The state's `train_seconds` adds up the wall time of the committed epochs (training and
+    validation) over every start of the run; it stays None for a run whose checkpoint was
+    written before it was recorded."""
 
     def __init__(self, folder, monitor, state, saved, epochs):
         super().__init__()
         self.folder, self.monitor, self.state, self.saved = Path(folder), monitor, state, saved
         self.epochs = set(epochs)
         self.nan_epoch, self.nan_in = None, None
+        self.began, self.uncommitted = None, 0.0  # seconds of the epochs since the last commit
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.began = monotonic()
 
     def _diverged(self, epoch, what):
         self.nan_epoch, self.nan_in = epoch + 1, what
@@ -219,6 +228,7 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        self.uncommitted += monotonic() - self.began
         if not math.isfinite(logs.get("loss", float("nan"))):
             return self._diverged(epoch, "loss")
         if epoch + 1 not in self.epochs:
@@ -231,5 +241,8 @@ class RunCheckpoint(keras.callbacks.Callback):
             self.state.update(best=float(score), best_epoch=epoch + 1)
             save_model(self.saved, pending_model(self.folder, "best.keras", epoch + 1))
         self.state["epoch"] = epoch + 1
+        if self.state.get("train_seconds") is not None:
+            self.state["train_seconds"] += self.uncommitted
+        self.uncommitted = 0.0
         save_checkpoint(self.folder / "checkpoint.npz", self.model, self.state)
         promote_pending(self.folder, self.state)

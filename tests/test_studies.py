@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 import pytest
 
@@ -79,9 +80,17 @@ def test_a_finished_run_is_reused_and_a_different_one_refused(tmp_path):
     assert study.config("independent", bn_placement="every_conv", epochs=3).output.endswith(
         "independent_f8_all_bn_placementevery_conv_e3")
     evaluation = {"outputs": [{"miou": 0.5}], "normalized_auc": 0.4}
-    write_run(study, config, evaluation)
+    folder = write_run(study, config, evaluation)
     result = study.train("independent", "single:4")  # reused: no training happens
     assert result["outputs"] == evaluation["outputs"] and result["config"]["output_weights"] == "single:4"
+    # a run from before fit recorded its time: from its config.json to its evaluation.json
+    os.utime(folder / "config.json", (1000, 1000))
+    os.utime(folder / "evaluation.json", (1090, 1090))
+    assert study.train("independent", "single:4")["elapsed_s"] == 90
+    # fit's record, which counts every start of a resumed run: its epochs and its evaluation
+    evaluation["model"] = {"train_seconds": 300.0, "evaluate_seconds": 12.5}
+    (folder / "evaluation.json").write_text(json.dumps(evaluation))
+    assert study.train("independent", "single:4")["elapsed_s"] == 312.5
     other = dataclasses.replace(study.config("independent"), epochs=7)
     folder = write_run(study, other)
     with pytest.raises(ValueError, match=f"{folder}.*differs in \\['epochs'\\]"):

@@ -22,7 +22,6 @@ without running the step: a memory bound for shapes too large to try on this mac
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,7 @@ import numpy as np  # noqa: E402
 
 from itnet_keras.config import FitConfig  # noqa: E402
 from itnet_keras.datasets import DATASETS  # noqa: E402
+from itnet_keras.devices import peak_memory  # noqa: E402
 from itnet_keras.files import write_atomic  # noqa: E402
 from itnet_keras.fit import compile_model  # noqa: E402
 from itnet_keras.model import build_itnet, iterative_block  # noqa: E402
@@ -74,28 +74,6 @@ def compiled_model(preset, batch_size, unroll, input_size, remat):
     images = rng.random((batch_size, *input_size, 3), dtype=np.float32)
     labels = rng.integers(0, spec.num_classes, (batch_size, *input_size)).astype(label_dtype(spec))  # as fit's
     return model, images, {name: labels for name in model.output_names}
-
-
-def peak_memory():
-    """(bytes, what): the accelerator's peak allocation, else the process's peak RSS."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        device = jax.local_devices()[0]
-        if device.platform != "cpu":
-            return device.memory_stats()["peak_bytes_in_use"], f"{device.device_kind} peak"
-    elif backend == "tensorflow":
-        import tensorflow as tf
-
-        if tf.config.list_logical_devices("GPU"):
-            return tf.config.experimental.get_memory_info("GPU:0")["peak"], "GPU:0 peak"
-    elif backend == "torch":
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.max_memory_allocated(), f"{torch.cuda.get_device_name()} peak"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak RSS"
 
 
 def measure(preset, batch_size, unroll, input_size, steps, remat=False):

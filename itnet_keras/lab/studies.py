@@ -49,8 +49,13 @@ def _differences(saved, config, model):
     return sorted(differs)
 
 
-def _elapsed_seconds(folder):
-    """Seconds from a run's start (config.json) to its evaluation (evaluation.json)."""
+def _elapsed_seconds(folder, result):
+    """A run's training and evaluation time: its epochs over all its starts and its final
+    evaluation (`fit` records both); for a run trained before that record, the seconds from
+    its last start (config.json) to its evaluation (evaluation.json)."""
+    source = result.get("model", {})
+    if source.get("train_seconds") is not None:
+        return source["train_seconds"] + source["evaluate_seconds"]
     return (folder / "evaluation.json").stat().st_mtime - (folder / "config.json").stat().st_mtime
 
 
@@ -136,7 +141,7 @@ class Study:
         else:
             resume = (folder / "checkpoint.npz").is_file()
             result = run(dataclasses.replace(config, resume=resume))
-        return {**result, "elapsed_s": _elapsed_seconds(folder), "config": dataclasses.asdict(config)}
+        return {**result, "elapsed_s": _elapsed_seconds(folder, result), "config": dataclasses.asdict(config)}
 
     def dataset(self, split="val", batch_size=4):
         """A split of this mode's data, prepared as for training's validation (no augmentation)."""
