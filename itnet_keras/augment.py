@@ -1,7 +1,8 @@
 """Augmentation (SPEC s.7) with albumentations, applied to image and label together.
 
 Every dataset is resized to its `image_size` divided by `scale` (image bilinear, label
-nearest; a no-op for CamVid at scale 1, 1024x2048 -> 512x1024 for Cityscapes). Training
+nearest, both sampled at pixel centres; a no-op for CamVid at scale 1, 1024x2048 -> 512x1024
+for Cityscapes). Training
 then follows one of two recipes (`RECIPES`):
 
 - `paper` (the default; SPEC s.7): a random horizontal flip and, where the dataset has
@@ -68,7 +69,7 @@ def strong_steps(spec, crop):
     """The `strong` recipe's training steps after the resize; `crop` is (h, w)."""
     return [
         A.RandomScale(scale_limit=(SCALE_RANGE[0] - 1, SCALE_RANGE[1] - 1), interpolation=cv2.INTER_LINEAR,
-                      mask_interpolation=cv2.INTER_NEAREST, p=1.0),
+                      mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0),
         A.PadIfNeeded(*crop, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=spec.ignore_label),
         A.RandomCrop(*crop),
         A.HorizontalFlip(p=0.5),
@@ -82,7 +83,7 @@ def build_transform(spec, training, crop=None, scale=1, recipe="paper"):
     """The albumentations pipeline for one dataset: resize, then the recipe's steps if training."""
     h, w = input_size(spec, scale)
     steps = [A.Resize(h, w, interpolation=cv2.INTER_LINEAR,
-                      mask_interpolation=cv2.INTER_NEAREST)]
+                      mask_interpolation=cv2.INTER_NEAREST_EXACT)]
     if training and check_recipe(recipe) == "strong":
         steps += strong_steps(spec, training_crop(spec, crop, scale) or (h, w))
     elif training:

@@ -107,7 +107,7 @@ def resize(array, size, nearest=False):
     """An image [H, W, 3] or a class map [H, W] resized to `size` (h, w)."""
     if array.shape[:2] == tuple(size):
         return array
-    interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    interpolation = cv2.INTER_NEAREST_EXACT if nearest else cv2.INTER_LINEAR  # both sample at pixel centres
     return cv2.resize(array, (size[1], size[0]), interpolation=interpolation)
 
 
