@@ -1,7 +1,10 @@
 """mIoU per output of exported `.tflite` and `.onnx` files on a split, beside the Keras model's.
 
-    python export/measure_accuracy.py MODEL.keras FILE.tflite|FILE.onnx [...] --data camvid --scale 2 \
+    python export/measure_accuracy.py MODEL.keras FILE.tflite|FILE.onnx [...] [--data camvid --scale 2] \
         [--split val] [--signature {outputs,anytime,finish}] [--output docs/export_accuracy.md]
+
+`--data` and `--scale` default to what the model's run folder recorded (`config.json` beside
+it), as for `python -m itnet_keras.evaluate`.
 
 `--signature` picks how a `.tflite` file computes output n: all outputs in one `outputs`
 call (the default), `anytime(image, n)`, or `encode`, n - 1 `step` calls and `finish`.
@@ -22,10 +25,11 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="python export/measure_accuracy.py", description=description(__doc__))
     parser.add_argument("model", help="the .keras model the files were exported from")
     parser.add_argument("files", nargs="+", help=".tflite or .onnx files")
-    parser.add_argument("--data", default="builtin", choices=DATASET_NAMES)
+    parser.add_argument("--data", choices=DATASET_NAMES,
+                        help="default: the one the model's training recorded, else the one with its class count")
     parser.add_argument("--data-dir")
     parser.add_argument("--split", default="val")
-    parser.add_argument("--scale", type=positive(int), default=1)
+    parser.add_argument("--scale", type=positive(int), help="default: the training scale recorded beside the model")
     parser.add_argument("--limit", type=positive(int))
     parser.add_argument("--signature", default="outputs", choices=EVALUATED_SIGNATURES,
                         help="how each output of a .tflite file is computed")
@@ -39,7 +43,7 @@ if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow load
     quiet_startup(build_parser().parse_args().verbose)
 
 from itnet_keras.augment import input_size  # noqa: E402
-from itnet_keras.evaluate import evaluate_model, load_itnet  # noqa: E402
+from itnet_keras.evaluate import evaluate_model, evaluation_inputs, load_itnet  # noqa: E402
 from itnet_keras.export.measure.accuracy import exported_mious, file_input_size  # noqa: E402
 from itnet_keras.files import markdown_table, write_result_files  # noqa: E402
 from itnet_keras.pipeline import make_dataset  # noqa: E402
@@ -64,19 +68,20 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     quiet_startup(args.verbose)
     try:
-        dataset = make_dataset(args.data, args.split, data_dir=args.data_dir, batch_size=4, scale=args.scale,
-                               limit=args.limit)
         for path in [args.model, *args.files]:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{path} does not exist")
+        model = load_itnet(args.model)
+        data, scale = evaluation_inputs(model, args.model, args.data, args.scale)
+        dataset = make_dataset(data, args.split, data_dir=args.data_dir, batch_size=4, scale=scale, limit=args.limit)
         for path in args.files:
             if Path(path).suffix not in (".tflite", ".onnx"):
                 raise ValueError(f"{path}: expected a .tflite or .onnx file")
             if Path(path).suffix == ".onnx" and args.signature != "outputs":
                 raise ValueError(f"--signature {args.signature}: {path} is an ONNX file, which has the `outputs` "
                                  "signature only (measure it in a run of its own)")
-            check_input_size(path, dataset.spec, args.scale)
-        results = {"keras": [o["miou"] for o in evaluate_model(load_itnet(args.model), dataset)["outputs"]]}
+            check_input_size(path, dataset.spec, scale)
+        results = {"keras": [o["miou"] for o in evaluate_model(model, dataset)["outputs"]]}
         names = [Path(path).name for path in args.files]
         for path, name in zip(args.files, names):  # a column per file: its name, or its path where names repeat
             results[name if names.count(name) == 1 else path] = exported_mious(path, dataset,
@@ -93,7 +98,7 @@ def main(argv=None):
     print(table)
     if args.output:
         command = "python export/measure_accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_result_files(args.output, command, f"{args.data} {args.split}, {len(dataset.split)} images, "
+        write_result_files(args.output, command, f"{data} {args.split}, {len(dataset.split)} images, "
                            f"signature {args.signature}\n\n{table}",
                            results)
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from itnet_keras.builtin_data import BUILTIN_NUM_IMAGES, SPLITS, builtin_arrays
 from itnet_keras.console import Progress
@@ -113,10 +113,23 @@ def _display(path, root):
         return str(path)
 
 
-def read_image(path, root):
+def _check_depth(image, path, root):
+    """Refuse images of more than 8 bits per channel that PIL reads as one channel: its RGB
+    conversion clips them at 255 (16-bit RGB files are read as 8-bit RGB, and pass)."""
+    if image.mode.startswith("I") or image.mode == "F":
+        raise DatasetError(f"image {_display(path, root)} has PIL mode {image.mode} (one channel of 16 or 32 bits): "
+                           "expected 8-bit RGB or grayscale; convert it to 8 bits first")
+
+
+def read_image(path, root, upright=False):
+    """uint8 RGB [H, W, 3]. `upright`: turned as its EXIF orientation says, as a viewer shows
+    it (photos; a dataset's images are read as stored, like their labels)."""
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            _check_depth(image, path, root)
+            return np.asarray((ImageOps.exif_transpose(image) if upright else image).convert("RGB"))
+    except DatasetError:
+        raise
     except Exception as error:  # missing, truncated, not an image
         raise DatasetError(f"cannot read image {_display(path, root)}: {error}") from None
 
@@ -135,11 +148,12 @@ def read_label(path, root):
 
 def check_label(label, max_id, allowed, path, root, what="label"):
     """Raise unless every value of `label` is in 0..max_id or equal to `allowed`."""
-    top = int(label.max())
-    if top > max_id and top != allowed:
-        values = np.unique(label)
-        bad = int(values[(values > max_id) & (values != allowed)][0])
-        raise DatasetError(f"{what} {bad} in {_display(path, root)}: expected 0..{max_id}"
+    if int(label.max()) <= max_id:
+        return
+    values = np.unique(label)
+    bad = values[(values > max_id) & (values != allowed)]
+    if bad.size:
+        raise DatasetError(f"{what} {int(bad[0])} in {_display(path, root)}: expected 0..{max_id}"
                            + (f" or {allowed} (ignored)" if allowed is not None else ""))
 
 
@@ -163,8 +177,11 @@ def check_pair(image_path, label_path, spec, root, label_map=None):
     chunks' checksums (PIL `verify`: a truncated file fails), then the label in full."""
     try:
         with Image.open(image_path) as image:
+            _check_depth(image, image_path, root)
             width, height = image.size
             image.verify()
+    except DatasetError:
+        raise
     except Exception as error:
         raise DatasetError(f"cannot read image {_display(image_path, root)}: {error}") from None
     label = read_label(label_path, root)

@@ -46,7 +46,8 @@ def build_parser():
                         help="HEIGHTxWIDTH to resize .keras inputs to (default: each image scaled to the "
                              "pixel count of the model's training images, aspect ratio kept)")
     parser.add_argument("--data", choices=DATASET_NAMES,
-                        help="the dataset the .keras model was trained on (normalization and class names; "
+                        help="the dataset the .keras model was trained on (normalization and class names; a .tflite "
+                             "file's sidecar .json records it; "
                              "default: the run folder's config.json, else the dataset with the model's class count)")
     add_verbose_flag(parser)
     return parser
@@ -96,9 +97,10 @@ def find_images(patterns):
 
 
 def load_image(path):
-    """uint8 RGB [H, W, 3]; PredictError naming the file if it cannot be read."""
+    """uint8 RGB [H, W, 3], upright as its EXIF orientation says (a phone's portrait photo);
+    PredictError naming the file if it cannot be read."""
     try:
-        return read_image(path, Path(path).parent)  # named from its folder on
+        return read_image(path, Path(path).parent, upright=True)  # named from its folder on
     except DatasetError as error:
         raise PredictError(str(error)) from None
 

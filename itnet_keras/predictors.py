@@ -39,8 +39,9 @@ class KerasPredictor:
         record = None if data and input_size else training_record(path)
         self.spec = DATASETS[data or self._dataset(path, record, args["num_classes"])]
         if self.spec.num_classes != args["num_classes"]:
-            raise PredictError(f"--data {self.spec.name}: {self.spec.num_classes} classes, but {path} has "
-                               f"{args['num_classes']}")
+            named = "" if data else f"{Path(path).with_name('config.json')} records "
+            raise PredictError(f"{named}--data {self.spec.name}: {self.spec.num_classes} classes, but {path} has "
+                               f"{args['num_classes']}" + ("" if data else ": pass --data to name its dataset"))
         self.training_size = dataset_input_size(self.spec, (record or {}).get("scale") or 1)
         self.warnings = []
         if record is None and input_size is None:
@@ -78,7 +79,7 @@ class TFLitePredictor:
 
     warnings = ()
 
-    def __init__(self, path, input_size=None):
+    def __init__(self, path, input_size=None, data=None):
         try:
             from ai_edge_litert.interpreter import Interpreter  # lazy: LiteRT is the optional `export` extra
         except ImportError as error:
@@ -96,6 +97,9 @@ class TFLitePredictor:
         except (ValueError, KeyError, TypeError) as error:
             raise PredictError(f"{meta_path} is damaged ({type(error).__name__}: {error}): {remedy}") from None
         self.spec = DATASETS[_known(dataset, meta_path, remedy)]
+        if data is not None and data != dataset:
+            raise PredictError(f"--data {data}: {Path(path).name} was exported for {dataset} ({meta_path.name} "
+                               "records it, with its normalization and class names): leave --data out")
         try:
             with quietly():  # LiteRT announces its CPU delegate when it allocates
                 interpreter = Interpreter(model_path=str(path))
@@ -127,7 +131,7 @@ def open_model(path, data=None, input_size=None):
     if not path.is_file():
         raise PredictError(f"model file {path} does not exist")
     if path.suffix == ".tflite":
-        return TFLitePredictor(path, input_size)
+        return TFLitePredictor(path, input_size, data)
     if path.suffix == ".keras":
         return KerasPredictor(path, data, input_size)
     raise PredictError(f"model {path}: expected a .keras or a .tflite file")

@@ -7,6 +7,8 @@ from itnet_keras.datasets import (
     CITYSCAPES_TRAIN_IDS,
     DATASETS,
     DatasetError,
+    check_label,
+    check_pair,
     default_data_dir,
     load_split,
 )
@@ -210,6 +212,25 @@ def test_label_out_of_range(camvid_fixture):
     with pytest.raises(DatasetError, match=r"label 13 in camvid/trainannot/0001TP_000000\.png: "
                                            r"expected 0\.\.10 or 11"):
         data[0]
+
+
+def test_out_of_range_label_beside_an_ignore_value_above_it():
+    with pytest.raises(DatasetError, match=r"label 100 in x\.png: expected 0\.\.3 or 255"):
+        check_label(np.array([[0, 100, 255]], np.uint8), 3, 255, "x.png", ".")
+    check_label(np.array([[0, 3, 255]], np.uint8), 3, 255, "x.png", ".")
+
+
+@pytest.mark.parametrize("check", [False, True])
+def test_a_16_bit_grayscale_image_is_refused_not_clipped(camvid_fixture, check):
+    """PIL's RGB conversion of a one-channel 16-bit image clips it at 255: refused by name,
+    when read and by the header-only check alike."""
+    image = camvid_fixture / "train" / "0001TP_000001.png"
+    ramp = np.linspace(0, 65000, 36 * 48).reshape(36, 48).astype(np.uint16)
+    Image.fromarray(ramp).save(image)
+    assert Image.open(image).mode.startswith("I;16")
+    data = load_split("camvid", "train", camvid_fixture)
+    with pytest.raises(DatasetError, match=r"image camvid/train/0001TP_000001\.png has PIL mode I;16.*8-bit"):
+        check_pair(*data.samples[1], data.spec, camvid_fixture) if check else data[1]
 
 
 def test_size_mismatch(camvid_fixture):

@@ -79,6 +79,22 @@ def test_keras_model_on_a_folder_writes_masks_overlays_and_class_maps(model_file
     assert json.loads((tmp_path / "out2" / "predictions.json").read_text())["images"][0]["iterations"] == 4
 
 
+def test_a_portrait_photo_is_predicted_upright(model_file, tmp_path):
+    """A phone's JPEG stored landscape with EXIF orientation 6 (turn 90 degrees clockwise to
+    view): the model sees it upright, and the mask and overlay are upright, as viewers show it."""
+    _, path = model_file
+    images, _ = builtin_arrays("test", (48, 80), 1, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    Image.fromarray(images[0]).save(tmp_path / "portrait.jpg", exif=exif)
+    assert predict(path, tmp_path / "portrait.jpg", "--output", tmp_path / "out") == 0
+    upright = np.rot90(np.asarray(Image.open(tmp_path / "portrait.jpg")), k=-1)  # as stored, turned clockwise
+    overlay = np.asarray(Image.open(tmp_path / "out" / "portrait_overlay.png")).astype(int)
+    mask = np.asarray(Image.open(tmp_path / "out" / "portrait_mask.png")).astype(int)
+    assert overlay.shape == mask.shape == (80, 48, 3)
+    assert np.abs(overlay - (upright.astype(int) + mask) // 2).max() <= 1
+
+
 def test_keras_model_runs_at_the_training_scale_or_the_input_size(model_file, photos, tmp_path, capsys):
     """Twice the training resolution runs at the training size; a run folder's --scale 2 halves
     that; --input-size overrides both."""
@@ -213,6 +229,23 @@ def test_damaged_records_beside_the_model_are_named(model_file, tflite_file, pho
         predict(run / "best.keras", photos, "--deadline-ms", "nan", "--output", tmp_path / "out3")
     assert "argument --deadline-ms: 'nan': expected a number > 0" in capsys.readouterr().err
     assert not (tmp_path / "out2").exists() and not (tmp_path / "out3").exists()
+
+
+def test_a_dataset_that_does_not_fit_the_model_is_named_where_it_came_from(model_file, tflite_file, photos,
+                                                                           tmp_path, capsys):
+    """A run's config.json naming another dataset is blamed, not a --data never passed; a
+    .tflite file's dataset is its sidecar's, and a --data that differs is refused (was: ignored)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.keras").write_bytes(model_file[1].read_bytes())
+    (run / "config.json").write_text(json.dumps({"fit": {"data": "camvid", "scale": 1}}))
+    assert predict(run / "best.keras", photos, "--output", tmp_path / "out") == 2
+    assert (f"error: {run / 'config.json'} records --data camvid: 11 classes, but {run / 'best.keras'} has 4: "
+            "pass --data") in capsys.readouterr().err
+    assert predict(run / "best.keras", photos, "--data", "builtin", "--output", tmp_path / "out") == 0
+    assert predict(tflite_file, photos, "--data", "camvid", "--output", tmp_path / "out2") == 2
+    assert "error: --data camvid: tiny.tflite was exported for builtin" in capsys.readouterr().err
+    assert predict(tflite_file, photos, "--data", "builtin", "--output", tmp_path / "out2") == 0
 
 
 def test_tflite_input_size_cannot_change(tflite_file, photos, tmp_path, capsys):
