@@ -71,7 +71,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     quiet_startup(args.verbose)
     if (args.file is None) == (args.presets is None):
-        parser.error("give a .keras/.tflite file or --presets, not both")
+        parser.error("give a .keras/.tflite file or --presets" + (", not both" if args.file else ""))
     try:
         with tempfile.TemporaryDirectory() as work:
             rows = rows_for(args, work)

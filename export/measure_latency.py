@@ -129,7 +129,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     quiet_startup(args.verbose)
     if (args.file is None) == (args.preset is None):
-        parser.error("give a .tflite file or --preset, not both")
+        parser.error("give a .tflite file or --preset" + (", not both" if args.file else ""))
     if args.quant and not args.preset:
         parser.error("--quant needs --preset")
     if args.model and not args.quant:

@@ -12,13 +12,13 @@ def description(doc):
 
 
 def parse_size(text):
-    """'360x480' -> (360, 480): height x width."""
+    """'360x480' -> (360, 480): height x width (an argparse type; the error names the value)."""
     try:
         height, width = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--input-size {text!r}: expected HEIGHTxWIDTH, e.g. 360x480")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HEIGHTxWIDTH, e.g. 360x480") from None
     if height < 8 or width < 8:
-        raise argparse.ArgumentTypeError(f"--input-size {text!r}: expected at least 8x8")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected at least 8x8")
     return height, width
 
 

@@ -22,6 +22,7 @@ sets a new total (also of a finished run); the learning-rate steps move to 70% a
 of the new total (see docs/reliability.md).
 """
 
+import argparse
 import contextlib
 import dataclasses
 import gc
@@ -97,8 +98,8 @@ def _datasets(config):
     if config.crop is not None:
         try:
             crop = parse_size(config.crop)
-        except Exception as error:
-            raise ConfigError(f"--crop {config.crop!r}: expected HEIGHTxWIDTH") from error
+        except argparse.ArgumentTypeError as error:
+            raise ConfigError(f"--crop {error}") from None
     common = dict(data_dir=config.data_dir, scale=config.scale, limit=config.limit, batch_size=config.batch_size)
     train = make_dataset(config.data, "train", training=True, seed=config.seed, crop=crop,
                          workers=config.workers, augment=config.augment, **common)

@@ -60,8 +60,8 @@ def crop_size(text):
     """None, or the (height, width) of a HEIGHTxWIDTH `--crop`."""
     try:
         return None if text is None else parse_size(text)
-    except Exception:
-        raise ValueError(f"--crop {text!r}: expected HEIGHTxWIDTH, e.g. 352x480") from None
+    except argparse.ArgumentTypeError as error:
+        raise ValueError(f"--crop {error}") from None
 
 
 def main(argv=None):

@@ -404,6 +404,15 @@ def test_measurement_scripts_name_bad_input(tiny, tmp_path, capsys):
             export_script(script).main(["x.keras", "--output", "results.json"])
         assert exit_.value.code == 2 and "argument --output: 'results.json': the table's data goes beside it as " \
             ".json, which would overwrite it; give a .md name" in capsys.readouterr().err, script
+    # neither a file nor presets (was: "..., not both")
+    for script, what in (("measure_latency", "give a .tflite file or --preset\n"),
+                         ("graph_memory", "give a .keras/.tflite file or --presets\n")):
+        with pytest.raises(SystemExit):
+            export_script(script).main([])
+        assert capsys.readouterr().err.endswith(f"error: {what}"), script
+        with pytest.raises(SystemExit):
+            export_script(script).main(["x.tflite", "--preset" + ("s" if script == "graph_memory" else ""), "tiny"])
+        assert capsys.readouterr().err.endswith(f"error: {what[:-1]}, not both\n"), script
 
 
 def test_latency_parts_are_prefixes_of_the_real_outputs(tiny):

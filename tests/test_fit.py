@@ -381,6 +381,7 @@ def test_unknown_flag_values_name_the_flag(flags, culprit, capsys):
 @pytest.mark.parametrize("flags, culprit", [
     (["--output-weights", "thinned:0"], "--output-weights: output weight schedule 'thinned:0'"),
     (["--crop", "big"], "--crop 'big': expected HEIGHTxWIDTH"),
+    (["--crop", "4x4"], "--crop '4x4': expected at least 8x8"),
     (["--width", "1"], "--width 1: expected"),
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--bn-batches", "-1"], "--bn-batches -1: expected an integer >= 0"),
