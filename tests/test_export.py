@@ -536,6 +536,28 @@ def test_app_driven_policies_stop_where_they_should(tiny, float32_file, val_imag
     assert runner.run(images[0], device.either(device.fixed(n_max), device.until_confident(0.0)))[1] == 1
 
 
+def test_a_deadline_holds_with_the_answers_upsampling(tiny, float32_file, val_images, monkeypatch):
+    """On a clock where a step takes 1 s and the upsampling 0.5 s, `deadline(s)` ends every
+    image within s (was: the upsampling after the last step, not foreseen, overshot it)."""
+    path, _ = float32_file
+    images, _ = val_images
+    runner = device.StepRunner(path, threads=1)
+    clock = [0.0]
+    monkeypatch.setattr(device, "perf_counter", lambda: clock[0])
+
+    def taking(seconds, signature):
+        def run(**inputs):
+            clock[0] += seconds
+            return signature(**inputs)
+        return run
+
+    runner.step, runner.upsample = taking(1.0, runner.step), taking(0.5, runner.upsample)
+    runner.run(images[0], device.fixed(1))  # the runner learns the upsampling's time
+    for seconds in (2.0, 2.5, 3.0, 3.4):
+        _, done, spent = runner.run(images[0], device.deadline(seconds))
+        assert spent <= seconds and done == int(seconds - 0.5), seconds
+
+
 def test_policies_run_files_that_take_camera_bytes(tiny, float32_file, val_images, tmp_path):
     """A loop file made with --input-type uint8 takes the camera bytes: the runner turns the
     dataset's normalized images back into them (was: float32 fed to a uint8 input, an error)."""
