@@ -74,15 +74,19 @@ class EpochSummary(keras.callbacks.Callback):
 
 
 class EpochTensorBoard(keras.callbacks.Callback):
-    """Per-epoch scalars for TensorBoard, written with tensorboardX, which needs no TensorFlow
-    (Keras' `TensorBoard` callback imports it): `train/` and `validation/` event files with
-    Keras' tags (`epoch_loss`, `epoch_output_1_miou`, ...). Without tensorboardX installed it
-    says so once and writes nothing; training goes on.
+    """Per-epoch scalars for TensorBoard, written with tensorboardX's event files, which need no
+    TensorFlow (Keras' `TensorBoard` callback imports it): `train/` and `validation/` event
+    files with Keras' tags (`epoch_loss`, `epoch_output_1_miou`, ...). Without tensorboardX
+    installed it says so once and writes nothing; training goes on.
+
+    Each epoch's events are on disk when `on_epoch_end` returns (tensorboardX's `SummaryWriter`
+    writes from a thread of its own and flushes every two minutes: a killed run lost them), so
+    `fit` runs it before the checkpoint, like log.csv.
 
     A run starts at `first_epoch` (0-based: its checkpoint's epoch, 0 for a new run), and
-    TensorBoard hides what earlier event files hold from that epoch on (tensorboardX's
-    `purge_step`): the epochs past the checkpoint that a resume trains again, and everything
-    of a run that stopped before its first checkpoint and starts again."""
+    TensorBoard hides what earlier event files hold from that epoch on (the session start that
+    tensorboardX's `purge_step` writes): the epochs past the checkpoint that a resume trains
+    again, and everything of a run that stopped before its first checkpoint and starts again."""
 
     def __init__(self, folder, first_epoch=0):
         super().__init__()
@@ -90,23 +94,33 @@ class EpochTensorBoard(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         try:
-            from tensorboardX import SummaryWriter
+            from tensorboardX.event_file_writer import EventsWriter
+            from tensorboardX.proto.event_pb2 import Event, SessionLog
+            from tensorboardX.summary import scalar
         except ImportError:
             print(f"note: {self.folder} is not written: TensorBoard logs need tensorboardX "
                   "(pip install tensorboardX)", flush=True)
             return
-        # A file name of the start's own: one started in the second an earlier one began would
-        # reuse its name, and truncate its file.
-        self.writers = {part: SummaryWriter(str(self.folder / part), purge_step=self.first_epoch,
-                                            filename_suffix=f".after-epoch{self.first_epoch}")
-                        for part in ("train", "validation")}
+        self._event, self._scalar = Event, scalar
+        self.writers = {}
+        for part in ("train", "validation"):
+            (self.folder / part).mkdir(parents=True, exist_ok=True)
+            # A file name of the start's own: one started in the second an earlier one began would
+            # reuse its name, and truncate its file.
+            writer = EventsWriter(str(self.folder / part / "events"), f".after-epoch{self.first_epoch}")
+            writer.write_event(Event(wall_time=time.time(), step=self.first_epoch, file_version="brain.Event:2"))
+            writer.write_event(Event(wall_time=time.time(), step=self.first_epoch,
+                                     session_log=SessionLog(status=SessionLog.START)))
+            writer.flush()
+            self.writers[part] = writer
 
     def on_epoch_end(self, epoch, logs=None):
         if self.writers is None:
             return
         for key, value in (logs or {}).items():
             part, tag = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
-            self.writers[part].add_scalar(f"epoch_{tag}", float(value), epoch)
+            summary = self._scalar(f"epoch_{tag}", float(value))
+            self.writers[part].write_event(self._event(wall_time=time.time(), step=epoch, summary=summary))
         for writer in self.writers.values():
             writer.flush()
 

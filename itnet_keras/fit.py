@@ -16,7 +16,8 @@ half on 2 CPU cores). The run folder (`--output`) receives:
                        CSVLogger writes it: epoch 81, 1-based as everywhere else, is its row 80)
     evaluation.json, miou_over_macs.png, predictions.png   the final evaluation (on val)
 
-All files are written atomically; `--resume` continues from the last completed epoch
+Every file but the logs is written atomically; the logs, appended to, are written before the
+checkpoint, and a resume drops what they hold past it. `--resume` continues from the last completed epoch
 with the same optimizer state, learning-rate schedule and batches. `--resume --epochs M`
 sets a new total (also of a finished run); the learning-rate steps move to 70% and 85%
 of the new total (see docs/reliability.md).
@@ -51,7 +52,7 @@ from itnet_keras.model import build_itnet, iterative_block, model_args, output_n
 from itnet_keras.pipeline import SyncEpoch, make_dataset  # noqa: E402
 from itnet_keras.run_folder import (  # noqa: E402
     ConfigError, RunCheckpoint, TrainingError, checkpoint_epochs, committed_epoch, load_checkpoint, locked_folder,
-    pending_model, prepare_folder, promote_pending, save_checkpoint, save_model, trim_log,
+    pending_model, prepare_folder, promote_pending, record_state, save_model, trim_log,
 )
 
 # TensorFlow is imported where used: `--strategy mirrored` on that backend only.
@@ -184,12 +185,12 @@ def _run(config, callbacks):
     write_atomic(folder / "config.json", json.dumps(resolved, indent=1))
     validated = checkpoint_epochs(config.checkpoint_every, config.epochs)  # validation chooses best.keras
     checkpoint = RunCheckpoint(folder, f"val_{names[-1]}_miou", state, model, validated)
-    # log.csv before the checkpoint, the commit point: a kill between the two leaves a row of an
-    # epoch that is not committed, which resuming drops and writes again (the other order loses it).
+    # log.csv and TensorBoard before the checkpoint, the commit point: a kill between them leaves
+    # an epoch that is not committed, which resuming drops and writes again (the other order loses it).
     callbacks = [
         SyncEpoch(train), StopOnNaN(), keras.callbacks.CSVLogger(str(folder / "log.csv"), append=config.resume),
-        checkpoint, EpochProgress(config.epochs, len(train), len(val), validated), EpochSummary(config.epochs, names),
         EpochTensorBoard(folder / "tensorboard", state["epoch"]),
+        checkpoint, EpochProgress(config.epochs, len(train), len(val), validated), EpochSummary(config.epochs, names),
         *callbacks,
     ]
     if state["epoch"] < config.epochs:
@@ -222,7 +223,7 @@ def _run(config, callbacks):
         save_model(model, pending_model(folder, best.name, epoch, recalibrated=True))
         state["recalibrated"] = {"file": best.name, "epoch": epoch, "bn_batches": config.bn_batches,
                                  "last_output_miou": kept["last_output_miou"]}
-        save_checkpoint(folder / "checkpoint.npz", trained, state)
+        record_state(folder / "checkpoint.npz", state)
         promote_pending(folder, state)
     source = {"file": best.name, "epoch": epoch, "epochs_trained": state["epoch"],
               "train_seconds": state["train_seconds"], "evaluate_seconds": time.monotonic() - began,

@@ -11,6 +11,7 @@ order is ours (Keras would reorder batches with Python's global `random`).
 """
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
@@ -34,6 +35,11 @@ class SegmentationDataset(keras.utils.PyDataset):
     loss per model output), else the labels. `epoch` selects the shuffle and augmentation; it advances at each
     `on_epoch_begin` / `on_epoch_end` pair and can be set directly (see `SyncEpoch`).
 
+    `workers` threads augment the samples of each batch together, inside `__getitem__`. Keras'
+    own workers (a queue of prefetched batches) are not used: its queue hands the batches left
+    over when an epoch ends to the next epoch (the JAX trainer's peek at the first batch leaves
+    some before epoch 0), so every epoch would start with batches of the one before.
+
     With `pad_last` (evaluation only), a last incomplete batch is filled up with black
     images labelled with the ignore value, which add nothing to the confusion matrices
     (the mIoU) nor to that batch's loss, the mean over its valid pixels: every batch then
@@ -44,7 +50,8 @@ class SegmentationDataset(keras.utils.PyDataset):
 
     def __init__(self, split, augmentation, batch_size=8, training=False, seed=0,
                  output_names=None, workers=1, pad_last=False, **kwargs):
-        super().__init__(workers=workers, use_multiprocessing=False, **kwargs)
+        super().__init__(workers=1, use_multiprocessing=False, **kwargs)
+        self.threads = ThreadPoolExecutor(workers) if workers > 1 else None
         self.split, self.spec, self.augmentation = split, split.spec, augmentation
         self.batch_size, self.training, self.seed = batch_size, training, seed
         self.pad_last = pad_last and not training  # training drops the incomplete batch
@@ -78,9 +85,10 @@ class SegmentationDataset(keras.utils.PyDataset):
             raise IndexError(f"batch {index} of {len(self)}")
         epoch = self.epoch
         indices = self.order()[index * self.batch_size:(index + 1) * self.batch_size]
-        images, labels = zip(*(
-            self.augmentation(*self.split[i], sample_seed(self.seed, epoch, int(i)))
-            for i in indices))
+        def sample(i):
+            return self.augmentation(*self.split[i], sample_seed(self.seed, epoch, int(i)))
+
+        images, labels = zip(*(self.threads.map(sample, indices) if self.threads else map(sample, indices)))
         images, labels = np.stack(images), np.stack(labels).astype(label_dtype(self.spec))
         if self.pad_last and len(images) < self.batch_size:
             missing = self.batch_size - len(images)

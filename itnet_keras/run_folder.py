@@ -67,13 +67,16 @@ def locked_folder(folder):
         os.close(lock)
 
 
-def read_run_config(folder):
-    """The `FitConfig` saved in `folder/config.json`; a damaged file is named in the error."""
+def read_run_config(folder, resolved=False):
+    """The `FitConfig` saved in `folder/config.json` (with `resolved`, also the model arguments
+    it resolved to); a damaged file is named in the error."""
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise ConfigError(f"--resume: {path} does not exist (the run folder is incomplete)")
     try:
-        return FitConfig(**json.loads(path.read_text())["fit"])
+        record = json.loads(path.read_text())
+        config = FitConfig(**record["fit"])
+        return (config, dict(record["model"])) if resolved else config
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ConfigError(f"{path} is damaged ({type(error).__name__}: {error}): it should hold the run's "
                           "configuration as written by the run") from None
@@ -94,11 +97,14 @@ def prepare_folder(config, given):
     if config.resume:
         if not checkpoint.is_file():
             raise ConfigError(f"--resume: {checkpoint} does not exist (nothing to resume)")
-        saved = read_run_config(folder)
+        saved, model = read_run_config(folder, resolved=True)
         for name in given - {"output", "resume", "verbose", *RESUME_MAY_CHANGE}:
-            if getattr(config, name) != getattr(saved, name):
+            value = getattr(saved, name)
+            if value is None and name in FitConfig.MODEL_FIELDS:  # the preset's: the value it resolved to
+                value = model.get(name)
+            if getattr(config, name) != value:
                 raise ConfigError(f"{flag_of(name)} {getattr(config, name)!r} differs from the "
-                                  f"run's saved value {getattr(saved, name)!r}; a resumed run keeps its configuration "
+                                  f"run's saved value {value!r}; a resumed run keeps its configuration "
                                   "(only --epochs, --data-dir, --workers, --bn-batches and --checkpoint-every "
                                   "may change)")
         changed = {name: getattr(config, name) for name in RESUME_MAY_CHANGE & given}
@@ -112,6 +118,18 @@ def prepare_folder(config, given):
 def save_checkpoint(path, model, state):
     arrays = {f"model/{i:04d}": ops.convert_to_numpy(v) for i, v in enumerate(model.variables)}
     arrays |= {f"optimizer/{i:04d}": ops.convert_to_numpy(v) for i, v in enumerate(model.optimizer.variables)}
+    _write_checkpoint(path, arrays, state)
+
+
+def record_state(path, state):
+    """Replace the checkpoint's state, its weights as they are (the model in memory may be past
+    the checkpoint's epoch: a caller's callback can stop training between checkpoints)."""
+    with np.load(path) as data:
+        arrays = {key: data[key] for key in data.files if key != "state"}
+    _write_checkpoint(path, arrays, state)
+
+
+def _write_checkpoint(path, arrays, state):
     buffer = io.BytesIO()
     np.savez(buffer, state=np.array(json.dumps(state)), **arrays)
     write_atomic(path, buffer.getvalue(), "wb")
@@ -187,7 +205,7 @@ def promote_pending(folder, state):
     """Rename the model files the checkpoint's `state` commits into place, remove any other
     pending one: each was written before the checkpoint that records it, and only that commit
     makes it last.keras or best.keras (a kill in between leaves a file of an epoch the resume
-    repeats, or a recalibration the resume does again)."""
+    repeats, or a recalibration the resume does again). Also removes temporary files left by a kill."""
     folder = Path(folder)
     committed = {pending_model(folder, "last.keras", state["epoch"]): "last.keras",
                  pending_model(folder, "best.keras", state["best_epoch"]): "best.keras"}
@@ -199,6 +217,10 @@ def promote_pending(folder, state):
             os.replace(path, folder / committed[path])
         else:
             path.unlink(missing_ok=True)
+    # What a killed writer left of its temporary files (`files.temporary_path`); the caller holds
+    # the folder's lock, so no other process is writing them.
+    for path in folder.glob(".*.*-*.tmp*"):
+        path.unlink(missing_ok=True)
 
 
 class RunCheckpoint(keras.callbacks.Callback):

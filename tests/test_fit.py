@@ -338,6 +338,12 @@ def test_existing_run_needs_resume_and_resume_keeps_the_configuration(tmp_path):
         fit.run(*parse_config(["--output", str(tmp_path / "run"), "--resume", "--batch-size", "4"]))
     with pytest.raises(ConfigError, match="nothing to resume"):
         fit.run(*parse_config(["--output", str(tmp_path / "empty"), "--resume"]))
+    # a model flag the run left to its preset: the value the preset resolved to is its value
+    # (was: "--width 8 differs from the run's saved value None" for the tiny preset's own 8)
+    resumed = run_folder.prepare_folder(*parse_config(["--output", str(tmp_path / "run"), "--resume", "--width", "8"]))
+    assert resumed.resume and resumed.width is None
+    with pytest.raises(ConfigError, match="--width 9 differs from the run's saved value 8"):
+        run_folder.prepare_folder(*parse_config(["--output", str(tmp_path / "run"), "--resume", "--width", "9"]))
 
 
 def test_resume_on_another_machine_may_read_the_data_elsewhere(tmp_path, camvid_fixture):

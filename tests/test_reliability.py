@@ -287,8 +287,11 @@ def test_a_damaged_log_is_named(run_copy, capsys):
 
 
 def test_a_kill_just_after_the_checkpoint_loses_no_log_row(tmp_path, monkeypatch):
-    """log.csv is written before checkpoint.npz, the commit point: a run killed right after it
-    committed epoch 1 resumes with epoch 1's row, and every epoch has one row."""
+    """log.csv and TensorBoard are written before checkpoint.npz, the commit point: a run killed
+    right after it committed epoch 1 resumes with epoch 1's row, and every epoch has one row
+    and one TensorBoard point (was: TensorBoard, written after the commit, lost epoch 1)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     commit = run_folder.save_checkpoint
 
     def commit_then_kill(*args):
@@ -301,6 +304,8 @@ def test_a_kill_just_after_the_checkpoint_loses_no_log_row(tmp_path, monkeypatch
     monkeypatch.undo()
     fit.run(*parse_config(["--output", str(tmp_path / "run"), "--resume"]))
     assert [line.split(",")[0] for line in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]] == ["0", "1"]
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "train")).Reload()
+    assert [e.step for e in events.Scalars("epoch_loss")] == [0, 1]
 
 
 
@@ -331,9 +336,10 @@ def test_a_kill_before_the_checkpoint_leaves_the_model_files_of_the_committed_ep
     for a, b in zip(weights["best.keras"], weights["last.keras"]):
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, b) for a, b in zip(weights["best.keras"], weights[".best-epoch2.pending.keras"]))
+    (run / ".best.keras.999-0a1b2c3d.tmp.keras").write_bytes(b"half a model")  # what a SIGKILL can leave
     report = fit.run(*parse_config(["--output", str(run), "--resume", "--epochs", "1"]))
     assert (report["model"]["file"], report["model"]["epoch"]) == ("best.keras", 1)
-    assert not list(run.glob(".*"))
+    assert not list(run.glob(".*"))  # pending and temporary files removed
 
 
 def test_a_kill_before_the_recalibration_is_recorded_leaves_best_keras_as_trained(tmp_path, monkeypatch):
@@ -353,14 +359,12 @@ def test_a_kill_before_the_recalibration_is_recorded_leaves_best_keras_as_traine
             result["outputs"][-1]["miou"] += 1.0
         return result
 
-    def kill_at_the_record(path, model, state):
-        if "recalibrated" in state:
-            raise KeyboardInterrupt
-        commit(path, model, state)
+    def kill_at_the_record(path, state):
+        raise KeyboardInterrupt
 
-    commit = fit.save_checkpoint
+    commit = fit.record_state
     monkeypatch.setattr(fit, "evaluate_model", recalibration_wins)
-    monkeypatch.setattr(fit, "save_checkpoint", kill_at_the_record)
+    monkeypatch.setattr(fit, "record_state", kill_at_the_record)
     with pytest.raises(KeyboardInterrupt):
         fit.run(*parse_config([*SMALL, "--epochs", "2", "--bn-batches", "4", "--output", str(run)]))
     stats = {path.name: [np.array(v) for v in moving_statistics(evaluate.load_itnet(path))]
@@ -370,7 +374,7 @@ def test_a_kill_before_the_recalibration_is_recorded_leaves_best_keras_as_traine
     pending = f".best-epoch{state['best_epoch']}-recalibrated.pending.keras"
     assert sorted(stats) == [pending, "best.keras"] and "recalibrated" not in state
     assert any(not np.array_equal(a, b) for a, b in zip(stats["best.keras"], stats[pending]))
-    monkeypatch.setattr(fit, "save_checkpoint", commit)
+    monkeypatch.setattr(fit, "record_state", commit)
     report = fit.run(*parse_config(["--output", str(run), "--resume"]))
     assert report["model"]["bn_recalibrated"]
     for a, b in zip(stats[pending], moving_statistics(evaluate.load_itnet(run / "best.keras"))):
@@ -378,6 +382,37 @@ def test_a_kill_before_the_recalibration_is_recorded_leaves_best_keras_as_traine
     assert not list(run.glob(".*"))
     again = fit.run(*parse_config(["--output", str(run), "--resume"]))  # recorded: reported so, not redone
     assert again["model"]["bn_recalibrated"] and again["model"]["last_output_miou"] == report["model"]["last_output_miou"]
+
+
+def test_a_callback_that_stops_between_checkpoints_leaves_the_checkpoints_weights(tmp_path, monkeypatch):
+    """A caller's callback stops a `--checkpoint-every 2` run after epoch 3: the report's record of
+    the recalibration rewrites the checkpoint's state only, its weights stay epoch 2's (was:
+    epoch 3's weights, in memory, saved under epoch 2)."""
+    run, committed = tmp_path / "run", {}
+    evaluate_model = fit.evaluate_model
+
+    def recalibration_wins(model, *args, **kwargs):  # as in the test above: a record is written
+        result = evaluate_model(model, *args, **kwargs)
+        committed["evaluations"] = committed.get("evaluations", 0) + 1
+        result["outputs"][-1]["miou"] += 1 - committed["evaluations"] % 2  # the second, recalibrated one
+        return result
+
+    class StopAfterEpoch3(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == 2:
+                with np.load(run / "checkpoint.npz") as data:
+                    committed.update(arrays={k: data[k] for k in data.files if k != "state"})
+            if epoch + 1 == 3:
+                self.model.stop_training = True
+
+    monkeypatch.setattr(fit, "evaluate_model", recalibration_wins)
+    fit.run(*parse_config([*SMALL, "--epochs", "5", "--checkpoint-every", "2", "--bn-batches", "2",
+                           "--output", str(run)]), callbacks=[StopAfterEpoch3()])
+    with np.load(run / "checkpoint.npz") as data:
+        state = json.loads(str(data["state"]))
+        assert state["epoch"] == 2 and state["recalibrated"]["epoch"] == 2
+        for key, array in committed["arrays"].items():
+            np.testing.assert_array_equal(data[key], array, err_msg=key)
 
 
 def test_a_stop_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path, monkeypatch, capsys):
