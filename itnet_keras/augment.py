@@ -2,8 +2,7 @@
 
 Every dataset is resized to its `image_size` divided by `scale` (image bilinear, label
 nearest, both sampled at pixel centres; a no-op for CamVid at scale 1, 1024x2048 -> 512x1024
-for Cityscapes). Training
-then follows one of two recipes (`RECIPES`):
+for Cityscapes). Training then follows one of two recipes (`RECIPES`):
 
 - `paper` (the default; SPEC s.7): a random horizontal flip and, where the dataset has
   one, a random crop.
