@@ -104,10 +104,15 @@ class TFLitePredictor:
             with quietly():  # LiteRT announces its CPU delegate when it allocates
                 interpreter = Interpreter(model_path=str(path))
                 interpreter.allocate_tensors()
-                self.run = interpreter.get_signature_runner("anytime")
         except Exception as error:  # LiteRT raises ValueError or RuntimeError
-            raise PredictError(f"cannot load {path} as an ItNet .tflite file with an `anytime` signature: "
-                               f"{error}") from None
+            raise PredictError(f"cannot load {path} as an ItNet .tflite file: {error}") from None
+        signatures = sorted(interpreter.get_signature_list())
+        if "anytime" not in signatures:
+            static = len(signatures) == 1 and signatures[0].startswith("output_")
+            flavor = " (a static-flavour file, of one output)" if static else ""
+            raise PredictError(f"{path} has no `anytime` signature{flavor}, only {', '.join(signatures) or 'none'}: "
+                               "predict runs the loop flavour, `python export/convert.py MODEL.keras --flavor loop`")
+        self.run = interpreter.get_signature_runner("anytime")
         image = self.run.get_input_details()["image"]
         self.file_size, self.input_dtype = tuple(int(d) for d in image["shape"][1:3]), image["dtype"]
         if input_size is not None and tuple(input_size) != self.file_size:

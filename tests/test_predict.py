@@ -248,6 +248,18 @@ def test_a_dataset_that_does_not_fit_the_model_is_named_where_it_came_from(model
     assert predict(tflite_file, photos, "--data", "builtin", "--output", tmp_path / "out2") == 0
 
 
+def test_a_static_flavour_file_is_named_as_such(model_file, photos, tmp_path, capsys):
+    """`predict` runs a loop file's `anytime` signature: a static file (one output) is refused
+    by what it is and what to export instead (was: LiteRT's `Invalid signature_key`)."""
+    from itnet_keras.export.tflite import convert_static
+
+    model, _ = model_file
+    (path,) = convert_static(model, tmp_path / "tiny.tflite", [2], spec=SPEC, input_size=(64, 64))
+    assert predict(path, photos, "--output", tmp_path / "out") == 2
+    assert (f"error: {path} has no `anytime` signature (a static-flavour file, of one output), only output_2: "
+            "predict runs the loop flavour") in capsys.readouterr().err
+
+
 def test_tflite_input_size_cannot_change(tflite_file, photos, tmp_path, capsys):
     assert predict(tflite_file, photos, "--input-size", "32x32", "--output", tmp_path / "out") == 2
     assert "--input-size 32x32: tiny.tflite takes 64x64 images only" in capsys.readouterr().err
