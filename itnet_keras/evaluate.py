@@ -28,7 +28,7 @@ def build_parser():
     parser.add_argument("--data", choices=DATASET_NAMES,
                         help="default: the one its training recorded, else the one with the model's class count")
     parser.add_argument("--data-dir")
-    parser.add_argument("--split", default="val")
+    parser.add_argument("--split", default="val", help="val (default), train, or test where the dataset has one")
     parser.add_argument("--scale", type=positive(int),
                         help="downscale images by this factor (default: the training scale recorded beside the model)")
     parser.add_argument("--limit", type=positive(int), help="evaluate only the first LIMIT images")
