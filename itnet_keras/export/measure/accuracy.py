@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime
 from ai_edge_litert.interpreter import Interpreter
 
+from itnet_keras.console import quietly
 from itnet_keras.evaluate import split_confusion_matrices
 from itnet_keras.export import EVALUATED_SIGNATURES
 from itnet_keras.export.camera_input import image_for
@@ -107,5 +108,6 @@ def exported_mious(path, dataset, threads=2, signature="outputs"):
         names = sorted(results[0], key=lambda name: int(name.rsplit("_", 1)[1]))
         return np.stack([np.concatenate([r[n] for r in results]).argmax(-1) for n in names])
 
-    matrices, _ = split_confusion_matrices(dataset, predict)
+    with quietly():  # LiteRT announces its CPU delegate at the first call
+        matrices, _ = split_confusion_matrices(dataset, predict)
     return [mean_iou(m) for m in matrices] if n is None else [None] * (n - 1) + [mean_iou(matrices[0])]
