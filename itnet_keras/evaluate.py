@@ -204,7 +204,8 @@ def evaluation_inputs(model, model_path, data=None, scale=None):
     classes = model_args(model)["num_classes"]
     spec = get_spec(data) if data else get_spec(record["data"]) if "data" in record else spec_with_classes(classes)
     if spec.num_classes != classes:
-        raise ValueError(f"--data {spec.name} has {spec.num_classes} classes but {model_path} predicts {classes}: "
+        named = "" if data else f"{Path(model_path).with_name('config.json')} records "  # not a flag never given
+        raise ValueError(f"{named}--data {spec.name} has {spec.num_classes} classes but {model_path} predicts {classes}: "
                          "evaluate the model on the dataset it was trained on")
     trained = record.get("scale")
     if scale is None and trained is None:

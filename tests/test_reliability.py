@@ -166,6 +166,16 @@ def test_evaluate_refuses_a_class_count_mismatch(finished_run, tmp_path, camvid_
                           "--output", str(tmp_path / "eval")]) == 2
     assert "--data camvid has 11 classes but" in capsys.readouterr().err
     assert not (tmp_path / "eval").exists()
+    # the dataset from the run's config.json: named as its source (was: blamed on a --data not given)
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    record = json.loads((run / "config.json").read_text())
+    record["fit"]["data"] = "camvid"
+    (run / "config.json").write_text(json.dumps(record))
+    assert evaluate.main([str(run / "last.keras"), "--output", str(tmp_path / "eval")]) == 2
+    assert (f"error: {run / 'config.json'} records --data camvid has 11 classes but {run / 'last.keras'} predicts 4"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "eval").exists()
 
 
 def test_evaluate_uses_the_recorded_training_scale_or_warns(finished_run, tmp_path, capsys):
