@@ -15,16 +15,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageOps
 
 from itnet_keras.builtin_data import BUILTIN_NUM_IMAGES, SPLITS, builtin_arrays
 from itnet_keras.console import Progress
+from itnet_keras.image_files import (DatasetError, check_label, display_path, read_image, read_label,
+                                     verify_image)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-class DatasetError(ValueError):
-    """A dataset file or argument is wrong; the message names it and what was expected."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,93 +102,30 @@ def default_data_dir(name):
 # ---------------------------------------------------------------- reading and checking
 
 
-def _display(path, root):
-    """The path as shown in errors: from the dataset folder's name on."""
-    try:
-        return str(Path(path).relative_to(Path(root).parent))
-    except ValueError:
-        return str(path)
-
-
-def _check_depth(image, path, root):
-    """Refuse images of more than 8 bits per channel that PIL reads as one channel: its RGB
-    conversion clips them at 255 (16-bit RGB files are read as 8-bit RGB, and pass)."""
-    if image.mode.startswith("I") or image.mode == "F":
-        raise DatasetError(f"image {_display(path, root)} has PIL mode {image.mode} (one channel of 16 or 32 bits): "
-                           "expected 8-bit RGB or grayscale; convert it to 8 bits first")
-
-
-def read_image(path, root, upright=False):
-    """uint8 RGB [H, W, 3]. `upright`: turned as its EXIF orientation says, as a viewer shows
-    it (photos; a dataset's images are read as stored, like their labels)."""
-    try:
-        with Image.open(path) as image:
-            _check_depth(image, path, root)
-            return np.asarray((ImageOps.exif_transpose(image) if upright else image).convert("RGB"))
-    except DatasetError:
-        raise
-    except Exception as error:  # missing, truncated, not an image
-        raise DatasetError(f"cannot read image {_display(path, root)}: {error}") from None
-
-
-def read_label(path, root):
-    try:
-        with Image.open(path) as image:
-            label = np.asarray(image)
-    except Exception as error:
-        raise DatasetError(f"cannot read label {_display(path, root)}: {error}") from None
-    if label.ndim != 2 or label.dtype != np.uint8:
-        raise DatasetError(f"label {_display(path, root)} has shape {label.shape} and dtype "
-                           f"{label.dtype}: expected a single-channel 8-bit image")
-    return label
-
-
-def check_label(label, max_id, allowed, path, root, what="label"):
-    """Raise unless every value of `label` is in 0..max_id or equal to `allowed`."""
-    if int(label.max()) <= max_id:
-        return
-    values = np.unique(label)
-    bad = values[(values > max_id) & (values != allowed)]
-    if bad.size:
-        raise DatasetError(f"{what} {int(bad[0])} in {_display(path, root)}: expected 0..{max_id}"
-                           + (f" or {allowed} (ignored)" if allowed is not None else ""))
+def _checked_label(label_path, image_size, image_path, spec, root, label_map):
+    """The label, checked against its image's (h, w) and the dataset's ids; mapped to train
+    ids by `label_map` (Cityscapes)."""
+    label = read_label(label_path, root)
+    if label.shape != image_size:
+        raise DatasetError(f"size mismatch: image {display_path(image_path, root)} is "
+                           f"{image_size[1]}x{image_size[0]} but label "
+                           f"{display_path(label_path, root)} is {label.shape[1]}x{label.shape[0]}")
+    if label_map is None:
+        check_label(label, spec.num_classes - 1, spec.ignore_label, label_path, root)
+        return label
+    check_label(label, CITYSCAPES_MAX_LABEL_ID, None, label_path, root, "labelId")
+    return label_map[label]
 
 
 def read_pair(image_path, label_path, spec, root, label_map=None):
     """Read, check and (for Cityscapes) map one image/label pair."""
-    image, label = read_image(image_path, root), read_label(label_path, root)
-    if image.shape[:2] != label.shape:
-        raise DatasetError(f"size mismatch: image {_display(image_path, root)} is "
-                           f"{image.shape[1]}x{image.shape[0]} but label "
-                           f"{_display(label_path, root)} is {label.shape[1]}x{label.shape[0]}")
-    if label_map is None:
-        check_label(label, spec.num_classes - 1, spec.ignore_label, label_path, root)
-    else:
-        check_label(label, CITYSCAPES_MAX_LABEL_ID, None, label_path, root, "labelId")
-        label = label_map[label]
-    return image, label
+    image = read_image(image_path, root)
+    return image, _checked_label(label_path, image.shape[:2], image_path, spec, root, label_map)
 
 
 def check_pair(image_path, label_path, spec, root, label_map=None):
-    """What `read_pair` checks, without decoding the image: its header (size) and its
-    chunks' checksums (PIL `verify`: a truncated file fails), then the label in full."""
-    try:
-        with Image.open(image_path) as image:
-            _check_depth(image, image_path, root)
-            width, height = image.size
-            image.verify()
-    except DatasetError:
-        raise
-    except Exception as error:
-        raise DatasetError(f"cannot read image {_display(image_path, root)}: {error}") from None
-    label = read_label(label_path, root)
-    if label.shape != (height, width):
-        raise DatasetError(f"size mismatch: image {_display(image_path, root)} is {width}x{height} but label "
-                           f"{_display(label_path, root)} is {label.shape[1]}x{label.shape[0]}")
-    if label_map is None:
-        check_label(label, spec.num_classes - 1, spec.ignore_label, label_path, root)
-    else:
-        check_label(label, CITYSCAPES_MAX_LABEL_ID, None, label_path, root, "labelId")
+    """What `read_pair` checks, without decoding the image (`verify_image`)."""
+    _checked_label(label_path, verify_image(image_path, root), image_path, spec, root, label_map)
 
 
 def check_split(split, workers=None, large=200):
@@ -229,23 +163,23 @@ def camvid_samples(root, split):
                            f"`python -m itnet_keras.download camvid --output {root}`")
     list_file = root / f"{split}.txt"
     if not list_file.is_file():
-        raise DatasetError(f"missing list file {_display(list_file, root)} for split {split!r}")
+        raise DatasetError(f"missing list file {display_path(list_file, root)} for split {split!r}")
     samples = []
     for number, line in enumerate(list_file.read_text().splitlines(), 1):
         if not line.strip():
             continue
         paths = line.split()
         if len(paths) != 2:
-            raise DatasetError(f"{_display(list_file, root)} line {number}: {line!r}: "
+            raise DatasetError(f"{display_path(list_file, root)} line {number}: {line!r}: "
                                f"expected 'image_path label_path'")
         pair = tuple(root / p.split("CamVid/")[-1].lstrip("/") for p in paths)
         for path in pair:
             if not path.is_file():
-                raise DatasetError(f"missing file {_display(path, root)} "
-                                   f"(listed in {_display(list_file, root)} line {number})")
+                raise DatasetError(f"missing file {display_path(path, root)} "
+                                   f"(listed in {display_path(list_file, root)} line {number})")
         samples.append(pair)
     if not samples:
-        raise DatasetError(f"list file {_display(list_file, root)} is empty: "
+        raise DatasetError(f"list file {display_path(list_file, root)} is empty: "
                            f"expected lines 'image_path label_path'")
     return samples
 
@@ -263,15 +197,15 @@ def cityscapes_samples(root, split):
                            "pass the folder with --data-dir")
     images = sorted((root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png"))
     if not images:
-        raise DatasetError(f"no images in {_display(root / 'leftImg8bit' / split, root)}: "
+        raise DatasetError(f"no images in {display_path(root / 'leftImg8bit' / split, root)}: "
                            f"expected leftImg8bit/{split}/<city>/<name>_leftImg8bit.png")
     samples = []
     for image in images:
         name = image.name[: -len("_leftImg8bit.png")]
         label = root / "gtFine" / split / image.parent.name / f"{name}_gtFine_labelIds.png"
         if not label.is_file():
-            raise DatasetError(f"missing label {_display(label, root)} "
-                               f"for image {_display(image, root)}")
+            raise DatasetError(f"missing label {display_path(label, root)} "
+                               f"for image {display_path(image, root)}")
         samples.append((image, label))
     return samples
 

@@ -60,7 +60,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from itnet_keras.datasets import DatasetError, read_image  # noqa: E402
+from itnet_keras.image_files import DatasetError, read_image  # noqa: E402
 from itnet_keras.files import write_atomic  # noqa: E402
 from itnet_keras.plots import class_colors  # noqa: E402
 from itnet_keras.predictors import PredictError, TFLitePredictor, open_model  # noqa: E402

@@ -45,6 +45,7 @@ def test_imports_have_no_cycle_and_helpers_are_leaves():
     imports = package_imports()
     floor = floors(imports)
     assert floor["itnet_keras.files"] == floor["itnet_keras.cli"] == floor["itnet_keras.devices"] == 0
+    assert floor["itnet_keras.image_files"] == 0
     assert floor["itnet_keras.presets"] == 0
     assert floor["itnet_keras.model"] < floor["itnet_keras.evaluate"] < floor["itnet_keras.fit"]
     assert floor["itnet_keras.model"] < floor["itnet_keras.batch_norm"] < floor["itnet_keras.fit"]
