@@ -108,10 +108,13 @@ class TFLitePredictor:
             raise PredictError(f"cannot load {path} as an ItNet .tflite file: {error}") from None
         signatures = sorted(interpreter.get_signature_list())
         if "anytime" not in signatures:
-            static = len(signatures) == 1 and signatures[0].startswith("output_")
-            flavor = " (a static-flavour file, of one output)" if static else ""
-            raise PredictError(f"{path} has no `anytime` signature{flavor}, only {', '.join(signatures) or 'none'}: "
-                               "predict runs the loop flavour, `python export/convert.py MODEL.keras --flavor loop`")
+            if "outputs" in signatures:  # the loop flavour of a model built with unroll=True
+                remedy = "its model was built with unroll=True (for measurements); export one built without it"
+            else:
+                static = len(signatures) == 1 and signatures[0].startswith("output_")
+                remedy = (("a static-flavour file, of one output; " if static else "")
+                          + "predict runs the loop flavour, `python export/convert.py MODEL.keras --flavor loop`")
+            raise PredictError(f"{path} has no `anytime` signature, only {', '.join(signatures) or 'none'}: {remedy}")
         self.run = interpreter.get_signature_runner("anytime")
         image = self.run.get_input_details()["image"]
         self.file_size, self.input_dtype = tuple(int(d) for d in image["shape"][1:3]), image["dtype"]

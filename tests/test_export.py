@@ -273,6 +273,42 @@ def test_one_iteration_exports_without_a_loop(val_images, tmp_path):
     session = onnxruntime.InferenceSession(str(tmp_path / "n1_onnx.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"image": images})[0], want, atol=1e-4)
 
+def test_an_unrolled_model_exports_what_it_has(tmp_path, capsys):
+    """A model built with `unroll=True` converts to ONNX without a Loop (was: refused, "0 Loop
+    ops, expected 1"); its .tflite sidecar lists only the signatures the file has (was: also
+    `anytime`), and `predict` says why it cannot run it. At 66x60, whose coarser scales have
+    odd sizes, the ONNX files of both models load in onnxruntime and compute Keras' output
+    (was: refused, a resize by float scales floored to 8 rows where 9 were meant), and the
+    sidecar gives the head's real shape (was: "H/8, W/8")."""
+    import onnxruntime
+
+    from itnet_keras import predict
+    from itnet_keras.export.onnx import convert_onnx
+    from itnet_keras.export.signatures import signatures_of
+
+    size = (66, 60)  # the head's resolution: 9 x 8
+    images = np.random.default_rng(0).random((1, *size, 3), np.float32)
+    for unroll in (False, True):
+        keras.utils.set_random_seed(0)
+        model = build_itnet("tiny", input_shape=(*size, 3), unroll=unroll)
+        path = tmp_path / f"unroll_{unroll}.onnx"
+        assert convert_onnx(model, path, SPEC, size)["ops"].get("Loop", 0) == int(not unroll)
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for got, want in zip(session.run(None, {"image": images}), keras_outputs(model, images)):
+            np.testing.assert_allclose(got, want, atol=1e-4)
+    path = tmp_path / "unrolled.tflite"
+    convert_tflite(model, path, "float32", SPEC, size)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert list(meta["signatures"]) == list(signatures_of(model)) and "anytime" not in meta["signatures"]
+    logits = runner(path, "step")(**runner(path, "encode")(image=images), n=np.int32(1))["logits"]
+    assert logits.shape == (1, 9, 8, SPEC.num_classes)
+    assert "logits [B, 9, 8, C] (the head's resolution" in meta["signatures"]["step"]
+    photo = tmp_path / "photo.png"
+    keras.utils.save_img(photo, np.zeros((*size, 3), np.uint8))
+    assert predict.main([str(path), str(photo), "--output", str(tmp_path / "out")]) == 2
+    assert "its model was built with unroll=True (for measurements)" in capsys.readouterr().err
+
+
 def convert_cli(*args):
     return subprocess.run([sys.executable, str(ROOT / "export" / "convert.py"), *map(str, args)],
                           capture_output=True, text=True, cwd=ROOT)

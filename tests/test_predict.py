@@ -256,7 +256,7 @@ def test_a_static_flavour_file_is_named_as_such(model_file, photos, tmp_path, ca
     model, _ = model_file
     (path,) = convert_static(model, tmp_path / "tiny.tflite", [2], spec=SPEC, input_size=(64, 64))
     assert predict(path, photos, "--output", tmp_path / "out") == 2
-    assert (f"error: {path} has no `anytime` signature (a static-flavour file, of one output), only output_2: "
+    assert (f"error: {path} has no `anytime` signature, only output_2: a static-flavour file, of one output; "
             "predict runs the loop flavour") in capsys.readouterr().err
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from itnet_keras.export.int8_loop import INT8_LOGITS_SIGNATURES
 from itnet_keras.export.static import signature_key
+from itnet_keras.export.signatures import signatures_of, state_shapes
 from itnet_keras.model import model_args
 
 
@@ -47,6 +48,7 @@ def metadata(model, spec, input_size, quant, batch_size=1, calibration=None, ite
     """What an app needs beside the file: labels, input size, normalization, signatures
     (of the static flavour with `iterations`, its output n)."""
     args = model_args(model)
+    head = "[B, {}, {}, C]".format(*state_shapes(model, input_size)[0][1:3])
     scale, offset = spec.normalization
     normalization = f"pixel * {scale:.10g} + {offset:.10g} (RGB, pixel in 0..255)"
     if input_type == "uint8":
@@ -65,13 +67,14 @@ def metadata(model, spec, input_size, quant, batch_size=1, calibration=None, ite
             "anytime": "image, iterations (int32, clamped to 1..N) -> logits",
             "encode": "image -> state_1 .. state_L",
             "step": "state_1 .. state_L, n (int32, 1-based, clamped) -> state_1 .. state_L, "
-                    "logits [B, H/8, W/8, C] (the head's resolution)",
-            "upsample": "logits [B, H/8, W/8, C] from step -> logits [B, H, W, C] (output n)",
+                    f"logits {head} (the head's resolution: ceil(H/8) x ceil(W/8))",
+            "upsample": f"logits {head} from step -> logits [B, H, W, C] (output n)",
             "finish": "state_1 .. state_L after n - 1 steps, n -> logits [B, H, W, C] (output n; "
                       "no state: the cheaper last step)",
         },
         "calibration": calibration,
     }
+    meta["signatures"] = {key: meta["signatures"][key] for key in signatures_of(model)}
     if iterations is not None:
         meta["output_n"] = iterations
         meta["signatures"] = {signature_key(iterations): f"image -> logits [B, H, W, C] of output {iterations}"}

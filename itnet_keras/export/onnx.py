@@ -2,10 +2,11 @@
 
 The file holds the `outputs` function (image -> output_1 .. output_N). Opset 17. The
 first iteration runs before the loop and reads the block's kernels too; a pass after
-tf2onnx stores each kernel once (`_store_weights_once`). Two
+tf2onnx stores each kernel once (`_store_weights_once`). Three
 fixes for tf2onnx: every conv kernel read in the loop body is traced with a static shape
-(`IterativeBlock.static_weight_shapes`), and the `Loop` body's iteration-count and condition inputs are
-declared scalars (onnxruntime refuses a `Loop` whose body inputs have no shape).
+(`IterativeBlock.static_weight_shapes`), the `Loop` body's iteration-count and condition inputs are
+declared scalars (onnxruntime refuses a `Loop` whose body inputs have no shape), and resize
+scales are rounded up (`_round_resize_scales_up`).
 """
 
 import collections
@@ -46,6 +47,29 @@ def _declare_loop_scalars(graph):
 
 
 CONV_LAYOUTS = ((3, 2, 0, 1), (2, 3, 0, 1))  # HWIO -> OIHW (conv), -> (C, 1, kh, kw) (depthwise)
+
+
+def _round_resize_scales_up(graph):
+    """tf2onnx writes a bilinear resize to a static size as `Resize` by float `scales`
+    (size / input size), whose output size ONNX takes as floor(input size x scale): 5 x
+    float32(9 / 5) floors to 8, and onnxruntime refuses the file (a `Concat` of 8 and 9 rows,
+    e.g. at 72x64 and 66x60, where a coarser scale has an odd size). Each scale becomes the
+    next float32 above it, which floors to the size meant for any size below 2**20."""
+    names = {node.input[2] for g in _subgraphs(graph) for node in g.node
+             if node.op_type == "Resize" and len(node.input) > 2 and node.input[2]}
+
+    def rounded_up(tensor):
+        scales = numpy_helper.to_array(tensor)
+        up = np.where(scales == 1, scales, np.nextafter(scales, np.float32(np.inf)))
+        tensor.CopyFrom(numpy_helper.from_array(up.astype(scales.dtype), tensor.name))
+
+    for g in _subgraphs(graph):
+        for initializer in g.initializer:
+            if initializer.name in names:
+                rounded_up(initializer)
+        for node in g.node:
+            if node.op_type == "Constant" and node.output[0] in names:
+                rounded_up(next(a for a in node.attribute if a.name == "value").t)
 
 
 def _used_names(graph):
@@ -105,6 +129,7 @@ def to_onnx(model, input_size, batch_size=1):
     with iterative_block(model).static_weight_shapes():
         proto, _ = tf2onnx.convert.from_function(outputs, input_signature=[spec], opset=OPSET)
     _declare_loop_scalars(proto.graph)
+    _round_resize_scales_up(proto.graph)
     _store_weights_once(proto.graph)
     return proto
 
@@ -157,7 +182,8 @@ def convert_onnx(model, path, spec=None, input_size=None):
         onnx.save(proto, str(candidate))
         onnx.checker.check_model(str(candidate))
         summary = inspect_onnx(candidate)
-        expected = int(iterative_block(model).num_iterations > 1)  # one iteration has no loop to keep
+        block = iterative_block(model)  # one iteration, or an unrolled model, has no loop to keep
+        expected = int(block.num_iterations > 1 and not block.unroll)
         if summary["ops"].get("Loop", 0) != expected:
             raise ExportError(f"{path}: {summary['ops'].get('Loop', 0)} Loop ops, expected {expected}")
         write_atomic(path, candidate.read_bytes(), "wb")

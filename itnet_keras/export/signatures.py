@@ -5,8 +5,8 @@
 | `outputs` | `image` [B, H, W, 3] float32 | `output_1` .. `output_N` logits [B, H, W, C] |
 | `anytime` | `image`, `iterations` int32 scalar (clamped to 1..N) | `logits` of output `iterations` |
 | `encode` | `image` | `state_1` .. `state_L` (the data block's scales) |
-| `step` | `state_1` .. `state_L`, `n` int32 scalar (1-based, clamped) | `state_1` .. `state_L`, `logits` of output n at the head's resolution (H/8, W/8) |
-| `upsample` | `logits` [B, H/8, W/8, C] (from `step`) | `logits` [B, H, W, C]: output n |
+| `step` | `state_1` .. `state_L`, `n` int32 scalar (1-based, clamped) | `state_1` .. `state_L`, `logits` of output n at the head's resolution (ceil(H/8), ceil(W/8)) |
+| `upsample` | `logits` at the head's resolution (from `step`) | `logits` [B, H, W, C]: output n |
 | `finish` | `state_1` .. `state_L`, `n` (as `step`) | `logits` [B, H, W, C]: output n |
 
 Images are normalized as the model was trained (see the metadata), or are uint8 camera
