@@ -8,7 +8,7 @@ import typing
 from dataclasses import dataclass, field
 
 from itnet_keras.cli import SEEDS, boolean
-from itnet_keras.presets import AUGMENT_RECIPES, DATASET_NAMES, MODEL_ARGS
+from itnet_keras.presets import AUGMENT_RECIPES, DATASET_NAMES, MODEL_ARGS, PRESETS
 
 
 def _flag(help, default=None, choices=None):
@@ -19,7 +19,7 @@ def _flag(help, default=None, choices=None):
 class _Training:
     """The fields of `FitConfig` before the model arguments (their order is that of `--help`)."""
 
-    preset: str = _flag("model preset (itnet_keras.PRESETS)", default="tiny")
+    preset: str = _flag("model preset", default="tiny", choices=tuple(PRESETS))
     data: str = _flag("dataset", default="builtin", choices=DATASET_NAMES)
     data_dir: typing.Optional[str] = _flag("dataset folder (default: the dataset's default location)")
     epochs: int = _flag("number of epochs", default=16)

@@ -43,9 +43,10 @@ import keras  # noqa: E402
 
 from itnet_keras.batch_norm import recalibrate, training_images  # noqa: E402
 from itnet_keras.callbacks import EpochProgress, EpochSummary, EpochTensorBoard, StopOnNaN  # noqa: E402
-from itnet_keras.datasets import check_split  # noqa: E402
+from itnet_keras.datasets import check_split, default_data_dir  # noqa: E402
 from itnet_keras.evaluate import evaluate_model, format_outputs, load_itnet, training_summary, write_report  # noqa: E402
 from itnet_keras.files import write_atomic  # noqa: E402
+from itnet_keras.image_files import DatasetError  # noqa: E402
 from itnet_keras.losses import MaskedCrossEntropy, output_weights  # noqa: E402
 from itnet_keras.metrics import SegmentationMeanIoU  # noqa: E402
 from itnet_keras.model import build_itnet, iterative_block, model_args, output_names, training_model  # noqa: E402
@@ -59,7 +60,7 @@ from itnet_keras.run_folder import (  # noqa: E402
 
 
 def learning_rate_schedule(learning_rate, total_steps):
-    """`learning_rate` for the first 70% of the steps, x0.1 up to 85%, x0.01 after (SPEC s.7).
+    """`learning_rate` for the first 70% of the steps, x0.1 up to 85%, x0.01 after (SPEC s.4).
 
     Integer arithmetic (int(0.7 * 90000) is 62999), and boundaries one below the step counts:
     Keras keeps a rate while the 0-based step is at most its boundary."""
@@ -102,9 +103,20 @@ def _datasets(config):
         except argparse.ArgumentTypeError as error:
             raise ConfigError(f"--crop {error}") from None
     common = dict(data_dir=config.data_dir, scale=config.scale, limit=config.limit, batch_size=config.batch_size)
-    train = make_dataset(config.data, "train", training=True, seed=config.seed, crop=crop,
-                         workers=config.workers, augment=config.augment, **common)
-    val = make_dataset(config.data, "val", pad_last=True, **common)
+    try:
+        train = make_dataset(config.data, "train", training=True, seed=config.seed, crop=crop,
+                             workers=config.workers, augment=config.augment, **common)
+        val = make_dataset(config.data, "val", pad_last=True, **common)
+    except DatasetError:
+        raise
+    except ValueError as error:  # a value of --scale, --crop or --batch-size that the data does not fit
+        message = str(error)
+        if message.startswith(("scale ", "crop ")):
+            raise ConfigError(f"--{message}") from None
+        if "expected at least batch_size" in message:
+            limit = f" (--limit {config.limit})" if config.limit else ""
+            raise ConfigError(f"--batch-size {config.batch_size}: {message}{limit}") from None
+        raise
     return train, val
 
 
@@ -159,12 +171,19 @@ def run(config, given=frozenset(), callbacks=()):
         return _run(prepare_folder(config, set(given)), callbacks)
 
 
+def _check_steps(config, steps, epochs, steps_per_epoch):
+    """A resumed run's data gives the batches an epoch its optimizer took: the learning-rate
+    steps and the epochs' batch order count on it."""
+    if steps != epochs * steps_per_epoch:
+        raise ConfigError(f"--data-dir {config.data_dir or default_data_dir(config.data)}: its train split gives "
+                          f"{steps_per_epoch} batches an epoch, but the run's {epochs} epochs took {steps} steps: "
+                          "resume on the data the run was trained on")
+
+
 def _run(config, callbacks):
     folder = Path(config.output)
     keras.utils.set_random_seed(config.seed)
-    train, val = _datasets(config)
-    check_split(train.split)  # every image and label, before the first step
-    check_split(val.split)
+    train, val = _datasets(config)  # the samples' paths: nothing decoded yet
     spec = train.spec
     strategy = _strategy(config)
     with _scope(strategy):
@@ -173,12 +192,13 @@ def _run(config, callbacks):
         names = output_names(len(model.outputs))
         train.output_names = val.output_names = names
         trained, weights = compile_model(model, config, spec, len(train))  # `model` is the one saved
+    check_split(train.split)  # every image and label, before the first step
+    check_split(val.split)
     state = {"epoch": 0, "best": -1.0, "best_epoch": None, "train_seconds": 0.0}
     if config.resume:  # a checkpoint from before `train_seconds` was recorded: unknown
-        state = {"train_seconds": None, **load_checkpoint(folder / "checkpoint.npz", trained)}
-        if state["epoch"] > config.epochs:
-            raise ConfigError(f"--epochs {config.epochs}: the run in {folder} has already completed "
-                              f"{state['epoch']} epochs")
+        with _scope(strategy):  # the optimizer's variables, as the model's
+            state = {"train_seconds": None, **load_checkpoint(folder / "checkpoint.npz", trained)}
+        _check_steps(config, int(keras.ops.convert_to_numpy(trained.optimizer.iterations)), state["epoch"], len(train))
         trim_log(folder / "log.csv", state["epoch"])
         promote_pending(folder, state)
     resolved = {"fit": dataclasses.asdict(config), "model": model_args(model), "dataset": spec.name}

@@ -108,7 +108,11 @@ def prepare_folder(config, given):
                                   "(only --epochs, --data-dir, --workers, --bn-batches and --checkpoint-every "
                                   "may change)")
         changed = {name: getattr(config, name) for name in RESUME_MAY_CHANGE & given}
-        return dataclasses.replace(saved, output=config.output, resume=True, verbose=config.verbose, **changed)
+        resumed = dataclasses.replace(saved, output=config.output, resume=True, verbose=config.verbose, **changed)
+        done = committed_epoch(folder)
+        if done > resumed.epochs:
+            raise ConfigError(f"--epochs {resumed.epochs}: the run in {folder} has already completed {done} epochs")
+        return resumed
     if checkpoint.exists():
         raise ConfigError(f"--output {folder} already holds a run: pass --resume to continue it, "
                           "or choose another folder")

@@ -194,6 +194,15 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     assert [row["epoch"] for row in log_rows(tmp_path / "resumed")] == ["0", "1", "2"]
 
 
+def test_a_mirrored_run_resumes(tmp_path):
+    """`--strategy mirrored` (TensorFlow's MirroredStrategy, one replica here) resumes: the
+    optimizer's variables are made in the strategy's scope (was: RuntimeError, "Need to be
+    inside strategy.scope()", on every --resume of such a run)."""
+    fit.run(*config_for(tmp_path / "run", "--strategy", "mirrored", "--epochs", "1"))
+    fit.run(*parse_config(["--output", str(tmp_path / "run"), "--resume", "--epochs", "2"]))
+    assert checkpoint_arrays(tmp_path / "run")[1]["epoch"] == 2
+
+
 def test_checkpoint_every_k_epochs_and_the_last(tmp_path, monkeypatch):
     """`--checkpoint-every 2` of 5 epochs validates and checkpoints after epochs 2, 4 and 5; a
     run stopped in epoch 3 resumes from epoch 2 and repeats epoch 3. The training time recorded
@@ -377,6 +386,7 @@ def test_unwritable_output_folder(tmp_path):
     (["--bn-placement", "after"], "--bn-placement: invalid choice"),
     (["--weight-sharing", "maybe"], "--weight-sharing: 'maybe': expected true or false"),
     (["--augment", "heavy"], "--augment: invalid choice: 'heavy'"),
+    (["--preset", "huge"], "--preset: invalid choice: 'huge'"),
 ])
 def test_unknown_flag_values_name_the_flag(flags, culprit, capsys):
     with pytest.raises(SystemExit):
@@ -389,8 +399,12 @@ def test_unknown_flag_values_name_the_flag(flags, culprit, capsys):
     (["--crop", "big"], "--crop 'big': expected HEIGHTxWIDTH"),
     (["--crop", "4x4"], "--crop '4x4': expected at least 8x8"),
     (["--width", "1"], "--width 1: expected"),
-    (["--preset", "huge"], "unknown preset 'huge'"),
     (["--bn-batches", "-1"], "--bn-batches -1: expected an integer >= 0"),
+    # values that only the data can refuse (was: named without the flag)
+    (["--crop", "100x100"], "--crop 100x100 for builtin: expected at most the image size 64x64"),
+    (["--scale", "3"], "--scale 3 for builtin: expected a positive integer that divides the image size 64x64"),
+    (["--limit", "4"], "--batch-size 8: builtin train has 4 samples: expected at least batch_size 8 "
+                       "for training (the last incomplete batch is dropped) (--limit 4)"),
 ])
 def test_bad_values_give_one_clear_error(tmp_path, flags, culprit, capsys):
     assert fit.main([*SMALL_RUN, "--output", str(tmp_path / "run"), *flags]) == 2

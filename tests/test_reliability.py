@@ -113,6 +113,32 @@ def test_bad_data_is_found_before_the_first_step(tmp_path, write_camvid, damage,
     assert not (tmp_path / "run").exists()  # the folder this run created is gone again
 
 
+def test_model_flags_are_checked_before_the_data_is_read(tmp_path, write_camvid):
+    """An output-weight schedule that does not fit the model is refused before every image is
+    decoded (was: after the whole check of the data, seconds to minutes)."""
+    root = write_camvid(tmp_path / "camvid", counts={"train": 8, "val": 2}, size=(32, 48))
+    _truncate(root / "val/0001TP_000001.png")
+    config = parse_config(["--data", "camvid", "--data-dir", str(root), "--epochs", "1", "--scale", "4",
+                           "--output-weights", "1,2", "--output", str(tmp_path / "run")])
+    with pytest.raises(ConfigError, match="--output-weights: "):
+        fit.run(*config)
+
+
+def test_a_resume_on_data_of_another_size_is_refused(tmp_path, write_camvid):
+    """The learning-rate steps and the batch order of a resumed run count on its batches an
+    epoch: a --data-dir whose train split has another size is named (was: resumed silently)."""
+    root = write_camvid(tmp_path / "camvid", counts={"train": 8, "val": 2}, size=(32, 48))
+    flags = ["--data", "camvid", "--scale", "4", "--batch-size", "2", "--bn-batches", "0", "--output", str(tmp_path / "run")]
+    fit.run(*parse_config([*flags, "--data-dir", str(root), "--epochs", "1"]))
+    fewer = tmp_path / "fewer"
+    shutil.copytree(root, fewer)
+    lines = (fewer / "train.txt").read_text().splitlines()
+    (fewer / "train.txt").write_text("\n".join(lines[:6]) + "\n")
+    with pytest.raises(ConfigError, match=f"--data-dir {fewer}: its train split gives 3 batches an epoch, but the "
+                                          "run's 1 epochs took 4 steps"):
+        fit.run(*parse_config(["--output", str(tmp_path / "run"), "--resume", "--epochs", "2", "--data-dir", str(fewer)]))
+
+
 def test_cityscapes_check_reads_headers_and_finds_a_truncated_image(tmp_path, write_cityscapes):
     root = write_cityscapes(tmp_path / "cityscapes", splits=("val",))
     split = load_split("cityscapes", "val", root)
@@ -475,3 +501,5 @@ def test_a_finished_run_is_extended_and_never_shortened(run_copy):
     assert json.loads((run_copy / "config.json").read_text())["fit"]["epochs"] == 2
     with pytest.raises(ConfigError, match=r"--epochs 1: the run in .* has already completed 2 epochs"):
         fit.run(*parse_config(["--output", str(run_copy), "--resume", "--epochs", "1"]))
+    with pytest.raises(ConfigError, match=r"--epochs 1: the run in .* has already completed 2 epochs"):
+        run_folder.prepare_folder(*parse_config(["--output", str(run_copy), "--resume", "--epochs", "1"]))  # before any data
