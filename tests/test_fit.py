@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from itnet_keras import build_itnet, console, fit, run_folder
+from itnet_keras import build_itnet, console, fit, fit_report, run_folder
 from itnet_keras.batch_norm import moving_statistics, recalibrate, training_images
 from itnet_keras.config import FitConfig, parse_config
 from itnet_keras.datasets import get_spec
@@ -116,10 +116,10 @@ def test_fit_lowers_the_loss_writes_every_artifact_and_shows_progress(tmp_path, 
             if variable.name.endswith("moving_mean"):
                 variable.assign(variable + 10.0)
 
-    monkeypatch.setattr(fit, "recalibrate", damaging)
+    monkeypatch.setattr(fit_report, "recalibrate", damaging)
     before = [np.array(v) for v in moving_statistics(load_itnet(folder / "best.keras"))]
     config = parse_config([*SMALL_RUN, "--bn-batches", "4", "--output", str(folder)])[0]
-    _, result, record = fit._reported_model(folder / "best.keras", config, train,
+    _, result, record = fit_report._reported_model(folder / "best.keras", config, train,
                                             make_dataset("builtin", "val", limit=32), None)
     assert not record["bn_recalibrated"]
     assert record["last_output_miou"]["recalibrated"] < record["last_output_miou"]["moving_averages"]

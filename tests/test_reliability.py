@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from test_export import export_script
 
-from itnet_keras import build_itnet, datasets, evaluate, files, fit, run_folder
+from itnet_keras import build_itnet, datasets, evaluate, files, fit, fit_report, run_folder
 from itnet_keras.config import parse_config
 from itnet_keras.datasets import DatasetError, load_split
 from itnet_keras.fit import ConfigError, TrainingError
@@ -386,7 +386,7 @@ def test_a_kill_before_the_recalibration_is_recorded_leaves_best_keras_as_traine
     from itnet_keras.batch_norm import moving_statistics
 
     run = tmp_path / "run"
-    evaluate_model, calls = fit.evaluate_model, []
+    evaluate_model, calls = fit_report.evaluate_model, []
 
     def recalibration_wins(model, *args, **kwargs):  # every second evaluation is the recalibrated one's
         result = evaluate_model(model, *args, **kwargs)
@@ -398,9 +398,9 @@ def test_a_kill_before_the_recalibration_is_recorded_leaves_best_keras_as_traine
     def kill_at_the_record(path, state):
         raise KeyboardInterrupt
 
-    commit = fit.record_state
-    monkeypatch.setattr(fit, "evaluate_model", recalibration_wins)
-    monkeypatch.setattr(fit, "record_state", kill_at_the_record)
+    commit = fit_report.record_state
+    monkeypatch.setattr(fit_report, "evaluate_model", recalibration_wins)
+    monkeypatch.setattr(fit_report, "record_state", kill_at_the_record)
     with pytest.raises(KeyboardInterrupt):
         fit.run(*parse_config([*SMALL, "--epochs", "2", "--bn-batches", "4", "--output", str(run)]))
     stats = {path.name: [np.array(v) for v in moving_statistics(evaluate.load_itnet(path))]
@@ -410,7 +410,7 @@ def test_a_kill_before_the_recalibration_is_recorded_leaves_best_keras_as_traine
     pending = f".best-epoch{state['best_epoch']}-recalibrated.pending.keras"
     assert sorted(stats) == [pending, "best.keras"] and "recalibrated" not in state
     assert any(not np.array_equal(a, b) for a, b in zip(stats["best.keras"], stats[pending]))
-    monkeypatch.setattr(fit, "record_state", commit)
+    monkeypatch.setattr(fit_report, "record_state", commit)
     report = fit.run(*parse_config(["--output", str(run), "--resume"]))
     assert report["model"]["bn_recalibrated"]
     for a, b in zip(stats[pending], moving_statistics(evaluate.load_itnet(run / "best.keras"))):
@@ -425,7 +425,7 @@ def test_a_callback_that_stops_between_checkpoints_leaves_the_checkpoints_weight
     the recalibration rewrites the checkpoint's state only, its weights stay epoch 2's (was:
     epoch 3's weights, in memory, saved under epoch 2)."""
     run, committed = tmp_path / "run", {}
-    evaluate_model = fit.evaluate_model
+    evaluate_model = fit_report.evaluate_model
 
     def recalibration_wins(model, *args, **kwargs):  # as in the test above: a record is written
         result = evaluate_model(model, *args, **kwargs)
@@ -441,7 +441,7 @@ def test_a_callback_that_stops_between_checkpoints_leaves_the_checkpoints_weight
             if epoch + 1 == 3:
                 self.model.stop_training = True
 
-    monkeypatch.setattr(fit, "evaluate_model", recalibration_wins)
+    monkeypatch.setattr(fit_report, "evaluate_model", recalibration_wins)
     fit.run(*parse_config([*SMALL, "--epochs", "5", "--checkpoint-every", "2", "--bn-batches", "2",
                            "--output", str(run)]), callbacks=[StopAfterEpoch3()])
     with np.load(run / "checkpoint.npz") as data:
