@@ -6,7 +6,7 @@
 # are also fit's end-to-end images/s at camvid_shared 480x352 batch 8, validation included (issue 12).
 # EPOCHS: the run's total, default the paper's 2000 (the learning rate at 1e-3 until 70% of it; the run
 # is cut off, its last epoch evaluated, and resumed in a later session); EPOCHS=sized: a total sized
-# from the bench's images/s that ends inside the time left (the first session; at the run's 135 epochs
+# from the bench's images/s that ends inside the time left (the first session; at the run's 150-odd epochs
 # such a short total keeps the rate at 1e-4 and 1e-5, where the run no longer gains).
 #
 #   bash tools/device_session.sh                                        # results under $OUT (default device_session/)

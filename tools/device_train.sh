@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The paper's CamVid recipe at full resolution on a GPU for a wall-time budget (issue 14), resuming
-# the open run carried in the repo (device_runs/camvid_shared_full: 102 epochs on the CPU, 20 on a GPU, 13 on the CPU toward 2000 so far), then the recipe comparisons if time remains. One device call,
+# the open run carried in the repo (device_runs/camvid_shared_full, toward 2000 epochs: its log.csv has one row
+# per epoch done, on the CPU and on a GPU; docs/training.md), then the recipe comparisons if time remains. One device call,
 # JAX, no TensorFlow, no network. From the project's root, after `../shared/tools/device-pack`:
 #
 #   bash tools/device_train.sh                                       # results under $OUT (default: device_train/)
