@@ -75,7 +75,7 @@ def dataset_for(model, name, path):
     """The dataset named (with the model's class count), else the one whose class count the model has."""
     classes = model_args(model)["num_classes"]
     if name is None:
-        return spec_with_classes(classes)
+        return spec_with_classes(classes, path)
     spec = get_spec(name)
     if spec.num_classes != classes:  # its labels and normalization would go into the file
         raise DatasetError(f"--data {name}: {spec.num_classes} classes, but {path} has {classes}")

@@ -29,7 +29,8 @@ def build_parser():
     parser.add_argument("file", nargs="?", help="a .keras model or a .tflite file")
     parser.add_argument("--presets", nargs="+", choices=sorted(PRESET_DATASET))
     parser.add_argument("--input-size", type=parse_size, help="HEIGHTxWIDTH")
-    parser.add_argument("--quant", nargs="+", choices=QUANT_MODES, default=["float32"])
+    parser.add_argument("--quant", nargs="+", choices=QUANT_MODES,
+                        help="the files to convert and measure (default: float32); not for a .tflite file")
     parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     parser.add_argument("--output", type=table_path,
                         help="also write the markdown table there, and its data as .json beside it (x.md, x.json)")
@@ -52,7 +53,7 @@ def rows_for(args, work):
         for preset in args.presets:
             size = args.input_size or DATASETS[PRESET_DATASET[preset]].image_size
             model = build_itnet(preset, input_shape=(*size, 3))
-            rows += model_rows(model, preset, size, work, args.quant)
+            rows += model_rows(model, preset, size, work, args.quant or ["float32"])
         return rows
     source = Path(args.file)
     if source.suffix == ".tflite":
@@ -63,7 +64,7 @@ def rows_for(args, work):
     size = args.input_size or tuple(model.input_shape[1:3])
     if None in size:
         raise ValueError(f"{source} has an open input size: pass --input-size HEIGHTxWIDTH")
-    return model_rows(model, source.stem, size, work, args.quant)
+    return model_rows(model, source.stem, size, work, args.quant or ["float32"])
 
 
 def main(argv=None):
@@ -72,6 +73,10 @@ def main(argv=None):
     quiet_startup(args.verbose)
     if (args.file is None) == (args.presets is None):
         parser.error("give a .keras/.tflite file or --presets" + (", not both" if args.file else ""))
+    if args.file and Path(args.file).suffix == ".tflite":
+        for flag, value in (("--quant", args.quant), ("--input-size", args.input_size)):
+            if value:
+                parser.error(f"{flag} is for a .keras model or --presets: {args.file} is converted already")
     try:
         with tempfile.TemporaryDirectory() as work:
             rows = rows_for(args, work)

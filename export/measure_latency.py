@@ -41,12 +41,13 @@ def build_parser():
     parser.add_argument("--quant", nargs="+", choices=QUANT_MODES,
                         help="with --preset: static and loop files in these modes, side by side")
     parser.add_argument("--iterations", type=positive(int), nargs="+", help="--quant: the outputs n (default: the powers of 2 up to N, and N)")
-    parser.add_argument("--input-type", choices=INPUT_TYPES, default="float32",
-                        help="--quant: the input of the int8 files")
+    parser.add_argument("--input-type", choices=INPUT_TYPES,
+                        help="--quant: the input of the int8 files (default: float32)")
     parser.add_argument("--no-loop", action="store_true", help="--quant: static files only")
     parser.add_argument("--model", help="--quant: the files of this trained .keras ItNet (at --preset's dataset)"
                         " instead of random weights")
-    parser.add_argument("--calibration-images", type=positive(int), default=4, help="--quant int8: calibration sample")
+    parser.add_argument("--calibration-images", type=positive(int),
+                        help="--quant int8: calibration sample (default: 4)")
     parser.add_argument("--data-dir", help="--quant int8: dataset folder of the calibration images")
     parser.add_argument("--output", type=table_path,
                         help="also write the markdown table there, and its data as .json beside it (x.md, x.json)")
@@ -113,9 +114,9 @@ def run_quant(args, trained=None):
     iterations = args.iterations or sorted({*(2**k for k in range(n_max.bit_length()) if 2**k <= n_max), n_max})
     images = None
     if "int8" in args.quant:
-        images, _ = calibration_sample(dataset.name, size, args.calibration_images, data_dir=args.data_dir)
+        images, _ = calibration_sample(dataset.name, size, args.calibration_images or 4, data_dir=args.data_dir)
     with tempfile.TemporaryDirectory() as work:
-        files = quant_files(args.preset, size, work, args.quant, iterations, images, args.input_type,
+        files = quant_files(args.preset, size, work, args.quant, iterations, images, args.input_type or "float32",
                             loop=not args.no_loop, trained=trained)
         rows = {}
         for count in args.threads:
@@ -132,8 +133,16 @@ def main(argv=None):
         parser.error("give a .tflite file or --preset" + (", not both" if args.file else ""))
     if args.quant and not args.preset:
         parser.error("--quant needs --preset")
-    if args.model and not args.quant:
-        parser.error("--model needs --quant")
+    quant_only = [flag for flag, value in (("--model", args.model), ("--iterations", args.iterations),
+                                           ("--input-type", args.input_type), ("--no-loop", args.no_loop),
+                                           ("--calibration-images", args.calibration_images),
+                                           ("--data-dir", args.data_dir)) if value]
+    if quant_only and not args.quant:
+        parser.error(f"{quant_only[0]} needs --quant")
+    if args.unrolled and args.preset:
+        parser.error("--unrolled compares with a FILE; --preset makes its own unrolled file")
+    if args.input_size and args.file:
+        parser.error("--input-size is for --preset: a .tflite file has its own input size")
     if args.quant:
         trained = None
         if args.model:
@@ -170,7 +179,11 @@ def main(argv=None):
         if args.preset:
             size = args.input_size or DATASETS[PRESET_DATASET[args.preset]].image_size
             loop_file, unrolled_file, unrolled_anytime = preset_files(args.preset, size, work)
-        rows = measure(loop_file, unrolled_file, args.threads, args.repeats, unrolled_anytime)
+        try:
+            rows = measure(loop_file, unrolled_file, args.threads, args.repeats, unrolled_anytime)
+        except ValueError as error:  # not a loop file
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     table = format_rows(rows)
     print(table)
     if args.output:

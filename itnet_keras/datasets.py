@@ -84,11 +84,12 @@ def get_spec(name):
     return DATASETS[name]
 
 
-def spec_with_classes(num_classes):
-    """The one dataset with `num_classes` classes (a model's dataset when none is named)."""
+def spec_with_classes(num_classes, model="the model"):
+    """The one dataset with `num_classes` classes (the dataset of `model`, a path, when none
+    is named)."""
     matches = [spec for spec in DATASETS.values() if spec.num_classes == num_classes]
     if len(matches) != 1:
-        raise DatasetError(f"the model has {num_classes} classes, which names no single dataset: "
+        raise DatasetError(f"{model} has {num_classes} classes, which names no single dataset: "
                            "pass --data to name its dataset")
     return matches[0]
 

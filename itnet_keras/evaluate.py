@@ -202,7 +202,8 @@ def evaluation_inputs(model, model_path, data=None, scale=None):
     a warning). A dataset whose class count differs from the model's is refused."""
     record = training_record(model_path) or {}
     classes = model_args(model)["num_classes"]
-    spec = get_spec(data) if data else get_spec(record["data"]) if "data" in record else spec_with_classes(classes)
+    spec = get_spec(data) if data else get_spec(record["data"]) if "data" in record \
+        else spec_with_classes(classes, model_path)
     if spec.num_classes != classes:
         named = "" if data else f"{Path(model_path).with_name('config.json')} records "  # not a flag never given
         raise ValueError(f"{named}--data {spec.name} has {spec.num_classes} classes but {model_path} predicts {classes}: "

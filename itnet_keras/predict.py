@@ -184,8 +184,6 @@ def predict_images(args, paths, predictor, folder):
     for path in progress(paths, "predict", unit="images"):
         image = load_image(path)
         size = tuple(predictor.size_for(image.shape[:2]))
-        if min(size) < 8:
-            raise PredictError(f"image {path} is {size[0]}x{size[1]} (height x width): expected at least 8x8")
         if size != image.shape[:2] and isinstance(predictor, TFLitePredictor):
             resized.setdefault(image.shape[:2], []).append(path.name)
         x = resize(image, size)[None]
@@ -220,9 +218,13 @@ def run(args):
     """Check the images, the model and the flags, then predict every image into `--output`;
     returns the summary written to `predictions.json`."""
     paths = find_images(args.images)
-    for path in paths:  # every image readable before any work
-        load_image(path)
+    shapes = {path: load_image(path).shape[:2] for path in paths}  # every image readable before any work
     predictor = open_model(args.model, args.data, args.input_size)
+    for path, (height, width) in shapes.items():  # and large enough for the model
+        size = tuple(predictor.size_for((height, width)))
+        if min(size) < 8:
+            raise PredictError(f"image {path} ({height}x{width}, height x width) runs at {size[0]}x{size[1]}, scaled "
+                               "to the training images' pixel count: expected at least 8x8 (pass --input-size)")
     n_max = predictor.num_iterations
     if args.iterations is not None and not 1 <= args.iterations <= n_max:
         raise PredictError(f"--iterations {args.iterations}: {args.model} has outputs 1..{n_max}")

@@ -349,10 +349,14 @@ def test_cli_errors_name_the_culprit_and_leave_nothing(tiny, tmp_path):
     plain = tmp_path / "plain.keras"
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(plain)
     cases.append(([plain, "--output", out], "not an ItNet"))
+    five = tmp_path / "five.keras"  # no dataset has 5 classes: the model file is named (was: "the model")
+    build_itnet("tiny", num_classes=5).save(five)
+    cases.append(([five, "--output", out], f"{five} has 5 classes, which names no single dataset: pass --data"))
     for args, message in cases:
         result = convert_cli(*args)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-1500:])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json", "file", "mine.json", "other.json", "plain.keras"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json", "file", "five.keras", "mine.json", "other.json",
+                                                          "plain.keras"]
     assert (tmp_path / "other.json").read_text() == '{"format": "tflite"}'
 
 
@@ -440,6 +444,26 @@ def test_measurement_scripts_name_bad_input(tiny, tmp_path, capsys):
             export_script(script).main(["x.keras", "--output", "results.json"])
         assert exit_.value.code == 2 and "argument --output: 'results.json': the table's data goes beside it as " \
             ".json, which would overwrite it; give a .md name" in capsys.readouterr().err, script
+    # flags that would be ignored are refused (was: accepted, and the measurement ran without them)
+    for script, args, message in [
+        ("measure_latency", ["x.tflite", "--iterations", "2"], "--iterations needs --quant"),
+        ("measure_latency", ["x.tflite", "--input-type", "int8"], "--input-type needs --quant"),
+        ("measure_latency", ["x.tflite", "--input-size", "64x64"], "--input-size is for --preset"),
+        ("measure_latency", ["--preset", "tiny", "--unrolled", "u.tflite"], "--unrolled compares with a FILE"),
+        ("graph_memory", ["x.tflite", "--quant", "int8"], "--quant is for a .keras model or --presets"),
+        ("graph_memory", ["x.tflite", "--input-size", "64x64"], "--input-size is for a .keras model or --presets"),
+    ]:
+        with pytest.raises(SystemExit):
+            export_script(script).main(args)
+        assert message in capsys.readouterr().err, (script, args)
+    # a file without the loop's signatures (was: LiteRT's "Invalid signature_key", a traceback)
+    import tensorflow as tf
+
+    plain = tmp_path / "plain.tflite"
+    plain.write_bytes(tf.lite.TFLiteConverter.from_keras_model(
+        keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])).convert())
+    assert measure_latency.main([str(plain), "--repeats", "1", "--threads", "1"]) == 2
+    assert f"error: {plain} has signatures serving_default, not outputs, anytime" in capsys.readouterr().err
     # neither a file nor presets (was: "..., not both")
     for script, what in (("measure_latency", "give a .tflite file or --preset\n"),
                          ("graph_memory", "give a .keras/.tflite file or --presets\n")):

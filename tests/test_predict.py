@@ -195,11 +195,16 @@ def test_deadline_is_measured_on_this_machine(model_file, photos, tmp_path, caps
     (lambda m, p, t: [m, p, "--iterations", "5"], "--iterations 5: {m} has outputs 1..4"),
     (lambda m, p, t: [t / "model.h5", p], "model {t}/model.h5: expected a .keras or a .tflite file"),
     (lambda m, p, t: [m, p, "--data", "camvid"], "--data camvid: 11 classes, but {m} has 4"),
+    # found before any mask is written, with the image's own size (was: after a.png .. c.png's
+    # masks, as "is 6x640", the size it would run at)
+    (lambda m, p, t: [m, p, t / "bad" / "wide.png"],
+     "image {t}/bad/wide.png (10x1000, height x width) runs at 6x640, scaled to the training images' pixel count"),
 ])
 def test_bad_input_gives_one_clear_error(model_file, photos, tmp_path, capsys, make_args, culprit):
     _, path = model_file
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "broken.png").write_bytes(b"not a png")
+    Image.fromarray(np.zeros((10, 1000, 3), np.uint8)).save(tmp_path / "bad" / "wide.png")
     (tmp_path / "model.h5").write_bytes(b"")
     args = make_args(path, photos, tmp_path)
     assert predict(*args, "--output", tmp_path / "out") == 2

@@ -154,9 +154,23 @@ def preset_files(preset, input_size, folder, **model_args):
     return folder / "loop.tflite", folder / "unrolled.tflite", folder / "unrolled_anytime.tflite"
 
 
+LOOP_SIGNATURES = ("outputs", "anytime", "encode", "step", "upsample", "finish")
+
+
+def check_signatures(path, needed):
+    """Raise ValueError naming the file unless it has the signatures `needed`."""
+    found = sorted(Interpreter(model_path=str(path)).get_signature_list())
+    if not set(needed) <= set(found):
+        raise ValueError(f"{path} has signatures {', '.join(found) or 'none'}, not {', '.join(needed)}: expected "
+                         "a loop file of export/convert.py (the default flavour, of a model built without unroll=True)")
+
+
 def measure(loop_file, unrolled_file, threads, repeats, unrolled_anytime=None):
     """One row per thread count: `anytime_s`, `step_s`, `finish_s` (and `unrolled_s`,
     `unrolled_state_s` with an `unrolled_anytime_file`) per n, `loop_outputs_s`, `unrolled_outputs_s`."""
+    check_signatures(loop_file, LOOP_SIGNATURES)
+    if unrolled_file is not None:
+        check_signatures(unrolled_file, ("outputs",))
     n = iterations_of(loop_file)
     rows = []
     for count in threads:
