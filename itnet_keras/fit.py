@@ -198,6 +198,10 @@ def _run(config, callbacks):
         with _scope(strategy):  # the optimizer's variables, as the model's
             state = {"train_seconds": None, **load_checkpoint(folder / "checkpoint.npz", trained)}
         _check_steps(config, int(keras.ops.convert_to_numpy(trained.optimizer.iterations)), state["epoch"], len(train))
+        done = state.get("recalibrated")
+        if done and (done["file"], done["epoch"]) == ("best.keras", state["best_epoch"]):
+            # best.keras was recalibrated in place: a further epoch replaces it only if it beats that score
+            state["best"] = max(state["best"], done["last_output_miou"]["recalibrated"])
         trim_log(folder / "log.csv", state["epoch"])
         promote_pending(folder, state)
     resolved = {"fit": dataclasses.asdict(config), "model": model_args(model), "dataset": spec.name}

@@ -3,6 +3,7 @@ over training batches if that scores higher on val, and its evaluation (evaluati
 the figures beside the run)."""
 
 import dataclasses
+import sys
 import time
 
 from itnet_keras.batch_norm import recalibrate, training_images
@@ -21,6 +22,11 @@ def report_run(folder, config, state, train, val, weights):
     # its batch norms are no longer the training's, and recalibrating again changes nothing.
     done = state.get("recalibrated")
     done = done if done and (done["file"], done["epoch"]) == (best.name, epoch) else None
+    if done and config.bn_batches != done["bn_batches"]:
+        print(f"note: {best} (epoch {epoch}) was recalibrated over {done['bn_batches']} batches by an earlier "
+              f"report of this run, in place; --bn-batches {config.bn_batches} does not redo it (`python -m "
+              f"itnet_keras.recalibrate {best} --batches {config.bn_batches} --output NEW.keras` writes another file)",
+              file=sys.stderr)
     began = time.monotonic()
     model, result, kept = _reported_model(best, config, train, val, weights, done)
     if kept.get("bn_recalibrated") and done is None:

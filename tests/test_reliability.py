@@ -4,6 +4,7 @@
 and test_export_android.py.)
 """
 
+import csv
 import fcntl
 import json
 import os
@@ -418,6 +419,38 @@ def test_a_kill_before_the_recalibration_is_recorded_leaves_best_keras_as_traine
     assert not list(run.glob(".*"))
     again = fit.run(*parse_config(["--output", str(run), "--resume"]))  # recorded: reported so, not redone
     assert again["model"]["bn_recalibrated"] and again["model"]["last_output_miou"] == report["model"]["last_output_miou"]
+
+
+def test_extending_a_recalibrated_run_keeps_best_keras_unless_an_epoch_beats_it(tmp_path, monkeypatch, capsys):
+    """A finished run's best.keras, recalibrated in place, scores its recalibrated mIoU: a run
+    extended by --resume --epochs replaces it only with an epoch that scores higher (was: with
+    any epoch above the training's moving-average score, so a worse file could replace it)."""
+    from itnet_keras.batch_norm import moving_statistics
+
+    run = tmp_path / "run"
+    evaluate_model, calls = fit_report.evaluate_model, []
+
+    def recalibration_wins(model, *args, **kwargs):  # the recalibrated file scores 1 higher: unbeatable
+        result = evaluate_model(model, *args, **kwargs)
+        calls.append(1)
+        if len(calls) % 2 == 0:
+            result["outputs"][-1]["miou"] += 1.0
+        return result
+
+    monkeypatch.setattr(fit_report, "evaluate_model", recalibration_wins)
+    fit.run(*parse_config([*SMALL, "--bn-batches", "2", "--output", str(run)]))
+    kept = [np.array(v) for v in moving_statistics(evaluate.load_itnet(run / "best.keras"))]
+    monkeypatch.undo()
+    report = fit.run(*parse_config(["--output", str(run), "--resume", "--epochs", "3"]))
+    assert (report["model"]["file"], report["model"]["epoch"]) == ("best.keras", 1)
+    for a, b in zip(kept, moving_statistics(evaluate.load_itnet(run / "best.keras"))):
+        np.testing.assert_array_equal(np.array(b), a)
+    assert max(float(row["val_output_4_miou"]) for row in csv.DictReader(open(run / "log.csv"))) > \
+        float(next(csv.DictReader(open(run / "log.csv")))["val_output_4_miou"])  # a later epoch beat epoch 1's averages
+    capsys.readouterr()
+    fit.run(*parse_config(["--output", str(run), "--resume", "--bn-batches", "3"]))  # said, not silently ignored
+    assert (f"note: {run / 'best.keras'} (epoch 1) was recalibrated over 2 batches by an earlier report of this run, "
+            "in place; --bn-batches 3 does not redo it") in capsys.readouterr().err
 
 
 def test_a_callback_that_stops_between_checkpoints_leaves_the_checkpoints_weights(tmp_path, monkeypatch):
