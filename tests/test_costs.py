@@ -69,6 +69,8 @@ def test_command_prints_json(capsys):
 def test_command_table_and_errors(capsys):
     main(["--preset", "camvid_independent", "--width", "30"])
     assert "| 16 | 2.234 |" in capsys.readouterr().out
+    main(["--preset", "tiny"])  # four significant digits (was: 0.000 GMACs for outputs 1 to 3)
+    assert "| 1 | 0.0001446 |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--preset", "nope"])
     assert "unknown preset 'nope'" in capsys.readouterr().err
