@@ -54,16 +54,20 @@ if [ -z "$tiny" ]; then
     train_with "/tmp/device_check/results/flags_${best}_8.flags" "$best: $fastest images/s against the bench's $rate"
     rate=$fastest
   fi
-  # a run cut off: its last epoch recalibrated and evaluated (75 s each at most), after device_train.sh's
-  # own start (about 20 s: JAX started twice to check the GPU and the versions)
-  main_s=$((left - 170))
+  # all the time for training but device_train.sh's own start (about 20 s: JAX started twice to check
+  # the GPU and the versions): a run cut off leaves its last epoch's recalibration and evaluation to
+  # fit's report on another machine (its epoch lines hold val mIoU at outputs 1 and N); 250 s less
+  # 170 for them left 80 s, too few for a first epoch that compiles under unrolling flags
+  main_s=$((left - 25))
   if [ "${EPOCHS:-2000}" = sized ] && ! awk -v r="${rate:-0}" 'BEGIN { exit !(r > 0) }'; then
     echo "EPOCHS=sized: no images/s measured (the bench stage did not run or finish): toward 2000 epochs instead" \
       | tee -a "$OUT/plan.txt"
     EPOCHS=2000
   fi
   if [ "${EPOCHS:-2000}" = sized ]; then   # end inside the time left, its rate steps and report included
-    done=$(( $(tail -n 1 "${RUN:-device_runs/camvid_shared_full}/log.csv" | cut -d, -f1) + 1 ))
+    # the epochs the checkpoint holds (log.csv may hold one more: it is written before the checkpoint)
+    done=$(python3 -c "import json, sys, numpy; print(json.loads(str(numpy.load(sys.argv[1])['state']))['epoch'])" \
+      "${RUN:-device_runs/camvid_shared_full}/checkpoint.npz")
     # 110 s for device_train.sh's start, fit's start-up and compilation, the recalibration and the evaluation
     more=$(awk -v r="$rate" -v s="$left" 'BEGIN { e = int((s - 110) / (367 / r + 0.5)); print e < 1 ? 1 : e }')
     export EPOCHS=$((done + more)) main_s=$((left - 30))

@@ -77,17 +77,22 @@ if [ -z "${DEVICE_TRAIN_TINY:-}" ] && ! $py -c "import jax; assert jax.default_b
     | tee -a "$summary"
   exit 3
 fi
+checkpoint_epoch() {  # checkpoint_epoch RUN_FOLDER: the epochs its checkpoint holds (log.csv may hold one more)
+  $py -c "import json, sys, numpy; print(json.loads(str(numpy.load(sys.argv[1])['state']))['epoch'])" "$1/checkpoint.npz" 2>&1
+}
 pack_main() {  # the run folder as resuming needs it (and its evaluations), into $OUT/main.tar
   [ -f "$run/checkpoint.npz" ] || return 0   # no epoch done (the stage skipped or cut off before one)
-  tar -C "$run" -cf "$OUT/main.tar" --exclude=tensorboard --exclude=last.keras --exclude=latest.keras \
-    --exclude=run.lock --exclude='.*.tmp*' --exclude='.*.pending.keras' . && echo "main.tar: $(du -m "$OUT/main.tar" | cut -f1) MiB" >> "$summary"
+  # written beside and renamed: a kill while the second one is written keeps the first
+  tar -C "$run" -cf "$OUT/.main.tar.tmp" --exclude=tensorboard --exclude=last.keras --exclude=latest.keras \
+    --exclude=run.lock --exclude='.*.tmp*' --exclude='.*.pending.keras' . && mv "$OUT/.main.tar.tmp" "$OUT/main.tar" &&
+    echo "main.tar: $(du -m "$OUT/main.tar" | cut -f1) MiB" >> "$summary"
 }
 
 # 1. The paper's recipe at full resolution, resumed where the repo carries the open run.
 run=$work/run
 if [ -f "$RUN/checkpoint.npz" ]; then
   cp -r "$RUN" "$run"
-  echo "resuming $RUN: $(( $(tail -n 1 "$run/log.csv" | cut -d, -f1) + 1 )) epochs done" >> "$summary"
+  echo "resuming $RUN: $(checkpoint_epoch "$run") epochs done" >> "$summary"
   fit=(--output "$run" --resume --epochs "$EPOCHS" "${moved[@]}")   # the data's place here; the rest is saved
 else
   echo "no checkpoint in ${RUN:-(no RUN given)}: a new run" >> "$summary"
@@ -106,8 +111,7 @@ elif [ -f "$run/last.keras" ]; then   # cut off: its last completed epoch, batch
   stage evaluate_latest $(( $(left) > 75 ? 75 : $(left) )) $py -m itnet_keras.evaluate "$run/latest.keras" \
     "${data[@]}" --split val --output "$run/latest" && miou "$run/latest/evaluation.json"
 fi
-[ -f "$run/checkpoint.npz" ] && $py -c "import json, sys, numpy; print('the checkpoint holds epoch', json.loads(str(numpy.load(sys.argv[1])['state']))['epoch'], \
-'of', sys.argv[2])" "$run/checkpoint.npz" "$EPOCHS" >> "$summary" 2>&1
+[ -f "$run/checkpoint.npz" ] && echo "the checkpoint holds epoch $(checkpoint_epoch "$run") of $EPOCHS" >> "$summary"
 pack_main
 
 # 2. The comparisons (items 2 and 3): same model, epochs and seed; the recipe and the output weights vary.
