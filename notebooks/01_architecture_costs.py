@@ -137,8 +137,9 @@ if committed:
 # 16: 89.7 vs 88.5 ms; all 16 outputs in one call: 129 vs 123 ms); only outputs 5 and 6
 # are above 1.06x, the noise of 5 calls per point (the benchmark in `export/README.md`,
 # with 15, stays within 1.07x). `anytime` computes its last iteration at the finest scale only, as the
-# pruned unrolled graph does. An app that drives the loop and ends with `finish` takes
-# 0.78x to 1.16x; one that decides after each step (`encode` + n `step` + one `upsample`)
+# pruned unrolled graph does. Against an unrolled graph that also returns the state a
+# further step would read (its `state_n` signature), an app that drives the loop and ends
+# with `finish` takes 0.78x to 1.16x; one that decides after each step (`encode` + n `step` + one `upsample`)
 # 0.95x to 1.18x: each interpreter call costs about 0.3 ms, and `step` computes the coarser
 # scales that a further step would read.
 #

@@ -79,7 +79,7 @@ if committed:
 
 # %% [markdown]
 # **Conclusion** (full mode: the independent network, CamVid at 90x120, 15 epochs per run,
-# 5 to 11 minutes each on this CPU; the paper: 480x360, 2000 epochs).
+# 5 to 12 minutes each on this CPU; the paper: 480x360, 2000 epochs).
 #
 # *Batch-norm placement* (Fig. 3a): one batch norm per scale between iterations, with
 # parameters and statistics of its own per iteration, is clearly better than a batch norm

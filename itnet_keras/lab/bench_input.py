@@ -10,7 +10,6 @@ over the following runs. Compare with the training images/s of the same settings
 import argparse
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from itnet_keras.augment import input_size, training_crop
 from itnet_keras.cli import description, positive
@@ -22,7 +21,8 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="python -m itnet_keras.lab.bench_input", description=description(__doc__))
     parser.add_argument("--repeats", type=positive(int), default=5)
     parser.add_argument("--max-batches", type=positive(int), default=64)
-    parser.add_argument("--workers", type=positive(int), default=1)
+    parser.add_argument("--workers", type=positive(int), default=1,
+                        help="threads making each batch, as fit --workers (default: 1)")
     parser.add_argument("--batch-size", type=positive(int), default=8)
     add_verbose_flag(parser)
     return parser
@@ -45,23 +45,23 @@ CONFIGS = [
 ]
 
 
-def images_per_second(dataset, max_batches, workers):
-    """Read up to `max_batches` batches of the current epoch; images per second."""
+def images_per_second(dataset, max_batches):
+    """Read up to `max_batches` batches of the current epoch in order, as `fit` does; images per second."""
     count = min(len(dataset), max_batches)
     start = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        images = sum(len(x) for x, _ in pool.map(dataset.__getitem__, range(count)))
+    images = sum(len(dataset[index][0]) for index in range(count))
     return images / (time.perf_counter() - start)
 
 
 def bench(name, repeats=5, max_batches=64, workers=1, batch_size=8, **kwargs):
-    """(cold images/s, median images/s over `repeats` warm epochs, dataset)."""
-    dataset = make_dataset(name, "train", training=True, batch_size=batch_size, **kwargs)
-    cold = images_per_second(dataset, max_batches, workers)
+    """(cold images/s, median images/s over `repeats` warm epochs, dataset); `workers` threads
+    make each batch, as `fit --workers`."""
+    dataset = make_dataset(name, "train", training=True, batch_size=batch_size, workers=workers, **kwargs)
+    cold = images_per_second(dataset, max_batches)
     warm = []
     for epoch in range(1, repeats + 1):
         dataset.epoch = epoch
-        warm.append(images_per_second(dataset, max_batches, workers))
+        warm.append(images_per_second(dataset, max_batches))
     return cold, statistics.median(warm), dataset
 
 
