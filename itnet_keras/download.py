@@ -130,7 +130,9 @@ def verify_camvid(root, counts=CAMVID_COUNTS, image_size=CAMVID_SIZE):
         lines = [line.split() for line in list_file.read_text().splitlines() if line.strip()]
         if len(lines) != expected:
             raise DownloadError(f"{list_file}: {len(lines)} lines, expected {expected}")
-        for pair in lines:
+        for number, pair in enumerate(lines, 1):
+            if len(pair) != 2:  # what datasets.camvid_samples reads
+                raise DownloadError(f"{list_file}: line {number} has {len(pair)} paths, expected 'image label'")
             for name in pair:
                 if not (root / name.split("CamVid/")[-1].lstrip("/")).is_file():
                     raise DownloadError(f"{list_file} names {name}, which is missing")
@@ -181,7 +183,10 @@ def download_camvid(output, url=CAMVID_URL, counts=CAMVID_COUNTS, image_size=CAM
         fetch(url, archive, **fetch_options)
         extract_camvid(archive, folder, url)
         verify_camvid(folder, counts, image_size)
-        folder.rename(output)
+        try:
+            folder.rename(output)
+        except OSError as error:  # made meanwhile by another process
+            raise DownloadError(f"--output {output}: {error.strerror or error}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"CamVid ready in {output}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

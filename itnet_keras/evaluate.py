@@ -183,6 +183,8 @@ def training_record(model_path):
         scale = record.get("scale", 1)
         if not isinstance(scale, int) or scale < 1:
             raise ValueError(f"scale {scale!r}, expected a positive integer")
+        if "data" in record:
+            get_spec(record["data"])  # a dataset this version knows
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{path} is damaged ({type(error).__name__}: {error}): it should hold the training "
                          f"configuration of {model_path}") from None
@@ -228,7 +230,12 @@ def main(argv=None):
                                scale=scale, limit=args.limit)
         record = training_record(args.model)
         source = {"file": str(args.model), **(training_summary(record) if record else {})}
-        result = write_report(model, dataset, args.output, source=source)
+        if Path(args.output).exists() and not Path(args.output).is_dir():
+            raise ValueError(f"--output {args.output}: a file, not a folder")
+        try:
+            result = write_report(model, dataset, args.output, source=source)
+        except OSError as error:  # the folder, or a file in it, cannot be written
+            raise OSError(f"--output {args.output}: cannot write there ({error.strerror or error})") from None
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

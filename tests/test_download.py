@@ -66,6 +66,20 @@ def test_incomplete_archive_fails_clearly(tmp_path, archive):
     assert list(output.parent.iterdir()) == []
 
 
+def test_a_list_line_of_one_path_fails(tmp_path, archive):
+    """A list line that is not 'image label' (was: verified, then refused by the loader)."""
+    broken = tmp_path / "broken.zip"
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(broken, "w") as target:
+        for member in source.infolist():
+            data = source.read(member)
+            if member.filename.endswith("CamVid/val.txt"):
+                lines = data.decode().splitlines()
+                data = "\n".join([lines[0].split()[0], *lines[1:]]).encode() + b"\n"
+            target.writestr(member, data)
+    with pytest.raises(DownloadError, match=r"val\.txt: line 1 has 1 paths, expected 'image label'"):
+        _download(tmp_path / "data" / "camvid", broken.as_uri())
+
+
 def test_wrong_image_size_fails(tmp_path, archive):
     with pytest.raises(DownloadError, match=r"0001TP_000000\.png is 48x36: expected 480x360"):
         download_camvid(tmp_path / "camvid", archive.as_uri(), counts=COUNTS)

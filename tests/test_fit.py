@@ -457,6 +457,17 @@ def test_evaluate_command(tmp_path, capsys):
     plain.save(tmp_path / "plain.keras")
     assert evaluate.main([str(tmp_path / "plain.keras"), "--output", str(out)]) == 2
     assert "not an ItNet" in capsys.readouterr().err
+    # an --output that is a file (was: "[Errno 17] File exists", no flag named)
+    model = str(tmp_path / "run" / "last.keras")
+    assert evaluate.main([model, "--limit", "8", "--output", str(tmp_path / "plain.keras")]) == 2
+    assert f"error: --output {tmp_path / 'plain.keras'}: a file, not a folder" in capsys.readouterr().err
+    # a config.json naming a dataset this version does not know (was: "unknown dataset", not where it came from)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    config["fit"]["data"] = "camvidx"
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    assert evaluate.main([model, "--output", str(out)]) == 2
+    assert (f"error: {tmp_path / 'run' / 'config.json'} is damaged (DatasetError: unknown dataset 'camvidx'"
+            in capsys.readouterr().err)
 
 
 @pytest.fixture(autouse=True)
