@@ -10,7 +10,7 @@ import numpy as np
 
 from itnet_keras.augment import input_size as dataset_input_size, normalize
 from itnet_keras.console import quietly
-from itnet_keras.datasets import DATASETS
+from itnet_keras.datasets import DATASETS, spec_with_classes
 from itnet_keras.evaluate import load_itnet, training_record
 from itnet_keras.model import anytime, model_args
 
@@ -54,10 +54,7 @@ class KerasPredictor:
     def _dataset(path, record, num_classes):
         if record is not None:
             return _known(record.get("data"), Path(path).with_name("config.json"), "pass --data")
-        matches = [name for name, spec in DATASETS.items() if spec.num_classes == num_classes]
-        if len(matches) != 1:
-            raise PredictError(f"{path} has {num_classes} classes: pass --data to name its dataset")
-        return matches[0]
+        return spec_with_classes(num_classes, path).name
 
     def size_for(self, image_size):
         """`--input-size`, else the image's size scaled to the training images' pixel count:

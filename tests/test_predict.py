@@ -253,6 +253,15 @@ def test_a_dataset_that_does_not_fit_the_model_is_named_where_it_came_from(model
     assert predict(tflite_file, photos, "--data", "builtin", "--output", tmp_path / "out2") == 0
 
 
+def test_a_model_of_a_class_count_no_dataset_has_needs_data(photos, tmp_path, capsys):
+    from itnet_keras import build_itnet
+
+    five = tmp_path / "five.keras"
+    build_itnet("tiny", num_classes=5).save(five)
+    assert predict(five, photos, "--output", tmp_path / "out") == 2
+    assert f"error: {five} has 5 classes, which names no single dataset: pass --data" in capsys.readouterr().err
+
+
 def test_a_static_flavour_file_is_named_as_such(model_file, photos, tmp_path, capsys):
     """`predict` runs a loop file's `anytime` signature: a static file (one output) is refused
     by what it is and what to export instead (was: LiteRT's `Invalid signature_key`)."""
