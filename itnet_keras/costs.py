@@ -147,7 +147,7 @@ def output_costs(model, input_size=None):
 def format_table(rows):
     header = ["output", "MACs (1e9)", "params", "graph MB collapsed", "graph MB unrolled", "depth", "state MB"]
     return markdown_table(header, [
-        [r["output"], f"{r['macs'] / 1e9:.4g}", f"{r['params']:,}", f"{r['graph_bytes_collapsed'] / 1e6:.1f}",
+        [r["output"], f"{r['macs'] / 1e9:#.4g}", f"{r['params']:,}", f"{r['graph_bytes_collapsed'] / 1e6:.1f}",
          f"{r['graph_bytes_unrolled'] / 1e6:.1f}", r["depth"], f"{r['state_bytes'] / 1e6:.3f}"] for r in rows])
 
 

@@ -103,30 +103,31 @@ def default_data_dir(name):
 # ---------------------------------------------------------------- reading and checking
 
 
-def _checked_label(label_path, image_size, image_path, spec, root, label_map):
-    """The label, checked against its image's (h, w) and the dataset's ids; mapped to train
-    ids by `label_map` (Cityscapes)."""
+def _checked_label(label_path, image_size, image_path, spec, root, label_ids):
+    """The label, checked against its image's (h, w) and the dataset's ids (`label_ids`:
+    Cityscapes' labelIds, mapped to train ids after)."""
     label = read_label(label_path, root)
     if label.shape != image_size:
         raise DatasetError(f"size mismatch: image {display_path(image_path, root)} is "
                            f"{image_size[1]}x{image_size[0]} but label "
                            f"{display_path(label_path, root)} is {label.shape[1]}x{label.shape[0]}")
-    if label_map is None:
+    if label_ids:
+        check_label(label, CITYSCAPES_MAX_LABEL_ID, None, label_path, root, "labelId")
+    else:
         check_label(label, spec.num_classes - 1, spec.ignore_label, label_path, root)
-        return label
-    check_label(label, CITYSCAPES_MAX_LABEL_ID, None, label_path, root, "labelId")
-    return label_map[label]
+    return label
 
 
 def read_pair(image_path, label_path, spec, root, label_map=None):
     """Read, check and (for Cityscapes) map one image/label pair."""
     image = read_image(image_path, root)
-    return image, _checked_label(label_path, image.shape[:2], image_path, spec, root, label_map)
+    label = _checked_label(label_path, image.shape[:2], image_path, spec, root, label_map is not None)
+    return image, label if label_map is None else label_map[label]
 
 
 def check_pair(image_path, label_path, spec, root, label_map=None):
     """What `read_pair` checks, without decoding the image (`verify_image`)."""
-    _checked_label(label_path, verify_image(image_path, root), image_path, spec, root, label_map)
+    _checked_label(label_path, verify_image(image_path, root), image_path, spec, root, label_map is not None)
 
 
 def check_split(split, workers=None, large=200):

@@ -12,6 +12,7 @@ beside the model; see `evaluation_inputs`).
 
 import argparse
 import json
+import os
 import sys
 import weakref
 import zipfile
@@ -183,8 +184,6 @@ def training_record(model_path):
         scale = record.get("scale", 1)
         if not isinstance(scale, int) or scale < 1:
             raise ValueError(f"scale {scale!r}, expected a positive integer")
-        if "data" in record:
-            get_spec(record["data"])  # a dataset this version knows
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{path} is damaged ({type(error).__name__}: {error}): it should hold the training "
                          f"configuration of {model_path}") from None
@@ -204,10 +203,18 @@ def evaluation_inputs(model, model_path, data=None, scale=None):
     a warning). A dataset whose class count differs from the model's is refused."""
     record = training_record(model_path) or {}
     classes = model_args(model)["num_classes"]
-    spec = get_spec(data) if data else get_spec(record["data"]) if "data" in record \
-        else spec_with_classes(classes, model_path)
+    config = Path(model_path).with_name("config.json")
+    if data:
+        spec = get_spec(data)
+    elif "data" in record:
+        try:
+            spec = get_spec(record["data"])
+        except ValueError as error:
+            raise ValueError(f"{config}: {error}: pass --data to name the model's dataset") from None
+    else:
+        spec = spec_with_classes(classes, model_path)
     if spec.num_classes != classes:
-        named = "" if data else f"{Path(model_path).with_name('config.json')} records "  # not a flag never given
+        named = "" if data else f"{config} records "  # not a flag never given
         raise ValueError(f"{named}--data {spec.name} has {spec.num_classes} classes but {model_path} predicts {classes}: "
                          "evaluate the model on the dataset it was trained on")
     trained = record.get("scale")
@@ -220,6 +227,16 @@ def evaluation_inputs(model, model_path, data=None, scale=None):
     return spec.name, scale or trained or 1
 
 
+def check_output_folder(path):
+    """Raise unless `path` is a folder, or can be made one, that this process can write to."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--output {path}: a file, not a folder")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--output {path}: cannot write there ({existing} is not a writable folder)")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     quiet_startup(args.verbose)
@@ -230,11 +247,11 @@ def main(argv=None):
                                scale=scale, limit=args.limit)
         record = training_record(args.model)
         source = {"file": str(args.model), **(training_summary(record) if record else {})}
-        if Path(args.output).exists() and not Path(args.output).is_dir():
-            raise ValueError(f"--output {args.output}: a file, not a folder")
+        check_output_folder(args.output)
+        result = evaluate_model(model, dataset)
         try:
-            result = write_report(model, dataset, args.output, source=source)
-        except OSError as error:  # the folder, or a file in it, cannot be written
+            write_report(model, dataset, args.output, source=source, result=result)
+        except OSError as error:
             raise OSError(f"--output {args.output}: cannot write there ({error.strerror or error})") from None
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -191,8 +191,6 @@ def _run(config, callbacks):
         names = output_names(len(model.outputs))
         train.output_names = val.output_names = names
         trained, weights = compile_model(model, config, spec, len(train))  # `model` is the one saved
-    check_split(train.split)  # every image and label, before the first step
-    check_split(val.split)
     state = {"epoch": 0, "best": -1.0, "best_epoch": None, "train_seconds": 0.0}
     if config.resume:  # a checkpoint from before `train_seconds` was recorded: unknown
         with _scope(strategy):  # the optimizer's variables, as the model's
@@ -202,6 +200,9 @@ def _run(config, callbacks):
         if done and (done["file"], done["epoch"]) == ("best.keras", state["best_epoch"]):
             # best.keras was recalibrated in place: a further epoch replaces it only if it beats that score
             state["best"] = max(state["best"], done["last_output_miou"]["recalibrated"])
+    check_split(train.split)  # every image and label, before the first step and before the folder changes
+    check_split(val.split)
+    if config.resume:
         trim_log(folder / "log.csv", state["epoch"])
         promote_pending(folder, state)
     resolved = {"fit": dataclasses.asdict(config), "model": model_args(model), "dataset": spec.name}

@@ -23,10 +23,11 @@ def report_run(folder, config, state, train, val, weights):
     done = state.get("recalibrated")
     done = done if done and (done["file"], done["epoch"]) == (best.name, epoch) else None
     if done and config.bn_batches != done["bn_batches"]:
+        other = (f"does not redo it (`python -m itnet_keras.recalibrate {best} --batches {config.bn_batches} "
+                 "--output NEW.keras` writes another file)" if config.bn_batches
+                 else "cannot undo it (the training's moving averages are no longer in that file)")
         print(f"note: {best} (epoch {epoch}) was recalibrated over {done['bn_batches']} batches by an earlier "
-              f"report of this run, in place; --bn-batches {config.bn_batches} does not redo it (`python -m "
-              f"itnet_keras.recalibrate {best} --batches {config.bn_batches} --output NEW.keras` writes another file)",
-              file=sys.stderr)
+              f"report of this run, in place; --bn-batches {config.bn_batches} {other}", file=sys.stderr)
     began = time.monotonic()
     model, result, kept = _reported_model(best, config, train, val, weights, done)
     if kept.get("bn_recalibrated") and done is None:

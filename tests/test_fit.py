@@ -466,8 +466,8 @@ def test_evaluate_command(tmp_path, capsys):
     config["fit"]["data"] = "camvidx"
     (tmp_path / "run" / "config.json").write_text(json.dumps(config))
     assert evaluate.main([model, "--output", str(out)]) == 2
-    assert (f"error: {tmp_path / 'run' / 'config.json'} is damaged (DatasetError: unknown dataset 'camvidx'"
-            in capsys.readouterr().err)
+    assert f"error: {tmp_path / 'run' / 'config.json'}: unknown dataset 'camvidx'" in capsys.readouterr().err
+    assert evaluate.main([model, "--data", "builtin", "--limit", "8", "--output", str(out)]) == 0  # --data decides
 
 
 @pytest.fixture(autouse=True)

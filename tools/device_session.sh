@@ -5,8 +5,8 @@
 # the time left, with the XLA flags that made the bench's step fastest if at least 5% faster. Its epoch lines
 # are also fit's end-to-end images/s at camvid_shared 480x352 batch 8, validation included (issue 12).
 # EPOCHS: the run's total, default the paper's 2000 (the learning rate at 1e-3 until 70% of it; the run
-# is cut off, its last epoch evaluated, and resumed in a later session); EPOCHS=sized: a total sized
-# from the bench's images/s that ends inside the time left (the first session; at the run's 150-odd epochs
+# is cut off, main.tar keeps its checkpoint and best.keras, and a later session resumes it); EPOCHS=sized: a total sized
+# from the bench's images/s that ends inside the time left (the first session; at the open run's epochs
 # such a short total keeps the rate at 1e-4 and 1e-5, where the run no longer gains).
 #
 #   bash tools/device_session.sh                                        # results under $OUT (default device_session/)
@@ -55,9 +55,9 @@ if [ -z "$tiny" ]; then
     rate=$fastest
   fi
   # all the time for training but device_train.sh's own start (about 20 s: JAX started twice to check
-  # the GPU and the versions): a run cut off leaves its last epoch's recalibration and evaluation to
-  # fit's report on another machine (its epoch lines hold val mIoU at outputs 1 and N); 250 s less
-  # 170 for them left 80 s, too few for a first epoch that compiles under unrolling flags
+  # the GPU and the versions); a run cut off is not evaluated here (its epoch lines hold val mIoU at
+  # outputs 1 and N, and main.tar its best.keras for fit's report elsewhere): reserving 170 s for
+  # that left 80 s of 250, too few for a first epoch that compiles under unrolling flags
   main_s=$((left - 25))
   if [ "${EPOCHS:-2000}" = sized ] && ! awk -v r="${rate:-0}" 'BEGIN { exit !(r > 0) }'; then
     echo "EPOCHS=sized: no images/s measured (the bench stage did not run or finish): toward 2000 epochs instead" \
@@ -66,8 +66,9 @@ if [ -z "$tiny" ]; then
   fi
   if [ "${EPOCHS:-2000}" = sized ]; then   # end inside the time left, its rate steps and report included
     # the epochs the checkpoint holds (log.csv may hold one more: it is written before the checkpoint)
-    done=$(python3 -c "import json, sys, numpy; print(json.loads(str(numpy.load(sys.argv[1])['state']))['epoch'])" \
+    done=$(${PYTHON:-python3} -c "import json, sys, numpy; print(json.loads(str(numpy.load(sys.argv[1])['state']))['epoch'])" \
       "${RUN:-device_runs/camvid_shared_full}/checkpoint.npz")
+    case "$done" in ''|*[!0-9]*) echo "error: EPOCHS=sized: cannot read the epochs done from the run's checkpoint" >&2; exit 2;; esac
     # 110 s for device_train.sh's start, fit's start-up and compilation, the recalibration and the evaluation
     more=$(awk -v r="$rate" -v s="$left" 'BEGIN { e = int((s - 110) / (367 / r + 0.5)); print e < 1 ? 1 : e }')
     export EPOCHS=$((done + more)) main_s=$((left - 30))

@@ -55,21 +55,28 @@ def _round_resize_scales_up(graph):
     float32(9 / 5) floors to 8, and onnxruntime refuses the file (a `Concat` of 8 and 9 rows,
     e.g. at 72x64 and 66x60, where a coarser scale has an odd size). Each scale becomes the
     next float32 above it, which floors to the size meant for any size below 2**20."""
-    names = {node.input[2] for g in _subgraphs(graph) for node in g.node
-             if node.op_type == "Resize" and len(node.input) > 2 and node.input[2]}
+    resizes = [node for g in _subgraphs(graph) for node in g.node
+               if node.op_type == "Resize" and len(node.input) > 2 and node.input[2]]
+    if any(a.name == "mode" and a.s != b"linear" for node in resizes for a in node.attribute):
+        raise ExportError("a Resize other than bilinear: rounding its scales up would shift its pixels")
+    names, rounded = {node.input[2] for node in resizes}, set()
 
-    def rounded_up(tensor):
+    def round_up(tensor, name):
         scales = numpy_helper.to_array(tensor)
         up = np.where(scales == 1, scales, np.nextafter(scales, np.float32(np.inf)))
         tensor.CopyFrom(numpy_helper.from_array(up.astype(scales.dtype), tensor.name))
+        rounded.add(name)
 
     for g in _subgraphs(graph):
         for initializer in g.initializer:
             if initializer.name in names:
-                rounded_up(initializer)
+                round_up(initializer, initializer.name)
         for node in g.node:
-            if node.op_type == "Constant" and node.output[0] in names:
-                rounded_up(next(a for a in node.attribute if a.name == "value").t)
+            value = [a.t for a in node.attribute if a.name == "value"]
+            if node.op_type == "Constant" and node.output[0] in names and value:
+                round_up(value[0], node.output[0])
+    if names - rounded:  # computed at run time: the sizes would need another rewrite
+        raise ExportError(f"Resize scales {sorted(names - rounded)} are not constants: cannot round them up")
 
 
 def _used_names(graph):

@@ -30,6 +30,7 @@ from ai_edge_litert.interpreter import Interpreter
 from itnet_keras.datasets import get_spec
 from itnet_keras.export.camera_input import file_image
 from itnet_keras.export.flatbuffer import iterations_of
+from itnet_keras.export.signatures import SIGNATURES
 from itnet_keras.export.tflite import check_tflite, convert_static, convert_tflite, static_path, tflite_converter
 from itnet_keras.files import write_atomic
 from itnet_keras.layers import resize_like
@@ -154,23 +155,21 @@ def preset_files(preset, input_size, folder, **model_args):
     return folder / "loop.tflite", folder / "unrolled.tflite", folder / "unrolled_anytime.tflite"
 
 
-LOOP_SIGNATURES = ("outputs", "anytime", "encode", "step", "upsample", "finish")
-
-
-def check_signatures(path, needed):
+def check_signatures(path, needed, expected):
     """Raise ValueError naming the file unless it has the signatures `needed`."""
     found = sorted(Interpreter(model_path=str(path)).get_signature_list())
     if not set(needed) <= set(found):
-        raise ValueError(f"{path} has signatures {', '.join(found) or 'none'}, not {', '.join(needed)}: expected "
-                         "a loop file of export/convert.py (the default flavour, of a model built without unroll=True)")
+        raise ValueError(f"{path} has signatures {', '.join(found) or 'none'}, not {', '.join(needed)}: "
+                         f"expected {expected}")
 
 
 def measure(loop_file, unrolled_file, threads, repeats, unrolled_anytime=None):
     """One row per thread count: `anytime_s`, `step_s`, `finish_s` (and `unrolled_s`,
     `unrolled_state_s` with an `unrolled_anytime_file`) per n, `loop_outputs_s`, `unrolled_outputs_s`."""
-    check_signatures(loop_file, LOOP_SIGNATURES)
+    check_signatures(loop_file, SIGNATURES, "a loop file of export/convert.py (its default flavour, of a model "
+                     "built without unroll=True)")
     if unrolled_file is not None:
-        check_signatures(unrolled_file, ("outputs",))
+        check_signatures(unrolled_file, ("outputs",), "the export/convert.py file of a model built with unroll=True")
     n = iterations_of(loop_file)
     rows = []
     for count in threads:
