@@ -140,7 +140,9 @@ class IterationWeights:
         names = [name for name, use in self._usage.items() if use.variable.trainable]
 
         def call(n, state, stats):
-            weights = [ops.convert_to_tensor(self._usage[name].variable) for name in names]
+            # values read from the variables (a TensorFlow variable passed in as itself is counted
+            # twice by an eager `recompute_grad`: as an input and as a variable read)
+            weights = [ops.copy(self._usage[name].variable) for name in names]
             structure = {}
 
             def flat(*values):

@@ -217,7 +217,7 @@ def test_evaluation_compiles_one_prediction_per_split(monkeypatch, tmp_path):
     np.testing.assert_array_equal(predict_classes(model, images, 2), expected)
 
 
-def _loss_and_gradients(remat, dropout, heads=False):
+def _loss_and_gradients(remat, dropout, heads=False, eager=False):
     """Loss, gradients and the outputs' confusion matrices of one training step of `tiny`
     (some pixels ignored), on the model's outputs or, with `heads`, on `training_model`'s
     logits before their resize."""
@@ -231,7 +231,6 @@ def _loss_and_gradients(remat, dropout, heads=False):
     loss_fn = MaskedCrossEntropy(255, remat=remat, resize=heads)
     metrics = [SegmentationMeanIoU(4, 255, resize=heads) for _ in trained.outputs]
 
-    @tf.function
     def step():
         with tf.GradientTape() as tape:
             outputs = trained(images, training=True)
@@ -240,14 +239,16 @@ def _loss_and_gradients(remat, dropout, heads=False):
             metric.update_state(labels, output)
         return loss, tape.gradient(loss, model.trainable_variables)
 
-    loss, gradients = step()
+    loss, gradients = step() if eager else tf.function(step)()
     return float(loss), [np.asarray(g) for g in gradients], [m.confusion_matrix() for m in metrics]
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.1])
-def test_remat_gives_the_same_loss_and_gradients_tensorflow(dropout):
-    loss, gradients, _ = _loss_and_gradients(False, dropout)
-    remat_loss, remat_gradients, _ = _loss_and_gradients(True, dropout)
+@pytest.mark.parametrize("dropout, eager", [(0.0, False), (0.1, False), (0.0, True)])
+def test_remat_gives_the_same_loss_and_gradients_tensorflow(dropout, eager):
+    """Also eagerly (`run_eagerly=True`; was: every block weight's gradient doubled, as
+    `recompute_grad` counted a variable passed in both as an input and as a variable read)."""
+    loss, gradients, _ = _loss_and_gradients(False, dropout, eager=eager)
+    remat_loss, remat_gradients, _ = _loss_and_gradients(True, dropout, eager=eager)
     assert remat_loss == pytest.approx(loss, rel=1e-6)
     assert len(gradients) == len(remat_gradients)
     for a, b in zip(gradients, remat_gradients):
