@@ -160,9 +160,19 @@ def while_ops(model):
             if codes[op.opcodeIndex] == "WHILE"]
 
 
-def loop_carried_types(path):
-    """The dtypes each `WHILE` op of the file carries, one list per `WHILE`."""
-    return [[TYPE_NAMES[graph.tensors[t].type] for t in op.inputs] for graph, op in while_ops(load(path))]
+def loop_carried_types(path, quantized_bodies=False):
+    """The dtypes each `WHILE` op of the file carries, one list per `WHILE`; with
+    `quantized_bodies`, only of those whose body computes something in int8 (the quantizer
+    leaves float a body that calibration never ran: `anytime`'s of N = 2, which runs
+    iterations 2 .. n - 1)."""
+    model = load(path)
+
+    def quantized(op):
+        body = model.subgraphs[op.builtinOptions.bodySubgraphIndex]
+        return any(TYPE_NAMES[body.tensors[t].type] == "int8" for o in body.operators for t in o.outputs)
+
+    return [[TYPE_NAMES[graph.tensors[t].type] for t in op.inputs] for graph, op in while_ops(model)
+            if not quantized_bodies or quantized(op)]
 
 
 def loop_body_dtypes(path):

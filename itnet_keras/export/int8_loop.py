@@ -5,9 +5,11 @@ converter leaves the loop-carried tensors float32 (SPEC s.8): each iteration sta
 `QUANTIZE` (float32 -> int8) and ends with `DEQUANTIZE` (int8 -> float32). `carry_int8`
 rewrites the flatbuffer so that the `WHILE` op carries int8 tensors:
 
-- in the body, the carried input takes the quantization of the `QUANTIZE` that read it,
-  and that op goes; the `DEQUANTIZE` that made the carried output becomes a `QUANTIZE`
-  (int8 -> int8) to the input's scale, so every iteration sees the same parameters;
+- in the body, the carried tensor takes the quantization of the `QUANTIZE` that read it
+  (and that op goes) where that range holds the range the body makes it at; otherwise a
+  range holding both (and the `QUANTIZE` stays, int8 -> int8 to the range it reads at). The
+  `DEQUANTIZE` that made the carried output becomes a `QUANTIZE` (int8 -> int8) to the
+  carried range, so every iteration sees the same parameters and no state is clipped;
 - in the signature's own graph, the float32 value is quantized once before the `WHILE`
   and dequantized once after it.
 
@@ -63,6 +65,25 @@ def _new_op(opcode, inputs, outputs):
     return op
 
 
+def _int8_range(params):
+    scale, zero = float(params.scale[0]), int(params.zeroPoint[0])
+    return scale * (-128 - zero), scale * (127 - zero)
+
+
+def _covering(read, made):
+    """Int8 parameters whose range holds both `read`'s and `made`'s: `read` itself when it
+    holds `made`'s (a state the body makes outside the range it reads it at would be
+    clipped when carried into the next iteration, or out of `anytime`'s loop)."""
+    (read_lo, read_hi), (made_lo, made_hi) = _int8_range(read), _int8_range(made)
+    if read_lo <= made_lo and made_hi <= read_hi:
+        return read
+    lo, hi = min(read_lo, made_lo), max(read_hi, made_hi)
+    params = copy.deepcopy(read)
+    params.scale = [(hi - lo) / 255]
+    params.zeroPoint = [int(min(127, max(-128, round(-128 - lo / params.scale[0]))))]
+    return params
+
+
 def _carry(model, parent, loop, k, codes):
     """Make loop-carried tensor k of the `WHILE` op `loop` int8, when the pattern above holds."""
     options = loop.builtinOptions
@@ -76,15 +97,19 @@ def _carry(model, parent, loop, k, codes):
         return
     if len(readers) > 1 or (readers and codes[readers[0].opcodeIndex] != "QUANTIZE"):
         return
-    if readers:  # the body's first QUANTIZE sets the scale of the carried tensor
+    made = body.tensors[maker.inputs[0]].quantization
+    if readers:  # the range the body reads it at and the range it makes it at, both held
         quantize = readers[0]
         quantized = quantize.outputs[0]
-        params = body.tensors[quantized].quantization
-        for op in body.operators:
-            op.inputs = [body_in if t == quantized else t for t in op.inputs]
-        body.operators.remove(quantize)
+        read = body.tensors[quantized].quantization
+        params = _covering(read, made)
+        if params is read:  # the body reads the carried tensor as it is
+            for op in body.operators:
+                op.inputs = [body_in if t == quantized else t for t in op.inputs]
+            body.operators.remove(quantize)
+        # else the QUANTIZE stays: int8 at the carried range -> int8 at the read range
     else:  # not read inside the body (the latest logits): keep the maker's scale
-        params = body.tensors[maker.inputs[0]].quantization
+        params = made
     for graph, tensor in ((body, body_in), (body, body_out), (cond, cond.inputs[k])):
         graph.tensors[tensor].type = INT8
         graph.tensors[tensor].quantization = copy.deepcopy(params)

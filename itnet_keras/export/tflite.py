@@ -41,8 +41,10 @@ LOOPING_SIGNATURES = ("outputs", "anytime")
 
 def calibration_batches(model, images):
     """The representative dataset of full-integer quantization: every signature, fed the
-    calibration images (one at a time) and, for `step` and `finish`, the states of every
-    iteration."""
+    calibration images (one at a time), `anytime` with every iteration count (the last
+    iteration and the head after its loop are shared by all n: calibrated at n = 1 and N
+    only, outputs 2 .. N-1 fell outside their ranges) and, for `step` and `finish`, the
+    states of every iteration."""
     num_iterations = iterative_block(model).num_iterations
 
     def generate():
@@ -50,8 +52,8 @@ def calibration_batches(model, images):
             image = np.asarray(image, np.float32)[None]
             yield "outputs", {"image": image}
             yield "encode", {"image": image}
-            if "anytime" in signatures_of(model):  # both branches of its IF: output 1, and the loop
-                for count in sorted({1, num_iterations}):
+            if "anytime" in signatures_of(model):  # every n: the ops after its loop serve them all
+                for count in range(1, num_iterations + 1):
                     yield "anytime", {"image": image, "iterations": np.int32(count)}
             state = encode(model, image)
             for n in range(1, num_iterations + 1):
@@ -102,7 +104,10 @@ def check_tflite(path, signatures, loop=True, integer_loop=False):
         expected = 1 if loop and key in LOOPING_SIGNATURES else 0
         if ops.get("WHILE", 0) != expected:
             raise ExportError(f"{path}: signature {key!r} has {ops.get('WHILE', 0)} WHILE ops, expected {expected}")
-    for carried in loop_carried_types(path) if integer_loop else ():
+    carrying = loop_carried_types(path, quantized_bodies=True) if integer_loop else []
+    if integer_loop and loop and not carrying:
+        raise ExportError(f"{path}: no WHILE computes in int8")
+    for carried in carrying:
         if set(carried) - {"int8", "int32"}:
             raise ExportError(f"{path}: a WHILE carries {carried}, expected int8 tensors and int32 counters")
     return summary
