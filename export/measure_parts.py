@@ -75,6 +75,9 @@ def main(argv=None):
             print(f"error: {args.model} has {model_args(trained)['num_classes']} classes, --preset {args.preset}'s "
                   f"dataset {spec.name} {spec.num_classes}", file=sys.stderr)
             return 2
+        if model_args(trained)["num_iterations"] < 2:  # (was: its output 1 timed twice, the second as output 2)
+            print(f"error: {args.model} has one output; the parts are those of outputs 1 and 2", file=sys.stderr)
+            return 2
         model = build_itnet(input_shape=(*spec.image_size, 3), **model_args(trained))
         model.set_weights(trained.get_weights())
     else:

@@ -93,6 +93,9 @@ def validate_model_args(args):
     require(is_int("expansion") and args["expansion"] >= 1, "expansion", "an integer >= 1")
     require(isinstance(args["weight_sharing"], bool), "weight_sharing", "True or False")
     require(args["bn_placement"] in BN_PLACEMENTS, "bn_placement", f"one of {BN_PLACEMENTS}")
-    require(0.0 <= args["dropout"] < 1.0, "dropout", "a rate in [0, 1)")
-    require(math.isfinite(args["l2"]) and args["l2"] >= 0.0, "l2", "a finite factor >= 0")
+    def is_number(name):
+        return isinstance(args[name], (int, float)) and not isinstance(args[name], bool)
+
+    require(is_number("dropout") and 0.0 <= args["dropout"] < 1.0, "dropout", "a rate in [0, 1)")
+    require(is_number("l2") and math.isfinite(args["l2"]) and args["l2"] >= 0.0, "l2", "a finite factor >= 0")
     require(isinstance(args["unroll"], bool), "unroll", "True or False")

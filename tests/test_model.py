@@ -252,6 +252,8 @@ def test_keras_round_trip_in_a_fresh_process(tmp_path):
         (dict(bn_placement="after"), "bn_placement"),
         (dict(preset="nope"), "preset"),
         (dict(widht=8), "widht"),
+        (dict(dropout="0.1"), "dropout='0.1': expected a rate"),  # was: a TypeError of the comparison
+        (dict(l2="1e-5"), "l2='1e-5': expected a finite factor"),
     ],
 )
 def test_bad_arguments_name_the_culprit(kwargs, culprit):
