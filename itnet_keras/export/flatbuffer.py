@@ -6,6 +6,7 @@ word.
 """
 
 import collections
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -208,3 +209,39 @@ def iterations_of(path):
         return json.loads(metadata.read_text())["num_iterations"]
     model = load(path)
     return len(model.signatureDefs[list(signature_subgraphs(model)).index("outputs")].outputs)
+
+
+# -- editing a graph (the int8 rewrites) -------------------------------------------------
+
+
+def uses(graph, tensor):
+    return [op for op in graph.operators if tensor in list(op.inputs)]
+
+
+def producer(graph, tensor):
+    return next((op for op in graph.operators if tensor in list(op.outputs)), None)
+
+
+def new_tensor(graph, like, name, dtype, quantization):
+    tensor = copy.deepcopy(like)
+    tensor.name, tensor.type, tensor.buffer = name, dtype, 0
+    tensor.quantization = copy.deepcopy(quantization)
+    graph.tensors.append(tensor)
+    return len(graph.tensors) - 1
+
+
+def new_op(opcode, inputs, outputs):
+    op = schema.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = opcode, list(inputs), list(outputs)
+    return op
+
+
+def same_params(a, b):
+    return (a is not None and b is not None and list(a.scale) == list(b.scale)
+            and list(a.zeroPoint) == list(b.zeroPoint))
+
+
+def replace_uses(graph, old, new):
+    """Ops that read `old` read `new` (`old` is no graph output: the callers check)."""
+    for op in graph.operators:
+        op.inputs = [new if t == old else t for t in op.inputs]

@@ -36,33 +36,14 @@ import copy
 
 from tensorflow.lite.python import schema_py_generated as schema
 
-from itnet_keras.export.flatbuffer import nested_subgraphs, op_name, parse, serialize, text_of, while_ops
+from itnet_keras.export.flatbuffer import (
+    nested_subgraphs, new_op, new_tensor, op_name, parse, producer, replace_uses, same_params, serialize, text_of,
+    uses, while_ops,
+)
 
 FLOAT32, INT8 = schema.TensorType.FLOAT32, schema.TensorType.INT8
 # The signatures whose full-resolution logits an int8 loop file hands out as int8 (`int8_logits`).
 INT8_LOGITS_SIGNATURES = ("outputs", "anytime", "upsample", "finish")
-
-
-def _uses(graph, tensor):
-    return [op for op in graph.operators if tensor in list(op.inputs)]
-
-
-def _producer(graph, tensor):
-    return next((op for op in graph.operators if tensor in list(op.outputs)), None)
-
-
-def _new_tensor(graph, like, name, dtype, quantization):
-    tensor = copy.deepcopy(like)
-    tensor.name, tensor.type, tensor.buffer = name, dtype, 0
-    tensor.quantization = copy.deepcopy(quantization)
-    graph.tensors.append(tensor)
-    return len(graph.tensors) - 1
-
-
-def _new_op(opcode, inputs, outputs):
-    op = schema.OperatorT()
-    op.opcodeIndex, op.inputs, op.outputs = opcode, list(inputs), list(outputs)
-    return op
 
 
 def _int8_range(params):
@@ -92,8 +73,8 @@ def _carry(model, parent, loop, k, codes):
     body_in, body_out = body.inputs[k], body.outputs[k]
     if parent.tensors[outer_in].type != FLOAT32 or body_in == body_out:
         return
-    readers, maker = _uses(body, body_in), _producer(body, body_out)
-    if maker is None or codes[maker.opcodeIndex] != "DEQUANTIZE" or _uses(body, body_out):
+    readers, maker = uses(body, body_in), producer(body, body_out)
+    if maker is None or codes[maker.opcodeIndex] != "DEQUANTIZE" or uses(body, body_out):
         return
     if len(readers) > 1 or (readers and codes[readers[0].opcodeIndex] != "QUANTIZE"):
         return
@@ -115,12 +96,12 @@ def _carry(model, parent, loop, k, codes):
         graph.tensors[tensor].quantization = copy.deepcopy(params)
     maker.opcodeIndex = codes.index("QUANTIZE")  # requantize to the carried scale
     name = parent.tensors[outer_in].name
-    outer_in_q = _new_tensor(parent, parent.tensors[outer_in], name + b"_int8", INT8, params)
-    outer_out_q = _new_tensor(parent, parent.tensors[outer_out], parent.tensors[outer_out].name + b"_int8",
+    outer_in_q = new_tensor(parent, parent.tensors[outer_in], name + b"_int8", INT8, params)
+    outer_out_q = new_tensor(parent, parent.tensors[outer_out], parent.tensors[outer_out].name + b"_int8",
                               INT8, params)
     at = parent.operators.index(loop)
-    parent.operators.insert(at, _new_op(codes.index("QUANTIZE"), [outer_in], [outer_in_q]))
-    parent.operators.insert(at + 2, _new_op(codes.index("DEQUANTIZE"), [outer_out_q], [outer_out]))
+    parent.operators.insert(at, new_op(codes.index("QUANTIZE"), [outer_in], [outer_in_q]))
+    parent.operators.insert(at + 2, new_op(codes.index("DEQUANTIZE"), [outer_out_q], [outer_out]))
     loop.inputs, loop.outputs = list(loop.inputs), list(loop.outputs)
     loop.inputs[k], loop.outputs[k] = outer_in_q, outer_out_q
 
@@ -141,20 +122,9 @@ def carry_int8(data):
 # -- float islands around control flow ---------------------------------------------------
 
 
-def _same_params(a, b):
-    return (a is not None and b is not None and list(a.scale) == list(b.scale)
-            and list(a.zeroPoint) == list(b.zeroPoint))
-
-
-def _replace_uses(graph, old, new):
-    """Ops that read `old` read `new` (`old` is no graph output: the callers check)."""
-    for op in graph.operators:
-        op.inputs = [new if t == old else t for t in op.inputs]
-
-
 def _dequantized(graph, tensor, codes):
     """The int8 tensor whose `DEQUANTIZE` makes `tensor`, or None."""
-    maker = _producer(graph, tensor)
+    maker = producer(graph, tensor)
     if maker is None or codes[maker.opcodeIndex] != "DEQUANTIZE" or graph.tensors[maker.inputs[0]].type != INT8:
         return None
     return maker.inputs[0]
@@ -187,7 +157,7 @@ def _int8_if(model, parent, op, codes):
         if source is None:
             continue
         inner = [b.inputs[k - 1] for b in branches]
-        if any(t in list(b.outputs) or any(codes[r.opcodeIndex] != "QUANTIZE" for r in _uses(b, t))
+        if any(t in list(b.outputs) or any(codes[r.opcodeIndex] != "QUANTIZE" for r in uses(b, t))
                for b, t in zip(branches, inner)):  # a branch passing it through would hand out int8
             continue
         for branch, tensor in zip(branches, inner):  # each branch's QUANTIZE now requantizes
@@ -197,12 +167,12 @@ def _int8_if(model, parent, op, codes):
         op.inputs[k] = source
         changed = True
     for k, outer in enumerate(list(op.outputs)):
-        readers = _uses(parent, outer)
+        readers = uses(parent, outer)
         if (parent.tensors[outer].type != FLOAT32 or len(readers) != 1 or _is_boundary(parent, outer)
                 or codes[readers[0].opcodeIndex] != "QUANTIZE" or _is_boundary(parent, readers[0].outputs[0])):
             continue
-        makers = [_producer(b, b.outputs[k]) for b in branches]
-        if any(m is None or codes[m.opcodeIndex] != "DEQUANTIZE" or _uses(b, b.outputs[k])
+        makers = [producer(b, b.outputs[k]) for b in branches]
+        if any(m is None or codes[m.opcodeIndex] != "DEQUANTIZE" or uses(b, b.outputs[k])
                for b, m in zip(branches, makers)):
             continue
         quantize = readers[0]
@@ -213,7 +183,7 @@ def _int8_if(model, parent, op, codes):
             branch.tensors[maker.outputs[0]].quantization = copy.deepcopy(params)
         parent.tensors[outer].type = INT8
         parent.tensors[outer].quantization = copy.deepcopy(params)
-        _replace_uses(parent, quantize.outputs[0], outer)
+        replace_uses(parent, quantize.outputs[0], outer)
         parent.operators.remove(quantize)
         changed = True
     return changed
@@ -225,9 +195,9 @@ def _sink_resize(graph, op, codes):
     if source is None:
         return False
     name = graph.tensors[out].name + b"_int8"
-    resized = _new_tensor(graph, graph.tensors[out], name, INT8, graph.tensors[source].quantization)
+    resized = new_tensor(graph, graph.tensors[out], name, INT8, graph.tensors[source].quantization)
     op.inputs, op.outputs = [source, *list(op.inputs)[1:]], [resized]
-    graph.operators.insert(graph.operators.index(op) + 1, _new_op(codes.index("DEQUANTIZE"), [resized], [out]))
+    graph.operators.insert(graph.operators.index(op) + 1, new_op(codes.index("DEQUANTIZE"), [resized], [out]))
     return True
 
 
@@ -235,7 +205,7 @@ def _int8_concatenation(graph, op, codes):
     """A float `CONCATENATION` of dequantized tensors, quantized once: concatenate in int8,
     each input requantized to the output's scale (TFLite's int8 concatenation keeps one)."""
     sources = [_dequantized(graph, t, codes) for t in op.inputs]
-    readers = _uses(graph, op.outputs[0])
+    readers = uses(graph, op.outputs[0])
     if (None in sources or len(readers) != 1 or codes[readers[0].opcodeIndex] != "QUANTIZE"
             or _is_boundary(graph, op.outputs[0])):
         return False
@@ -244,10 +214,10 @@ def _int8_concatenation(graph, op, codes):
     params = graph.tensors[result].quantization
     inputs = []
     for source in sources:
-        if not _same_params(graph.tensors[source].quantization, params):
-            requantized = _new_tensor(graph, graph.tensors[source], graph.tensors[source].name + b"_requantized",
+        if not same_params(graph.tensors[source].quantization, params):
+            requantized = new_tensor(graph, graph.tensors[source], graph.tensors[source].name + b"_requantized",
                                       INT8, params)
-            graph.operators.insert(graph.operators.index(op), _new_op(codes.index("QUANTIZE"), [source], [requantized]))
+            graph.operators.insert(graph.operators.index(op), new_op(codes.index("QUANTIZE"), [source], [requantized]))
             source = requantized
         inputs.append(source)
     op.inputs, op.outputs = inputs, [result]
@@ -264,8 +234,8 @@ def _fold_requantize(graph, op, codes):
         return True
     source, result = op.inputs[0], op.outputs[0]
     if (graph.tensors[source].type == INT8 and not _is_boundary(graph, result)
-            and _same_params(graph.tensors[source].quantization, graph.tensors[result].quantization)):
-        _replace_uses(graph, result, source)
+            and same_params(graph.tensors[source].quantization, graph.tensors[result].quantization)):
+        replace_uses(graph, result, source)
         graph.operators.remove(op)
         return True
     return False
@@ -307,8 +277,8 @@ def int8_logits(data, signatures):
             continue
         graph = model.subgraphs[signature.subgraphIndex]
         for item in signature.outputs:
-            maker = _producer(graph, item.tensorIndex)
-            if maker is None or codes[maker.opcodeIndex] != "DEQUANTIZE" or _uses(graph, item.tensorIndex):
+            maker = producer(graph, item.tensorIndex)
+            if maker is None or codes[maker.opcodeIndex] != "DEQUANTIZE" or uses(graph, item.tensorIndex):
                 continue
             graph.outputs = [maker.inputs[0] if t == item.tensorIndex else t for t in graph.outputs]
             item.tensorIndex = maker.inputs[0]
