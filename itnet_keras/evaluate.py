@@ -12,7 +12,6 @@ beside the model; see `evaluation_inputs`).
 
 import argparse
 import json
-import os
 import sys
 import weakref
 import zipfile
@@ -48,7 +47,7 @@ from keras import ops  # noqa: E402
 
 from itnet_keras.costs import output_costs  # noqa: E402
 from itnet_keras.datasets import get_spec, spec_with_classes  # noqa: E402
-from itnet_keras.files import write_atomic  # noqa: E402
+from itnet_keras.files import output_folder, write_atomic  # noqa: E402
 from itnet_keras.metrics import (  # noqa: E402
     anytime_auc, confusion_matrix, iou_from_confusion, majority_class_miou, mean_iou)
 from itnet_keras.model import model_args  # noqa: E402  (and registers the custom layers for loading)
@@ -227,16 +226,6 @@ def evaluation_inputs(model, model_path, data=None, scale=None):
     return spec.name, scale or trained or 1
 
 
-def check_output_folder(path):
-    """Raise unless `path` is a folder, or can be made one, that this process can write to."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--output {path}: a file, not a folder")
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"--output {path}: cannot write there ({existing} is not a writable folder)")
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
     quiet_startup(args.verbose)
@@ -247,12 +236,12 @@ def main(argv=None):
                                scale=scale, limit=args.limit)
         record = training_record(args.model)
         source = {"file": str(args.model), **(training_summary(record) if record else {})}
-        check_output_folder(args.output)
-        result = evaluate_model(model, dataset)
-        try:
-            write_report(model, dataset, args.output, source=source, result=result)
-        except OSError as error:
-            raise OSError(f"--output {args.output}: cannot write there ({error.strerror or error})") from None
+        with output_folder(args.output) as folder:  # before the evaluation
+            result = evaluate_model(model, dataset)
+            try:
+                write_report(model, dataset, folder, source=source, result=result)
+            except OSError as error:
+                raise OSError(f"--output {folder}: cannot write there ({error.strerror or error})") from None
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -8,6 +8,26 @@ import secrets
 from pathlib import Path
 
 
+@contextlib.contextmanager
+def output_folder(folder):
+    """The `--output` folder, made if missing; a folder made here is removed again if the work
+    inside fails before writing into it. OSError naming `--output` if it cannot be made."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OSError(f"--output {folder}: a file, not a folder")
+    made = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"--output {folder}: cannot write there ({error.strerror or error})") from None
+    try:
+        yield folder
+    except BaseException:
+        if made and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+
+
 def temporary_path(path, suffix=".tmp"):
     """A hidden name beside `path`, unique to this call (process id and a random part)."""
     path = Path(path)

@@ -16,7 +16,6 @@ Masks have each image's own size.
 """
 
 import argparse
-import contextlib
 import glob
 import io
 import json
@@ -61,7 +60,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from itnet_keras.image_files import DatasetError, read_image  # noqa: E402
-from itnet_keras.files import write_atomic  # noqa: E402
+from itnet_keras.files import output_folder, write_atomic  # noqa: E402
 from itnet_keras.plots import class_colors  # noqa: E402
 from itnet_keras.predictors import PredictError, TFLitePredictor, open_model  # noqa: E402
 
@@ -157,23 +156,6 @@ def write_masks(folder, name, image, classes, colors, raw):
     for file, array in zip(written, (mask, overlay, classes.astype(np.uint8))):
         write_png(folder / file, array)
     return written
-
-
-@contextlib.contextmanager
-def output_folder(folder):
-    """`folder`, made if missing; a folder made here is removed again if the work inside fails
-    before writing into it (an image too small, a deadline no output fits)."""
-    made = not folder.exists()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise PredictError(f"--output {folder}: cannot write there ({error.strerror or error})") from None
-    try:
-        yield folder
-    except BaseException:
-        if made and not any(folder.iterdir()):
-            folder.rmdir()
-        raise
 
 
 def predict_images(args, paths, predictor, folder):
