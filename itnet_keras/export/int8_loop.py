@@ -85,8 +85,7 @@ def _carry(model, parent, loop, k, codes):
         read = body.tensors[quantized].quantization
         params = _covering(read, made)
         if params is read:  # the body reads the carried tensor as it is
-            for op in body.operators:
-                op.inputs = [body_in if t == quantized else t for t in op.inputs]
+            replace_uses(body, quantized, body_in)
             body.operators.remove(quantize)
         # else the QUANTIZE stays: int8 at the carried range -> int8 at the read range
     else:  # not read inside the body (the latest logits): keep the maker's scale
