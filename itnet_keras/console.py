@@ -10,6 +10,8 @@
   `MIN_SECONDS`.
 - `stoppable()`: a block in which SIGTERM, like Ctrl-C, raises a `KeyboardInterrupt`
   (`Stopped`), so that cleanup runs; `stopped_by(interrupt)` names it and gives the exit code.
+- `uninterrupted()`: a block that Ctrl-C and SIGTERM do not cut: they take effect at its end
+  (a commit of several files, which a stop between them would leave half done).
 
 Imports nothing of the package, and nothing heavy at import time.
 """
@@ -23,6 +25,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 
@@ -196,6 +199,26 @@ def stoppable():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def uninterrupted():
+    """Ctrl-C and SIGTERM received inside the block are held until it ends, then delivered to
+    the handlers in place before it (so they stop the process as they would have). Signals
+    reach only the main thread: elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+    previous = {number: signal.signal(number, lambda signum, frame: held.append(signum))
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if held:
+            signal.raise_signal(held[0])
 
 
 def stopped_by(interrupt):

@@ -7,7 +7,7 @@ import sys
 import time
 
 from itnet_keras.batch_norm import recalibrate, training_images
-from itnet_keras.console import progress
+from itnet_keras.console import progress, uninterrupted
 from itnet_keras.evaluate import evaluate_model, load_itnet, training_summary, write_report
 from itnet_keras.run_folder import pending_model, promote_pending, record_state, save_model
 
@@ -36,8 +36,9 @@ def report_run(folder, config, state, train, val, weights):
         save_model(model, pending_model(folder, best.name, epoch, recalibrated=True))
         state["recalibrated"] = {"file": best.name, "epoch": epoch, "bn_batches": config.bn_batches,
                                  "last_output_miou": kept["last_output_miou"]}
-        record_state(folder / "checkpoint.npz", state)
-        promote_pending(folder, state)
+        with uninterrupted():
+            record_state(folder / "checkpoint.npz", state)
+            promote_pending(folder, state)
     source = {"file": best.name, "epoch": epoch, "epochs_trained": state["epoch"],
               "train_seconds": state["train_seconds"], "evaluate_seconds": time.monotonic() - began,
               "bn_batches": done["bn_batches"] if done else config.bn_batches, **kept,

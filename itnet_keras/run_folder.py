@@ -17,6 +17,7 @@ import numpy as np
 from keras import ops
 
 from itnet_keras.config import FitConfig, flag_of
+from itnet_keras.console import uninterrupted
 from itnet_keras.files import atomic_path, write_atomic
 
 
@@ -270,5 +271,6 @@ class RunCheckpoint(keras.callbacks.Callback):
         if self.state.get("train_seconds") is not None:
             self.state["train_seconds"] += self.uncommitted
         self.uncommitted = 0.0
-        save_checkpoint(self.folder / "checkpoint.npz", self.model, self.state)
-        promote_pending(self.folder, self.state)
+        with uninterrupted():  # a stop between the two would leave the committed files pending
+            save_checkpoint(self.folder / "checkpoint.npz", self.model, self.state)
+            promote_pending(self.folder, self.state)

@@ -117,3 +117,20 @@ def test_export_script_is_quiet(tmp_path):
     result = _run(["export/convert.py", str(tmp_path / "missing.keras"), "--output", str(tmp_path / "x.tflite")])
     assert result.returncode == 2
     assert result.stderr == f"error: model file {tmp_path / 'missing.keras'} does not exist\n"
+
+
+def test_uninterrupted_holds_a_signal_until_the_block_ends():
+    """A Ctrl-C inside `uninterrupted()` lets the block finish, then interrupts as it would have."""
+    import signal
+
+    finished = []
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with console.uninterrupted():
+                signal.raise_signal(signal.SIGINT)
+                finished.append(True)
+        assert finished == [True]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)

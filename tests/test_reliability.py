@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -378,6 +379,28 @@ def test_a_kill_before_the_checkpoint_leaves_the_model_files_of_the_committed_ep
     report = fit.run(*parse_config(["--output", str(run), "--resume", "--epochs", "1"]))
     assert (report["model"]["file"], report["model"]["epoch"]) == ("best.keras", 1)
     assert not list(run.glob(".*"))  # pending and temporary files removed
+
+
+def test_a_stop_during_the_commit_waits_for_the_model_files_to_be_promoted(tmp_path, monkeypatch):
+    """Ctrl-C arriving while checkpoint.npz is written takes effect once the files it commits are
+    renamed into place: the stopped run's folder has last.keras and best.keras of that epoch and
+    no pending file (was: a stop right after the checkpoint left them pending until a resume)."""
+    run, commit = tmp_path / "run", run_folder.save_checkpoint
+
+    def commit_with_a_ctrl_c(*args):
+        signal.raise_signal(signal.SIGINT)
+        commit(*args)
+
+    monkeypatch.setattr(run_folder, "save_checkpoint", commit_with_a_ctrl_c)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a pytest worker may ignore it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit.run(*parse_config([*SMALL, "--epochs", "2", "--output", str(run)]))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert run_folder.committed_epoch(run) == 1
+    assert sorted(p.name for p in run.glob("*.keras")) == ["best.keras", "last.keras"]
+    assert not list(run.glob(".*"))
 
 
 def test_a_kill_before_the_recalibration_is_recorded_leaves_best_keras_as_trained(tmp_path, monkeypatch):
