@@ -178,15 +178,16 @@ def committed_epoch(folder):
 
 
 def trim_log(path, epochs_done):
-    """Drop log rows of epochs that a resumed run repeats."""
+    """Drop log rows of epochs that a resumed run repeats; the rows kept stay byte for byte
+    (Keras' CSVLogger ends them with CRLF, as the rows it appends next)."""
     if path.is_file():
-        lines = path.read_text().splitlines(keepends=True)
+        lines = path.read_bytes().splitlines(keepends=True)
         try:
-            kept = lines[:1] + [line for line in lines[1:] if int(line.split(",")[0]) < epochs_done]
+            kept = lines[:1] + [line for line in lines[1:] if int(line.split(b",")[0]) < epochs_done]
         except ValueError as error:
             raise TrainingError(f"{path} is damaged ({error}): fix or remove its bad rows (the first column is "
                                 "the epoch), or delete it to start a new log") from None
-        write_atomic(path, "".join(kept))
+        write_atomic(path, b"".join(kept), "wb")
 
 
 def save_model(model, path):

@@ -342,7 +342,9 @@ def test_a_kill_just_after_the_checkpoint_loses_no_log_row(tmp_path, monkeypatch
         fit.run(*parse_config([*SMALL, "--epochs", "2", "--output", str(tmp_path / "run")]))
     monkeypatch.undo()
     fit.run(*parse_config(["--output", str(tmp_path / "run"), "--resume"]))
-    assert [line.split(",")[0] for line in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]] == ["0", "1"]
+    rows = (tmp_path / "run" / "log.csv").read_bytes().splitlines(keepends=True)
+    assert [row.split(b",")[0] for row in rows[1:]] == [b"0", b"1"]
+    assert all(row.endswith(b"\r\n") for row in rows)  # as Keras wrote them (was: the resume's trim made LF of some)
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "train")).Reload()
     assert [e.step for e in events.Scalars("epoch_loss")] == [0, 1]
 
