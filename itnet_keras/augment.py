@@ -32,11 +32,20 @@ def sample_seed(seed, epoch, index):
     return int(np.random.SeedSequence((seed, epoch, index)).generate_state(1)[0])
 
 
+class SizeError(ValueError):
+    """A size the data does not fit: `argument` names it ("scale", "crop", or the pipeline's
+    "batch_size"); a scale's or crop's message begins with that name and the value."""
+
+    def __init__(self, argument, message):
+        super().__init__(message)
+        self.argument = argument
+
+
 def input_size(spec, scale=1):
     """(h, w) of the images after resizing, before cropping."""
     h, w = spec.image_size
     if scale < 1 or h % scale or w % scale:
-        raise ValueError(f"scale {scale} for {spec.name}: expected a positive integer "
+        raise SizeError("scale", f"scale {scale} for {spec.name}: expected a positive integer "
                          f"that divides the image size {h}x{w}")
     return h // scale, w // scale
 
@@ -50,7 +59,7 @@ def training_crop(spec, crop=None, scale=1):
         crop = (spec.train_crop[0] // scale, spec.train_crop[1] // scale)
     crop = tuple(int(c) for c in crop)
     if crop[0] > size[0] or crop[1] > size[1]:
-        raise ValueError(f"crop {crop[0]}x{crop[1]} for {spec.name}: expected at most the "
+        raise SizeError("crop", f"crop {crop[0]}x{crop[1]} for {spec.name}: expected at most the "
                          f"image size {size[0]}x{size[1]} (scale {scale})")
     return crop
 

@@ -40,12 +40,12 @@ if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow load
 
 import keras  # noqa: E402
 
+from itnet_keras.augment import SizeError  # noqa: E402
 from itnet_keras.callbacks import EpochProgress, EpochSummary, EpochTensorBoard, StopOnNaN  # noqa: E402
 from itnet_keras.datasets import check_split, default_data_dir  # noqa: E402
 from itnet_keras.evaluate import format_outputs  # noqa: E402
 from itnet_keras.files import write_atomic  # noqa: E402
 from itnet_keras.fit_report import report_run  # noqa: E402
-from itnet_keras.image_files import DatasetError  # noqa: E402
 from itnet_keras.losses import MaskedCrossEntropy, output_weights  # noqa: E402
 from itnet_keras.metrics import SegmentationMeanIoU  # noqa: E402
 from itnet_keras.model import build_itnet, iterative_block, model_args, output_names, training_model  # noqa: E402
@@ -106,16 +106,11 @@ def _datasets(config):
         train = make_dataset(config.data, "train", training=True, seed=config.seed, crop=crop,
                              workers=config.workers, augment=config.augment, **common)
         val = make_dataset(config.data, "val", pad_last=True, **common)
-    except DatasetError:
-        raise
-    except ValueError as error:  # a value of --scale, --crop or --batch-size that the data does not fit
-        message = str(error)
-        if message.startswith(("scale ", "crop ")):
-            raise ConfigError(f"--{message}") from None
-        if "expected at least batch_size" in message:
+    except SizeError as error:  # a value of --scale, --crop or --batch-size that the data does not fit
+        if error.argument == "batch_size":
             limit = f" (--limit {config.limit})" if config.limit else ""
-            raise ConfigError(f"--batch-size {config.batch_size}: {message}{limit}") from None
-        raise
+            raise ConfigError(f"--batch-size {config.batch_size}: {error}{limit}") from None
+        raise ConfigError(f"--{error}") from None
     return train, val
 
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import keras
 import numpy as np
 
-from itnet_keras.augment import Augmentation, sample_seed
+from itnet_keras.augment import Augmentation, SizeError, sample_seed
 from itnet_keras.datasets import load_split
 
 
@@ -60,10 +60,10 @@ class SegmentationDataset(keras.utils.PyDataset):
         self._in_epoch = False
         self._order = (None, None)  # (epoch, permutation)
         if len(self) == 0:
-            raise ValueError(f"{self.spec.name} {split.split} has {len(split)} samples: "
-                             f"expected at least batch_size {batch_size}"
-                             + (" for training (the last incomplete batch is dropped)"
-                                if training else ""))
+            raise SizeError("batch_size", f"{self.spec.name} {split.split} has {len(split)} samples: "
+                            f"expected at least batch_size {batch_size}"
+                            + (" for training (the last incomplete batch is dropped)"
+                               if training else ""))
 
     def __len__(self):
         count = len(self.split)
