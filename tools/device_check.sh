@@ -20,8 +20,8 @@
 #   5. memory: cityscapes_shared 1024x512 batch-8 training steps with and without --remat (device peak)
 # The stages' limits add up to 1030 s (plus the setup), more than one device call (600 s): choose with STAGES. A device call
 # returns at most 8 files, so $OUT holds three: summary.txt (versions, each stage's exit code and time,
-# the tables), results.tar (bench.md, flags_*.md, fit.md, profile.json, memory*.md; rewritten after every stage, so
-# that a call cut off still returns the stages done) and logs.tar (every stage's log, the profiler trace).
+# the tables), results.tar (bench.md, flags_*.md, fit.md, profile.json, memory*.md) and logs.tar (every stage's log, the
+# profiler trace), both rewritten after every stage so that a call cut off still returns the stages done.
 # With no GPU visible to JAX it stops at once (exit 3) unless DEVICE_CHECK_TINY is set. STAGES="bench profile"
 # (say) runs only those; CHECK_S (seconds from the script's start) cuts the stages' limits to fit.
 set -uo pipefail
@@ -56,6 +56,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log to $work/
   local rc=$?
   echo "$name: exit $rc after $((SECONDS - start)) s" | tee -a "$summary"
   tar -C "$work/results" -cf "$OUT/results.tar" .
+  tar -C "$work" -cf "$OUT/logs.tar" logs   # also after every stage: a call cut off keeps the logs so far
 }
 { echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null)"; nvidia-smi -L 2>/dev/null
   $py -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)"; } >> "$summary" 2>&1

@@ -86,13 +86,13 @@ def main(argv=None):
             rows.append([round_, f"{speeds['blocking']:.1f}", f"{speeds['async']:.1f}",
                          f"{speeds['async'] / speeds['blocking']:.3f}"])
             print(*rows[-1], flush=True)
-    table = markdown_table(["round", "a blocking batch hook (before), images/s", "async-safe hooks (now), images/s",
-                            "now / before"], rows)
-    text = (f"`fit` end to end on {os.environ.get('KERAS_BACKEND', 'tensorflow')}, flags "
-            f"`{' '.join(fit_flags)}`, median of the epochs after the first\n\n{table}\n")
+            table = markdown_table(["round", "a blocking batch hook (before), images/s",
+                                    "async-safe hooks (now), images/s", "now / before"], rows)
+            text = (f"`fit` end to end on {os.environ.get('KERAS_BACKEND', 'tensorflow')}, flags "
+                    f"`{' '.join(fit_flags)}`, median of the epochs after the first\n\n{table}\n")
+            if args.output:  # after every round: a run cut off keeps the rounds done
+                write_atomic(args.output, text)
     print(text)
-    if args.output:
-        write_atomic(args.output, text)
 
 
 if __name__ == "__main__":
