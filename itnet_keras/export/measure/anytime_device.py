@@ -5,10 +5,11 @@ A *policy* makes that decision: `policy(n, logits, previous, elapsed_s, step_s) 
 (go on?), called after iteration n with the logits of output n at the head's resolution
 (H/8 x W/8; and those of output n-1, or None), the seconds this image would have taken if it
 stopped now (so far, and the full-resolution upsampling of the answer, as long as the last
-one) and those of the last step. Policies here:
+one) and those the next step is expected to take (step n + 1 as it took on the image before:
+steps differ, the first has no mixing block). Policies here:
 
 - `fixed(n)`: every image gets n iterations;
-- `deadline(seconds)`: go on while one more step (as long as the last) fits the deadline;
+- `deadline(seconds)`: go on while one more step (as expected) fits the deadline;
 - `until_stable(fraction)`: stop once at most `fraction` of the pixels changed class;
 - `until_confident(probability)`: stop once the mean top-class probability reaches it;
 - `either(a, b)`: stop as soon as one of them says stop (the budgeted batch of Sec. 1).
@@ -26,15 +27,15 @@ from itnet_keras.metrics import mean_iou
 
 
 def fixed(n):
-    return lambda done, logits, previous, elapsed, step: done < n
+    return lambda done, logits, previous, elapsed, next_step: done < n
 
 
 def deadline(seconds):
-    return lambda done, logits, previous, elapsed, step: elapsed + step <= seconds
+    return lambda done, logits, previous, elapsed, next_step: elapsed + next_step <= seconds
 
 
 def until_stable(fraction):
-    def go_on(done, logits, previous, elapsed, step):
+    def go_on(done, logits, previous, elapsed, next_step):
         if previous is None:
             return True
         return np.mean(logits.argmax(-1) != previous.argmax(-1)) > fraction
@@ -43,7 +44,7 @@ def until_stable(fraction):
 
 
 def until_confident(probability):
-    def go_on(done, logits, previous, elapsed, step):
+    def go_on(done, logits, previous, elapsed, next_step):
         shifted = np.exp(logits - logits.max(-1, keepdims=True))
         return np.mean(shifted.max(-1) / shifted.sum(-1)) < probability
 
@@ -57,7 +58,10 @@ def either(*policies):
 class StepRunner:
     """The `encode` and `step` signatures of a loop `.tflite` file, driven one image at a time.
     A file that takes camera bytes (`--input-type uint8|int8`) needs the dataset's
-    `normalization`: the images given are normalized, as a dataset yields them."""
+    `normalization`: the images given are normalized, as a dataset yields them.
+
+    The runner keeps each step's and the upsampling's latest time, the estimates a policy gets;
+    it starts with one warm-up image of all N steps (first calls are slow)."""
 
     def __init__(self, path, threads=2, normalization=None):
         interpreter = Interpreter(model_path=str(path), num_threads=threads)
@@ -67,19 +71,19 @@ class StepRunner:
         self.upsample = interpreter.get_signature_runner("upsample")
         self.state_names = sorted(k for k in self.step.get_output_details() if k.startswith("state_"))
         self.num_iterations = iterations_of(path)
-        logits = self.step.get_output_details()["logits"]
-        start = perf_counter()  # the first upsampling's time, the estimate of the next one
-        self.upsample(logits=np.zeros(logits["shape"], logits["dtype"]))
-        self.upsample_s = perf_counter() - start
+        self.step_s = [0.0] * self.num_iterations
+        self.upsample_s = 0.0
+        details = self.encode.get_input_details()["image"]
+        self.run(np.zeros(details["shape"][1:], details["dtype"]), fixed(self.num_iterations), warm_up=True)
 
-    def run(self, image, policy):
+    def run(self, image, policy, warm_up=False):
         """(logits of the last output computed, iterations done, seconds) for one image [H, W, 3].
 
         Policies see the head's logits (H/8 x W/8, as `step` returns them); the kept logits
         are upsampled to H x W once, and that counts in the seconds (and in the policy's
-        `elapsed_s`, as the last upsampling took)."""
+        `elapsed_s`, as the last upsampling took). `warm_up`: `image` as the file takes it."""
         start = perf_counter()
-        state = self.encode(image=self.image(image[None]))
+        state = self.encode(image=image[None] if warm_up else self.image(image[None]))
         logits, previous, done = None, None, 0
         while done < self.num_iterations:
             before = perf_counter()
@@ -88,8 +92,10 @@ class StepRunner:
             state = {k: out[k] for k in self.state_names}
             previous, logits = logits, out["logits"]
             now = perf_counter()
+            self.step_s[done - 1] = now - before
+            next_step = self.step_s[done] if done < self.num_iterations else 0.0
             if not policy(done, logits[0], None if previous is None else previous[0],
-                          now - start + self.upsample_s, now - before):
+                          now - start + self.upsample_s, next_step):
                 break
         before = perf_counter()
         logits = self.upsample(logits=logits)["logits"][0]
