@@ -118,8 +118,10 @@ class Augmentation:
     def __init__(self, spec, training, crop=None, scale=1, recipe="paper"):
         self.spec, self.training, self.crop, self.scale = spec, training, crop, scale
         self.recipe = check_recipe(recipe)
-        crop = training_crop(spec, crop, scale) if training else None
-        self.output_size = crop or input_size(spec, scale)
+        if training:  # a scale or crop the images do not fit is refused here, not in a worker
+            training_crop(spec, crop, scale)
+        else:
+            input_size(spec, scale)
         self._local = threading.local()
 
     def __call__(self, image, label, seed):

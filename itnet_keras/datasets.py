@@ -166,8 +166,12 @@ def camvid_samples(root, split):
     list_file = root / f"{split}.txt"
     if not list_file.is_file():
         raise DatasetError(f"missing list file {display_path(list_file, root)} for split {split!r}")
+    try:
+        text = list_file.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as error:
+        raise DatasetError(f"cannot read list file {display_path(list_file, root)}: {error}") from None
     samples = []
-    for number, line in enumerate(list_file.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         paths = line.split()

