@@ -70,7 +70,7 @@ from itnet_keras.predictors import PredictError, TFLitePredictor, open_model  # 
 
 def find_images(patterns):
     """Image paths from files, folders (their images, sorted) and glob patterns, in order."""
-    paths = []
+    paths, known = [], set()
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
@@ -85,7 +85,10 @@ def find_images(patterns):
                 raise PredictError(f"pattern {pattern!r} matches no files")
         else:
             raise PredictError(f"image {pattern} does not exist")
-        paths += [p for p in found if p not in paths]
+        for file in found:
+            if file.resolve() not in known:  # the same file once, however it is spelled
+                known.add(file.resolve())
+                paths.append(file)
     stems = {}
     for path in paths:
         if path.stem in stems:
@@ -132,12 +135,32 @@ def time_outputs(predictor, image, deadline_ms, repeats=3):
     return times
 
 
-def iterations_for_deadline(times, deadline_ms):
-    """The largest n whose measured time fits the deadline; PredictError if none does."""
+def iterations_for_deadline(times, deadline_ms, where=""):
+    """The largest n whose measured time fits the deadline; PredictError if none does
+    (`where`: the input size and image it was measured on, for the message)."""
     fitting = [n for n, ms in times.items() if ms <= deadline_ms]
     if not fitting:
-        raise PredictError(f"--deadline-ms {deadline_ms:g}: output 1 alone takes {times[1]:.1f} ms on this machine")
+        raise PredictError(f"--deadline-ms {deadline_ms:g}: output 1 alone takes {times[1]:.1f} ms on this machine"
+                           + (f" {where}" if where else ""))
     return max(fitting)
+
+
+def plan_iterations(args, sizes, predictor):
+    """{input size: (n, {n: measured ms} or None)} for every size the images run at (`sizes`:
+    {path: size}): `--iterations`, else all N, else with `--deadline-ms` the n measured to fit
+    it on the first image of that size. All before any mask is written: a deadline that no
+    output meets stops the command with nothing written."""
+    budgets = {}
+    for path, size in sizes.items():
+        if size in budgets:
+            continue
+        if args.deadline_ms is None:
+            budgets[size] = (args.iterations or predictor.num_iterations, None)
+            continue
+        times = time_outputs(predictor, resize(load_image(path), size)[None], args.deadline_ms)
+        where = f"at {size[0]}x{size[1]} (height x width, measured on {path})"
+        budgets[size] = (iterations_for_deadline(times, args.deadline_ms, where), times)
+    return budgets
 
 
 # -- writing -------------------------------------------------------------------------
@@ -158,25 +181,18 @@ def write_masks(folder, name, image, classes, colors, raw):
     return written
 
 
-def predict_images(args, paths, predictor, folder):
-    """Masks of every image into `folder`; returns the summary written to `predictions.json`."""
-    n_max = predictor.num_iterations
+def predict_images(args, sizes, budgets, predictor, folder):
+    """Masks of every image (`sizes`: {path: input size}, `budgets`: `plan_iterations`') into
+    `folder`; returns the summary written to `predictions.json`."""
     colors = class_colors(predictor.spec.num_classes)
-    budgets, resized, images = {}, {}, []
-    for path in progress(paths, "predict", unit="images"):
+    resized, images = {}, []
+    for path, size in progress(sizes.items(), "predict", unit="images"):
         image = load_image(path)
-        size = tuple(predictor.size_for(image.shape[:2]))
         if size != image.shape[:2] and isinstance(predictor, TFLitePredictor):
             resized.setdefault(image.shape[:2], []).append(path.name)
-        x = resize(image, size)[None]
-        if size not in budgets:
-            if args.deadline_ms is None:
-                budgets[size] = (args.iterations or n_max, None)
-            else:
-                times = time_outputs(predictor, x, args.deadline_ms)
-                budgets[size] = (iterations_for_deadline(times, args.deadline_ms), times)
         n = budgets[size][0]
-        classes = resize(predictor.logits(x, n)[0].argmax(-1).astype(np.uint8), image.shape[:2], nearest=True)
+        classes = resize(predictor.logits(resize(image, size)[None], n)[0].argmax(-1).astype(np.uint8),
+                         image.shape[:2], nearest=True)
         files = write_masks(folder, path.stem, image, classes, colors, args.raw)
         images.append({"image": str(path), "size": list(image.shape[:2]), "input_size": list(size),
                        "iterations": n, "files": files})
@@ -202,8 +218,9 @@ def run(args):
     paths = find_images(args.images)
     shapes = {path: load_image(path).shape[:2] for path in paths}  # every image readable before any work
     predictor = open_model(args.model, args.data, args.input_size)
-    for path, (height, width) in shapes.items():  # and large enough for the model
-        size = tuple(predictor.size_for((height, width)))
+    sizes = {path: tuple(predictor.size_for(shape)) for path, shape in shapes.items()}
+    for path, size in sizes.items():  # every image large enough for the model
+        height, width = shapes[path]
         if min(size) < 8:
             raise PredictError(f"image {path} ({height}x{width}, height x width) runs at {size[0]}x{size[1]}, scaled "
                                "to the training images' pixel count: expected at least 8x8 (pass --input-size)")
@@ -212,8 +229,9 @@ def run(args):
         raise PredictError(f"--iterations {args.iterations}: {args.model} has outputs 1..{n_max}")
     for warning in predictor.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    budgets = plan_iterations(args, sizes, predictor)
     with output_folder(Path(args.output)) as folder:
-        return predict_images(args, paths, predictor, folder)
+        return predict_images(args, sizes, budgets, predictor, folder)
 
 
 def main(argv=None):

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from itnet_keras.augment import input_size as dataset_input_size, normalize
@@ -26,12 +27,36 @@ def _known(dataset, path, remedy):
     return dataset
 
 
+def compiled_anytime(model):
+    """`(images, n) -> logits of output n`, compiled once per image shape on TensorFlow
+    (`tf.function`) and JAX (`jax.jit`): n is a run-time int32, so one compilation serves
+    every n (a model built with `unroll=True` takes n as a Python int: one per n). Eager on
+    other backends. (Called eagerly, JAX traced the loop again at every call.)"""
+    def run(images, n):
+        return anytime(model, images, n)
+
+    backend = keras.backend.backend()
+    dynamic = not model_args(model)["unroll"]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        run = tf.function(run, reduce_retracing=True)
+    elif backend == "jax":
+        import jax
+
+        run = jax.jit(run, static_argnums=() if dynamic else (1,))
+    else:
+        return run
+    return (lambda images, n: run(images, np.int32(n))) if dynamic else run
+
+
 class KerasPredictor:
     """A `.keras` ItNet: `logits(pixels [1, H, W, 3] uint8, n)` through `itnet_keras.anytime`;
     `warnings` says what the user should know (`run` prints them)."""
 
     def __init__(self, path, data=None, input_size=None):
         self.model = load_itnet(path)
+        self._anytime = compiled_anytime(self.model)
         args = model_args(self.model)
         self.num_iterations, self.input_size = args["num_iterations"], input_size
         # The run's config.json, if the model has one beside it: its dataset and scale,
@@ -66,7 +91,7 @@ class KerasPredictor:
         return tuple(round(side * factor) for side in image_size)
 
     def logits(self, pixels, n):
-        return np.asarray(anytime(self.model, normalize(pixels, self.spec), n))
+        return np.asarray(self._anytime(normalize(pixels, self.spec), n))
 
 
 class TFLitePredictor:

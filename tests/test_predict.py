@@ -188,6 +188,42 @@ def test_deadline_is_measured_on_this_machine(model_file, photos, tmp_path, caps
     assert not (tmp_path / "new" / "masks").exists()  # the folder it made, removed with nothing in it
 
 
+def test_a_deadline_missed_at_a_later_size_stops_before_any_mask(model_file, photos, tmp_path, capsys, monkeypatch):
+    """Every input size is timed before the first mask (was: a.png's masks written, then the
+    error for c.png's size, no predictions.json); the error names the size and the image."""
+    _, path = model_file
+    monkeypatch.setattr(predict_module, "time_outputs",
+                        lambda predictor, image, deadline_ms: {1: 1.0 if image.shape[1:3] == (64, 64) else 50.0})
+    out = tmp_path / "out"
+    assert predict(path, photos / "a.png", photos / "c.png", "--deadline-ms", "10", "--output", out) == 2
+    err = capsys.readouterr().err
+    assert "error: --deadline-ms 10: output 1 alone takes 50.0 ms on this machine at 50x83" in err
+    assert f"measured on {photos / 'c.png'}" in err
+    assert not out.exists()
+
+
+def test_keras_predictions_are_compiled_once_per_size(model_file, photos, monkeypatch):
+    """`.keras` outputs run through one compiled function per input size, whatever n (was:
+    eager calls, several times slower, so that --deadline-ms chose too few iterations; on JAX
+    the loop was traced again at every call), and equal the model's anytime outputs."""
+    from itnet_keras import predictors
+
+    model, path = model_file
+    traced = []
+    monkeypatch.setattr(predictors, "anytime", lambda *args: traced.append(1) or anytime(*args))
+    predictor = predictors.KerasPredictor(path, data="builtin")
+    pixels = np.asarray(Image.open(photos / "a.png"))[None]
+    for n in (1, 2, 3, 4, 2):
+        np.testing.assert_allclose(predictor.logits(pixels, n), anytime(model, normalize(pixels, SPEC), n), atol=1e-5)
+    assert len(traced) == 1
+
+
+def test_one_file_named_twice_is_predicted_once(model_file, photos, tmp_path):
+    out = tmp_path / "out"
+    assert predict(model_file[1], photos / "a.png", photos / ".." / photos.name / "a.png", "--output", out) == 0
+    assert [i["image"] for i in json.loads((out / "predictions.json").read_text())["images"]] == [str(photos / "a.png")]
+
+
 @pytest.mark.parametrize("make_args, culprit", [
     (lambda m, p, t: [m, p, t / "bad" / "broken.png"], "cannot read image bad/broken.png"),
     (lambda m, p, t: [m, p / "nothing.png"], "image {p}/nothing.png does not exist"),
