@@ -104,3 +104,7 @@ def test_save_records_mode_budget_and_command(tmp_path):
     assert data["mode"] == "smoke" and data["value"] == 1.5 and data["wall_s"] >= 0
     assert data["command"] == "python -m itnet_keras.lab.notebooks notebooks/01_x.py --mode smoke"
     assert str(path).startswith(str(study.results)) and not str(path).startswith(str(tmp_path))
+    # runs of other epochs than the mode's say so in the budget (was: the mode's 15 beside 5)
+    full = studies.Study("02_x", "full", repo=tmp_path)
+    assert "5 epochs, batch 8" in json.loads(full.save({}, epochs=5).read_text())["budget"]
+    assert "1 epoch," in json.loads(study.save({}, epochs=1).read_text())["budget"]

@@ -159,10 +159,17 @@ class Study:
     def path(self, filename):
         return self.results / filename
 
-    def save(self, results, command=None):
-        """Write results.json (with mode, budget, wall time and the command); returns its path."""
+    def save(self, results, command=None, epochs=None):
+        """Write results.json (with mode, budget, wall time and the command); returns its path.
+        `epochs`: the runs' epochs where the notebook replaced the mode's (as `train` takes them)."""
         command = command or f"python -m itnet_keras.lab.notebooks notebooks/{self.name}.py --mode {self.mode}"
-        data = {"study": self.name, "mode": self.mode, "budget": self.settings.description,
+        budget = self.settings.description
+        if epochs is not None:
+            mode_epochs = f"{self.settings.fit['epochs']} epoch"
+            if mode_epochs not in budget:
+                raise ValueError(f"the {self.mode} mode's description does not name its epochs ({mode_epochs}s)")
+            budget = budget.replace(mode_epochs, f"{epochs} epoch", 1)
+        data = {"study": self.name, "mode": self.mode, "budget": budget,
                 "wall_s": round(time.time() - self.started, 1), "command": command, **results}
         files.write_atomic(self.path("results.json"), json.dumps(data, indent=1, default=_json_default))
         return self.path("results.json")
@@ -184,9 +191,10 @@ def _json_default(value):
 
 
 def summary(result):
-    """The numbers a study compares: first/last/peak mIoU, AUC', MACs, params, graph, state."""
+    """The numbers a study compares: first/last/peak mIoU, AUC', MACs, params, graph, state,
+    and the epoch of the model evaluated (`fit` keeps the one whose last output scored best on val)."""
     first, last = result["outputs"][0], result["outputs"][-1]
-    return {"miou_first": first["miou"], "miou_last": last["miou"],
+    return {"epoch": result.get("model", {}).get("epoch"), "miou_first": first["miou"], "miou_last": last["miou"],
             "miou_peak": max(o["miou"] for o in result["outputs"]),
             "normalized_auc": result["normalized_auc"], "macs_last": last["macs"], "params": last["params"],
             "graph_mb_collapsed": last["graph_bytes_collapsed"] / 1e6,
