@@ -47,9 +47,9 @@ print(f"mode {MODE}: {study.settings.description}")
 # ## Export both trained networks (study 4's runs) and drive them as an app would
 # For each network, every policy runs over the val images, one image at a time:
 # - **fixed budgets**: every image gets n iterations, n = 1..N;
-# - **scenario 1, a deadline**: the app goes on while one more step (as long as the last one)
-#   still fits; deadlines are fractions of the mean time of all N iterations, so they mean
-#   the same on any device;
+# - **scenario 1, a deadline**: the app goes on while one more step (as long as that step
+#   took on the image before) still fits; deadlines are fractions of the mean time of all N
+#   iterations, so they mean the same on any device;
 # - **scenario 2, a budgeted batch**: each image stops when at most a fraction of its pixels
 #   changed class in the last step (`stable`), or when its mean top-class probability reaches
 #   a level (`confident`). Better than fixed budgets means more mIoU for the same average
@@ -124,23 +124,26 @@ if committed:
 
 # %% [markdown]
 # **Conclusion** (full mode: study 4's two networks, CamVid val at 90x120, float32 `.tflite`
-# files on LiteRT with 2 threads on this CPU; the notebook took 85 s).
+# files on LiteRT with 2 threads on this CPU, the background training paused; the notebook
+# took 83 s).
 #
 # *Scenario 1, a deadline* works as the paper describes: the app always has an answer. The
-# shared network needs 8.7 ms per image for all 16 iterations here; with a deadline of 20%
-# of that (1.5 ms on average) it reaches 0.336 mIoU (3.1 iterations on average), with 50%
-# 0.348, and with all 16 iterations 0.311: this network's curve peaks at output 10 (0.365)
+# shared network needs 7.7 ms per image for all 16 iterations here; with a deadline of 20%
+# of that (1.4 ms on average) it reaches 0.334 mIoU (2.9 iterations on average), with 50%
+# 0.354, and with all 16 iterations 0.316: this network's curve peaks at output 10 (0.364)
 # and falls after it (study 4), so a deadline that stops it early even gains. The
-# independent network (17.3 ms for all 16, although it has a third of the MACs: at this tiny
-# size the per-call cost and its per-iteration kernel gathers dominate) reaches 0.314 at 20%,
-# 0.362 at 50% and 0.353 at the end. Deadlines are kept on average, not for every image: the
-# slowest image overran its deadline by up to 0.8 ms (shared) and 2.5 ms (independent),
-# because the policy predicts the next step's time from the last one and a step sometimes
-# takes longer; an app with a hard deadline should keep a margin.
+# independent network (15.0 ms for all 16, although it has a third of the MACs: at this tiny
+# size the per-call cost and its per-iteration kernel gathers dominate) reaches 0.334 at 20%,
+# 0.363 at 50% and 0.355 at the end. Every deadline is kept on average; the slowest image
+# overran its deadline by up to 0.4 ms (shared) and 2.0 ms (independent, on a 2-core
+# machine where one step sometimes takes twice as long): the policy foresees step n + 1 by
+# that step's time on the image before, and an app with a hard deadline should keep a
+# margin. (Before, it foresaw step n + 1 as long as step n, but the first step, without the
+# mixing block, is the shortest: at a 10% deadline both networks overran on average.)
 #
 # *Scenario 2, a budgeted batch* gives nothing here: the policies that stop an image once its
 # prediction stops changing (`stable`) or is confident enough (`confident`) land on or below
-# the fixed-budget curve, from -0.022 to 0.000 mIoU (shared) and from -0.014 to +0.003
+# the fixed-budget curve, from -0.023 to 0.000 mIoU (shared) and from -0.015 to +0.003
 # (independent) against a fixed number of iterations with the same mean. The reason is the
 # curve itself: at our training budget the later outputs add little or lose (shared: 0.337
 # at output 3, 0.365 at its peak, 0.310 at the end), so there is little left for an
