@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from itnet_keras.builtin_data import BUILTIN_NUM_IMAGES, SPLITS, builtin_arrays
+from itnet_keras.builtin_data import BUILTIN_NUM_IMAGES, FRAME_COLORS, SPLITS, builtin_arrays
 from itnet_keras.console import Progress
 from itnet_keras.image_files import (DatasetError, check_label, display_path, read_image, read_label,
                                      verify_image)
@@ -30,6 +30,7 @@ class DatasetSpec:
     num_classes: int
     ignore_label: int  # pixels with this label count in neither the loss nor mIoU
     class_names: tuple
+    colors: tuple  # RGB of each class in masks and figures: the dataset's own palette
     image_size: tuple  # (h, w) of the network input after resizing, before cropping
     train_crop: tuple | None  # (h, w) random training crop, or None
     normalization: tuple  # (scale, offset): pixel * scale + offset
@@ -42,15 +43,23 @@ DATASETS = {
         "camvid", 11, 11,
         ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol",
          "fence", "car", "pedestrian", "bicyclist"),
+        # CamVid's colour-coded labels (Brostow et al.), for these 11 classes
+        ((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (0, 0, 192), (128, 128, 0),
+         (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)),
         (360, 480), (352, 480), (1 / 255, 0.0), chance_miou=0.00828),  # the paper's (SPEC s.5)
     "cityscapes": DatasetSpec(
         "cityscapes", 19, 255,
         ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic_light",
          "traffic_sign", "vegetation", "terrain", "sky", "person", "rider", "car",
          "truck", "bus", "train", "motorcycle", "bicycle"),
+        # cityscapesScripts labels.py, the train ids' colours
+        ((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+         (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
+         (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32)),
         (512, 1024), None, (1 / 127.5, -1.0)),
     "builtin": DatasetSpec(
         "builtin", 4, 255, ("background", "red-framed shape", "green-framed shape", "blue-framed shape"),
+        ((0, 0, 0), *(tuple(int(v) for v in frame) for frame in FRAME_COLORS)),  # black, then the frames' own
         (64, 64), None, (1 / 255, 0.0)),
 }
 

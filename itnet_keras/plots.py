@@ -73,19 +73,17 @@ def plot_miou_over_macs(results, path, title=None):
     return labels
 
 
-def class_colors(num_classes):
-    """uint8 RGB [num_classes, 3]: the colour of each class in masks and picture strips."""
-    import matplotlib
-
-    return (255 * matplotlib.colormaps["tab20"].resampled(max(num_classes, 2))(range(num_classes))[:, :3]).astype(
-        np.uint8)
+def class_colors(spec):
+    """uint8 RGB [num_classes, 3]: the colour of each class of `spec` in masks and picture
+    strips, the dataset's own palette (`DatasetSpec.colors`)."""
+    return np.asarray(spec.colors, np.uint8)
 
 
 def plot_prediction_strip(spec, image, label, predictions, path):
     """One image (normalized as `spec` says), its label and the class map of every output
     (`predictions` [N, H, W]) in a row: the paper's Fig. 1e."""
     plt = pyplot()
-    colors = class_colors(spec.num_classes)
+    colors = class_colors(spec)
     scale, offset = spec.normalization
 
     def colorize(classes):

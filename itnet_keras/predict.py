@@ -184,7 +184,7 @@ def write_masks(folder, name, image, classes, colors, raw):
 def predict_images(args, sizes, budgets, predictor, folder):
     """Masks of every image (`sizes`: {path: input size}, `budgets`: `plan_iterations`') into
     `folder`; returns the summary written to `predictions.json`."""
-    colors = class_colors(predictor.spec.num_classes)
+    colors = class_colors(predictor.spec)
     resized, images = {}, []
     for path, size in progress(sizes.items(), "predict", unit="images"):
         image = load_image(path)

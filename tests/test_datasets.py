@@ -12,6 +12,7 @@ from itnet_keras.datasets import (
     default_data_dir,
     load_split,
 )
+from itnet_keras.plots import class_colors
 
 
 def test_specs():
@@ -256,3 +257,12 @@ def test_empty_or_missing_split(camvid_fixture, tmp_path):
     (camvid_fixture / "val.txt").write_bytes(b"\xff\xfe not text\n")  # was: a message naming no file
     with pytest.raises(DatasetError, match=r"cannot read list file camvid/val\.txt: 'utf-8' codec"):
         load_split("camvid", "val", camvid_fixture)
+
+
+def test_every_class_has_a_colour_of_its_own():
+    """Masks colour each class apart, in the dataset's palette (was: tab20 resampled, whose
+    light and dark pairs gave pedestrian and bicyclist one hue)."""
+    for spec in DATASETS.values():
+        colors = class_colors(spec)
+        assert colors.shape == (spec.num_classes, 3) and len({tuple(c) for c in colors}) == spec.num_classes
+    assert tuple(class_colors(DATASETS["cityscapes"])[0]) == (128, 64, 128)  # road, as cityscapesScripts has it

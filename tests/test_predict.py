@@ -60,7 +60,7 @@ def test_keras_model_on_a_folder_writes_masks_overlays_and_class_maps(model_file
     summary = json.loads((out / "predictions.json").read_text())
     assert [i["image"] for i in summary["images"]] == [str(photos / n) for n in ("a.png", "b.png", "c.png")]
     assert summary["dataset"] == "builtin" and all(i["iterations"] == 2 for i in summary["images"])
-    colors = class_colors(SPEC.num_classes)
+    colors = class_colors(SPEC)
     # The .keras model runs each image at the pixel count it was trained at (64x64), aspect
     # ratio kept: a and b as they are, c (48x80) at 50x83, its mask resized back.
     assert [i["input_size"] for i in summary["images"]] == [[64, 64], [64, 64], [50, 83]]
