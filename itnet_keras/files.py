@@ -5,27 +5,42 @@ import contextlib
 import json
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 
 @contextlib.contextmanager
 def output_folder(folder):
-    """The `--output` folder, made if missing; a folder made here is removed again if the work
-    inside fails before writing into it. OSError naming `--output` if it cannot be made."""
+    """The `--output` folder, made if missing (its parents too); the folders made here are
+    removed again if the work inside fails before writing into them. OSError naming `--output`
+    if it cannot be made or written into (tried with a file made and removed at once)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OSError(f"--output {folder}: a file, not a folder")
-    made = not folder.exists()
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # innermost first
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        check_writable(folder)
     except OSError as error:
+        _remove_empty(made)
         raise OSError(f"--output {folder}: cannot write there ({error.strerror or error})") from None
     try:
         yield folder
     except BaseException:
-        if made and not any(folder.iterdir()):
-            folder.rmdir()
+        _remove_empty(made)
         raise
+
+
+def check_writable(folder):
+    """OSError unless a file can be made in `folder` (one is made and removed at once)."""
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+        pass
+
+
+def _remove_empty(folders):
+    for path in folders:  # innermost first: each is empty once the one inside it is gone
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
 
 
 def temporary_path(path, suffix=".tmp"):

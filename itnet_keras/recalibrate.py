@@ -42,7 +42,7 @@ if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow load
 
 from itnet_keras.batch_norm import recalibrate, training_images  # noqa: E402
 from itnet_keras.evaluate import evaluation_inputs, load_itnet, training_record  # noqa: E402
-from itnet_keras.files import atomic_path  # noqa: E402
+from itnet_keras.files import atomic_path, check_writable  # noqa: E402
 from itnet_keras.pipeline import make_dataset  # noqa: E402
 
 
@@ -53,6 +53,10 @@ def check_output(path):
         raise ValueError(f"--output {path}: expected a file name ending in .keras")
     if not path.parent.is_dir():
         raise ValueError(f"--output {path}: the folder {path.parent} does not exist")
+    try:  # before the work, not after it
+        check_writable(path.parent)
+    except OSError as error:
+        raise ValueError(f"--output {path}: cannot write into {path.parent} ({error.strerror or error})") from None
     return path
 
 

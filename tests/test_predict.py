@@ -185,7 +185,21 @@ def test_deadline_is_measured_on_this_machine(model_file, photos, tmp_path, caps
     assert "deadline 100000 ms -> output 4" in capsys.readouterr().out
     assert predict(path, photos / "a.png", "--deadline-ms", "0.001", "--output", tmp_path / "new" / "masks") == 2
     assert "--deadline-ms 0.001: output 1 alone takes" in capsys.readouterr().err
-    assert not (tmp_path / "new" / "masks").exists()  # the folder it made, removed with nothing in it
+    assert not (tmp_path / "new").exists()  # the folders it made, removed with nothing in them (was: new/ kept)
+
+
+def test_an_output_folder_it_cannot_write_into_is_named(model_file, photos, tmp_path, capsys, monkeypatch):
+    """Found before any work (was: the permission error of a hidden temporary mask file)."""
+    from itnet_keras import files
+
+    def refused(**kwargs):
+        raise PermissionError(13, "Permission denied", kwargs["dir"])
+
+    monkeypatch.setattr(files.tempfile, "NamedTemporaryFile", refused)
+    out = tmp_path / "made" / "out"
+    assert predict(model_file[1], photos / "a.png", "--output", out) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: --output {out}: cannot write there (Permission denied)"
+    assert not (tmp_path / "made").exists()
 
 
 def test_a_deadline_missed_at_a_later_size_stops_before_any_mask(model_file, photos, tmp_path, capsys, monkeypatch):
