@@ -29,6 +29,7 @@ def test_drift_is_reported(tmp_path, capsys):
     assert notebooks.main([str(source), "--check"]) == 1
     assert "cell 1 differs" in capsys.readouterr().err
     assert notebooks.main([str(NOTEBOOKS[0]), "--check"]) == 0
+    assert "1 notebook(s): each .ipynb holds the cells of its .py" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,18 @@ def test_bad_mode_and_missing_source_are_named(tmp_path, capsys):
     assert "--mode 'huge'" in capsys.readouterr().err
     assert notebooks.main([str(tmp_path / "none.py")]) == 2
     assert "none.py does not exist" in capsys.readouterr().err
+
+
+def test_data_dir_reaches_the_notebook_and_its_error_is_one_line(tmp_path, capsys):
+    """`--data-dir` reaches the notebook's studies (ITNET_DATA_DIR, absolute: the kernel runs
+    in the notebook's folder); an error in a cell is one line (was: nbclient's traceback of
+    a hundred lines, and full mode could not be pointed at a CamVid folder)."""
+    source = tmp_path / "n.py"
+    source.write_text("# %%\nfrom itnet_keras.lab import modes\n"
+                      "raise ValueError(f'no data in {modes.data_dir_from_env()}')\n")
+    assert notebooks.main([str(source), "--data-dir", "cam", "--output", str(tmp_path / "n.ipynb")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"error: {source} stopped in a cell: ValueError: no data in {Path('cam').resolve()}"
 
 
 def test_markdown_edits_reach_the_ipynb_and_code_edits_are_refused(tmp_path, capsys):

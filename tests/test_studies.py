@@ -91,6 +91,10 @@ def test_a_finished_run_is_reused_and_a_different_one_refused(tmp_path):
     evaluation["model"] = {"train_seconds": 300.0, "evaluate_seconds": 12.5}
     (folder / "evaluation.json").write_text(json.dumps(evaluation))
     assert study.train("independent", "single:4")["elapsed_s"] == 312.5
+    with pytest.MonkeyPatch.context() as patch:  # the data elsewhere (lab.notebooks --data-dir): the same run
+        patch.setenv("ITNET_DATA_DIR", str(tmp_path / "camvid"))
+        assert study.config("independent", "single:4").data_dir == str(tmp_path / "camvid")
+        assert study.train("independent", "single:4")["outputs"] == evaluation["outputs"]
     other = dataclasses.replace(study.config("independent"), epochs=7)
     folder = write_run(study, other)
     with pytest.raises(ValueError, match=f"{folder}.*differs in \\['epochs'\\]"):

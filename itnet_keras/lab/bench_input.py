@@ -1,6 +1,6 @@
 """Input pipeline throughput: training images/s of `make_dataset`, as a markdown table.
 
-    python -m itnet_keras.lab.bench_input [--repeats 5] [--workers 1] [--max-batches 64]
+    python -m itnet_keras.lab.bench_input [--repeats 5] [--workers 1] [--max-batches 64] [--data-dir data/camvid]
 
 Each run reads one (training) epoch, or its first `--max-batches` batches. The first run
 of a dataset decodes the files ("cold"; CamVid is then cached in memory); the median is
@@ -24,6 +24,7 @@ def build_parser():
     parser.add_argument("--workers", type=positive(int), default=1,
                         help="threads making each batch, as fit --workers (default: 1)")
     parser.add_argument("--batch-size", type=positive(int), default=8)
+    parser.add_argument("--data-dir", help="the CamVid folder (default: data/camvid; without it the CamVid rows are skipped)")
     add_verbose_flag(parser)
     return parser
 
@@ -53,10 +54,11 @@ def images_per_second(dataset, max_batches):
     return images / (time.perf_counter() - start)
 
 
-def bench(name, repeats=5, max_batches=64, workers=1, batch_size=8, **kwargs):
+def bench(name, repeats=5, max_batches=64, workers=1, batch_size=8, data_dir=None, **kwargs):
     """(cold images/s, median images/s over `repeats` warm epochs, dataset); `workers` threads
     make each batch, as `fit --workers`."""
-    dataset = make_dataset(name, "train", training=True, batch_size=batch_size, workers=workers, **kwargs)
+    dataset = make_dataset(name, "train", training=True, batch_size=batch_size, workers=workers,
+                           data_dir=None if name == "builtin" else data_dir, **kwargs)
     cold = images_per_second(dataset, max_batches)
     warm = []
     for epoch in range(1, repeats + 1):
@@ -65,14 +67,13 @@ def bench(name, repeats=5, max_batches=64, workers=1, batch_size=8, **kwargs):
     return cold, statistics.median(warm), dataset
 
 
-def run(repeats=5, max_batches=64, workers=1, batch_size=8, configs=CONFIGS):
+def run(repeats=5, max_batches=64, workers=1, batch_size=8, configs=CONFIGS, data_dir=None):
     header = ["dataset", "options", "images (h x w)", "batch", "workers", "cold images/s",
               f"images/s (median of {repeats})"]
     rows = []
     for name, kwargs in configs:
         try:
-            cold, warm, dataset = bench(name, repeats, max_batches, workers, batch_size,
-                                        **kwargs)
+            cold, warm, dataset = bench(name, repeats, max_batches, workers, batch_size, data_dir, **kwargs)
         except DatasetError as error:
             rows.append([name, kwargs, f"skipped: {error}", "", "", "", ""])
             continue
@@ -89,7 +90,7 @@ def run(repeats=5, max_batches=64, workers=1, batch_size=8, configs=CONFIGS):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     quiet_startup(args.verbose)
-    run(args.repeats, args.max_batches, args.workers, args.batch_size)
+    run(args.repeats, args.max_batches, args.workers, args.batch_size, data_dir=args.data_dir)
 
 
 if __name__ == "__main__":

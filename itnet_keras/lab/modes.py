@@ -44,3 +44,9 @@ def mode_from_env(default="smoke"):
     if name not in MODES:
         raise ValueError(f"ITNET_NOTEBOOK_MODE={name!r}: expected one of {sorted(MODES)}")
     return name
+
+
+def data_dir_from_env():
+    """The dataset folder named by ITNET_DATA_DIR (`lab.notebooks --data-dir` sets it), else
+    None: the dataset's default folder."""
+    return os.environ.get("ITNET_DATA_DIR") or None

@@ -2,7 +2,8 @@
 
 Each notebook is kept twice: `NAME.py`, the source to edit (jupytext percent format), and
 `NAME.ipynb`, the executed notebook to read. This command executes the `.py` with nbclient
-(working folder `notebooks/`, `ITNET_NOTEBOOK_MODE` set to the mode) and writes the
+(working folder `notebooks/`, `ITNET_NOTEBOOK_MODE` set to the mode, `ITNET_DATA_DIR` to
+`--data-dir`: the CamVid folder of full mode, default `data/camvid`) and writes the
 executed notebook to `--output`, or by default: in full mode to the committed `NAME.ipynb`,
 in smoke mode to `runs/notebooks/NAME.ipynb` (smoke numbers mean nothing). `--check` only
 reports whether each `.ipynb` still holds the cells of its `.py`; `--markdown` copies edited
@@ -19,6 +20,7 @@ from pathlib import Path
 import jupytext
 import nbformat
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 from itnet_keras.cli import description
 from itnet_keras.files import write_atomic
@@ -64,8 +66,9 @@ def default_output(source, mode):
     return Path("runs", "notebooks", source.with_suffix(".ipynb").name)
 
 
-def execute(source, mode="smoke", output=None, timeout=3600):
-    """Execute notebook `source` (.py) in `mode`; write it to `output` (default: `default_output`)."""
+def execute(source, mode="smoke", output=None, timeout=3600, data_dir=None):
+    """Execute notebook `source` (.py) in `mode` (its data in `data_dir`, default: the
+    dataset's own folder); write it to `output` (default: `default_output`)."""
     source = Path(source)
     if mode not in MODES:
         raise ValueError(f"--mode {mode!r}: expected one of {sorted(MODES)}")
@@ -73,7 +76,8 @@ def execute(source, mode="smoke", output=None, timeout=3600):
         raise FileNotFoundError(f"notebook source {source} does not exist")
     notebook = jupytext.read(source)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    with _environment(ITNET_NOTEBOOK_MODE=mode, MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="2"):
+    data_dir = "" if data_dir is None else str(Path(data_dir).resolve())  # the kernel runs in notebooks/
+    with _environment(ITNET_NOTEBOOK_MODE=mode, ITNET_DATA_DIR=data_dir, MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="2"):
         NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                        resources={"metadata": {"path": str(source.parent)}}).execute()
     _drop_noise(notebook)
@@ -124,6 +128,7 @@ def main(argv=None):
     parser.add_argument("--mode", default="smoke", help="smoke (minutes, built-in data) or full (CamVid)")
     parser.add_argument("--output", help="where to write the executed notebook (one source only; default: the paired "
                         ".ipynb in full mode, runs/notebooks/NAME.ipynb in smoke mode)")
+    parser.add_argument("--data-dir", help="the dataset folder (full mode: CamVid; default: data/camvid)")
     parser.add_argument("--check", action="store_true", help="only check that each .ipynb matches its .py")
     parser.add_argument("--markdown", action="store_true",
                         help="only copy the markdown cells of each .py into its executed .ipynb")
@@ -142,11 +147,16 @@ def main(argv=None):
                 update_markdown(source)
                 print(f"updated the markdown cells of {Path(source).with_suffix('.ipynb')}")
                 continue
-            execute(source, args.mode, args.output)
+            execute(source, args.mode, args.output, data_dir=args.data_dir)
         except (OSError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+        except CellExecutionError as error:  # the notebook's own error, in one line (its traceback: --output)
+            print(f"error: {source} stopped in a cell: {error.ename}: {error.evalue}", file=sys.stderr)
+            return 2
         print(f"executed {source} ({args.mode}) into {args.output or default_output(source, args.mode)}")
+    if args.check and not status:
+        print(f"{len(args.sources)} notebook(s): each .ipynb holds the cells of its .py")
     return status
 
 

@@ -31,7 +31,7 @@ from itnet_keras.config import FitConfig
 from itnet_keras.costs import output_costs
 from itnet_keras.evaluate import load_itnet
 from itnet_keras.fit import run
-from itnet_keras.lab.modes import MODES
+from itnet_keras.lab.modes import MODES, data_dir_from_env
 from itnet_keras.model import build_itnet
 from itnet_keras.pipeline import make_dataset
 from itnet_keras.presets import resolve_model_args, validate_model_args
@@ -43,7 +43,8 @@ def _differences(saved, config, model):
     """Names of the settings in which a run folder's config.json differs from `config` and
     `model` (its resolved model arguments; the folder and --resume ignored)."""
     wanted = dataclasses.asdict(config)
-    ignored = {"output", "resume", "bn_batches", *FitConfig.MODEL_FIELDS}  # bn_batches: after training only
+    # bn_batches: after training only; data_dir: where the same data lies on this machine
+    ignored = {"output", "resume", "bn_batches", "data_dir", *FitConfig.MODEL_FIELDS}
     differs = [k for k in wanted if k not in ignored and saved["fit"].get(k) != wanted[k]]
     differs += [k for k in model if k != "num_classes" and saved["model"].get(k) != model[k]]
     return sorted(differs)
@@ -121,7 +122,7 @@ class Study:
         extra += "" if epochs is None else f"_e{epochs}"
         name = f"{variant}_f{network['width']}_{output_weights.replace(':', '')}{extra}"
         return FitConfig(preset=PRESET_OF[variant], output=str(self.runs / name), output_weights=output_weights,
-                         **fit, **network)
+                         data_dir=data_dir_from_env(), **fit, **network)
 
     def train(self, variant, output_weights="all", epochs=None, **overrides):
         """Train (or reuse, or resume) one run; returns its evaluation with `elapsed_s` and `config`.
@@ -147,7 +148,7 @@ class Study:
         """A split of this mode's data, prepared as for training's validation (no augmentation)."""
         fit = self.settings.fit
         return make_dataset(fit["data"], split, batch_size=batch_size, scale=fit.get("scale", 1),
-                            limit=fit.get("limit"))
+                            limit=fit.get("limit"), data_dir=data_dir_from_env())
 
     @staticmethod
     def trained_model(result):
