@@ -46,7 +46,7 @@ def input_size(spec, scale=1):
     h, w = spec.image_size
     if scale < 1 or h % scale or w % scale:
         raise SizeError("scale", f"scale {scale} for {spec.name}: expected a positive integer "
-                         f"that divides the image size {h}x{w}")
+                                 f"that divides the image size {h}x{w}")
     return h // scale, w // scale
 
 
@@ -60,7 +60,7 @@ def training_crop(spec, crop=None, scale=1):
     crop = tuple(int(c) for c in crop)
     if crop[0] > size[0] or crop[1] > size[1]:
         raise SizeError("crop", f"crop {crop[0]}x{crop[1]} for {spec.name}: expected at most the "
-                         f"image size {size[0]}x{size[1]} (scale {scale})")
+                                f"image size {size[0]}x{size[1]} (scale {scale})")
     return crop
 
 

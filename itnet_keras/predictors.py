@@ -31,7 +31,8 @@ def compiled_anytime(model):
     """`(images, n) -> logits of output n`, compiled once per image shape on TensorFlow
     (`tf.function`) and JAX (`jax.jit`): n is a run-time int32, so one compilation serves
     every n (a model built with `unroll=True` takes n as a Python int: one per n). Eager on
-    other backends. (Called eagerly, JAX traced the loop again at every call.)"""
+    other backends. Eager calls are several times slower (and JAX would trace the loop at
+    every call): `--deadline-ms` would choose too few iterations."""
     def run(images, n):
         return anytime(model, images, n)
 
