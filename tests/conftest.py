@@ -73,3 +73,15 @@ def camvid_root():
     if not (SHARED_CAMVID / "train.txt").is_file():
         pytest.skip(f"shared CamVid copy not found at {SHARED_CAMVID}")
     return SHARED_CAMVID
+
+
+@pytest.fixture
+def unwritable_folders(monkeypatch):
+    """Every folder refuses new files, as a read-only mount would (root writes anywhere, so
+    permissions cannot show it): the probe `files.check_writable` makes fails."""
+    from itnet_keras import files
+
+    def refused(**kwargs):
+        raise PermissionError(13, "Permission denied", kwargs["dir"])
+
+    monkeypatch.setattr(files.tempfile, "NamedTemporaryFile", refused)

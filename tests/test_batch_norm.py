@@ -165,15 +165,10 @@ def test_command_errors_name_the_input_at_fault(tmp_path, capsys, arguments, mes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
 
 
-def test_command_names_an_output_folder_it_cannot_write_before_the_work(tmp_path, capsys, monkeypatch):
+def test_command_names_an_output_folder_it_cannot_write_before_the_work(tmp_path, capsys, monkeypatch,
+                                                                         unwritable_folders):
     """(was: the permission error of a hidden temporary file, after every batch)"""
-    from itnet_keras import files
-
-    def refused(**kwargs):
-        raise PermissionError(13, "Permission denied", kwargs["dir"])
-
     build_itnet("tiny", num_classes=4).save(tmp_path / "model.keras")
-    monkeypatch.setattr(files.tempfile, "NamedTemporaryFile", refused)
     monkeypatch.setattr(command, "recalibrate", lambda *args: pytest.fail("recalibrated before the check"))
     assert command.main([str(tmp_path / "model.keras"), "--output", str(tmp_path / "new.keras")]) == 2
     assert (f"error: --output {tmp_path / 'new.keras'}: cannot write into {tmp_path} (Permission denied)"

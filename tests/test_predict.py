@@ -188,14 +188,8 @@ def test_deadline_is_measured_on_this_machine(model_file, photos, tmp_path, caps
     assert not (tmp_path / "new").exists()  # the folders it made, removed with nothing in them (was: new/ kept)
 
 
-def test_an_output_folder_it_cannot_write_into_is_named(model_file, photos, tmp_path, capsys, monkeypatch):
+def test_an_output_folder_it_cannot_write_into_is_named(model_file, photos, tmp_path, capsys, unwritable_folders):
     """Found before any work (was: the permission error of a hidden temporary mask file)."""
-    from itnet_keras import files
-
-    def refused(**kwargs):
-        raise PermissionError(13, "Permission denied", kwargs["dir"])
-
-    monkeypatch.setattr(files.tempfile, "NamedTemporaryFile", refused)
     out = tmp_path / "made" / "out"
     assert predict(model_file[1], photos / "a.png", "--output", out) == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"error: --output {out}: cannot write there (Permission denied)"

@@ -1,7 +1,7 @@
 """Anytime prediction on device: an app drives the `encode` and `step` signatures of a
 `.tflite` file with LiteRT and decides after every iteration whether to go on.
 
-A *policy* makes that decision: `policy(n, logits, previous, elapsed_s, step_s) -> bool`
+A *policy* makes that decision: `policy(n, logits, previous, elapsed_s, next_step_s) -> bool`
 (go on?), called after iteration n with the logits of output n at the head's resolution
 (H/8 x W/8; and those of output n-1, or None), the seconds this image would have taken if it
 stopped now (so far, and the full-resolution upsampling of the answer, as long as the last
