@@ -46,6 +46,7 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 from itnet_keras.costs import output_costs  # noqa: E402
+from itnet_keras.augment import SizeError  # noqa: E402
 from itnet_keras.datasets import get_spec, spec_with_classes  # noqa: E402
 from itnet_keras.files import output_folder, write_atomic  # noqa: E402
 from itnet_keras.metrics import (  # noqa: E402
@@ -226,14 +227,30 @@ def evaluation_inputs(model, model_path, data=None, scale=None):
     return spec.name, scale or trained or 1
 
 
+def data_that_fits(model_path, flags, make):
+    """`make()`, the model's data; a size it does not fit (`SizeError`) is named where its
+    value came from: the flag when it was given (`flags`: argument name -> the flag's value
+    or None), else the run's config.json beside the model."""
+    try:
+        return make()
+    except SizeError as error:
+        given = flags.get(error.argument)
+        if error.argument == "batch_size":  # the message names the value, not the flag
+            message = f"--batch-size {given}: {error}" if given is not None else f"{error}; pass --batch-size"
+        else:  # the message begins with the argument's name and value: "scale 7 for ..."
+            message = ("--" if given is not None else f"{Path(model_path).with_name('config.json')} records ") \
+                + str(error)
+        raise ValueError(message) from None
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     quiet_startup(args.verbose)
     try:
         model = load_itnet(args.model)
         data, scale = evaluation_inputs(model, args.model, args.data, args.scale)
-        dataset = make_dataset(data, args.split, data_dir=args.data_dir, batch_size=args.batch_size,
-                               scale=scale, limit=args.limit)
+        dataset = data_that_fits(args.model, {"scale": args.scale, "batch_size": args.batch_size}, lambda: make_dataset(
+            data, args.split, data_dir=args.data_dir, batch_size=args.batch_size, scale=scale, limit=args.limit))
         record = training_record(args.model)
         source = {"file": str(args.model), **(training_summary(record) if record else {})}
         with output_folder(args.output) as folder:  # before the evaluation

@@ -41,7 +41,7 @@ if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow load
     quiet_startup(build_parser().parse_args().verbose)
 
 from itnet_keras.batch_norm import recalibrate, training_images  # noqa: E402
-from itnet_keras.evaluate import evaluation_inputs, load_itnet, training_record  # noqa: E402
+from itnet_keras.evaluate import data_that_fits, evaluation_inputs, load_itnet, training_record  # noqa: E402
 from itnet_keras.files import atomic_path, check_writable  # noqa: E402
 from itnet_keras.pipeline import make_dataset  # noqa: E402
 
@@ -77,11 +77,12 @@ def main(argv=None):
         data, scale = evaluation_inputs(model, args.model, args.data, args.scale)
         record = training_record(args.model) or {}
         crop = crop_size(args.crop or record.get("crop"))
-        train = make_dataset(data, "train", data_dir=args.data_dir, training=True, scale=scale, crop=crop,
-                             augment=args.augment or record.get("augment", "paper"),
-                             batch_size=args.batch_size or record.get("batch_size", 8),
-                             seed=record.get("seed", 0) if args.seed is None else args.seed,
-                             limit=args.limit or record.get("limit"))
+        flags = {"scale": args.scale, "crop": args.crop, "batch_size": args.batch_size}
+        train = data_that_fits(args.model, flags, lambda: make_dataset(
+            data, "train", data_dir=args.data_dir, training=True, scale=scale, crop=crop,
+            augment=args.augment or record.get("augment", "paper"),
+            batch_size=args.batch_size or record.get("batch_size", 8),
+            seed=record.get("seed", 0) if args.seed is None else args.seed, limit=args.limit or record.get("limit")))
         recalibrate(model, progress(training_images(train, args.batches), "batch-norm recalibration",
                                     total=args.batches, unit="batches"))
         with atomic_path(output, ".tmp.keras") as tmp:

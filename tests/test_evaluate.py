@@ -1,11 +1,13 @@
 """`evaluate_model`'s numbers against a count of their own; the mIoU-over-MACs plot's
 published reference points (plots.reference_marks)."""
 
+import json
+
 import keras
 import numpy as np
 from pytest import approx
 
-from itnet_keras import build_itnet
+from itnet_keras import build_itnet, evaluate, recalibrate
 from itnet_keras.costs import output_costs
 from itnet_keras.evaluate import evaluate_model
 from itnet_keras.pipeline import make_dataset
@@ -74,3 +76,32 @@ def test_plot_draws_the_references_beside_the_curve(tmp_path):
     labels = plot_miou_over_macs({"run": _result("camvid", (90, 120))}, tmp_path / "small.png")
     assert labels == ["run (AUC' 0.400)"]  # levels carry their names on the plot, not in the legend
     assert plot_miou_over_macs({"run": _result("builtin", (64, 64))}, tmp_path / "b.png") == ["run (AUC' 0.400)"]
+
+
+def test_a_size_the_data_does_not_fit_is_named_where_it_came_from(tmp_path, capsys):
+    """`evaluate` and `recalibrate` blame the flag when it was given, else the config.json
+    beside the model that recorded the value (was: the value alone, from either)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    build_itnet("tiny").save(run / "best.keras")
+    config = run / "config.json"
+    config.write_text(json.dumps({"fit": {"data": "builtin", "scale": 3, "crop": "80x80", "batch_size": 4}}))
+    model = str(run / "best.keras")
+    assert evaluate.main([model, "--output", str(tmp_path / "e")]) == 2
+    assert f"error: {config} records scale 3 for builtin: expected a positive integer" in capsys.readouterr().err
+    assert evaluate.main([model, "--scale", "5", "--output", str(tmp_path / "e")]) == 2
+    assert "error: --scale 5 for builtin:" in capsys.readouterr().err
+    out = str(tmp_path / "r.keras")
+    assert recalibrate.main([model, "--output", out]) == 2
+    assert f"error: {config} records scale 3 for builtin" in capsys.readouterr().err
+    assert recalibrate.main([model, "--scale", "2", "--output", out]) == 2  # the recorded crop, 80x80 > 32x32
+    assert f"error: {config} records crop 80x80 for builtin: expected at most the image size 32x32" \
+        in capsys.readouterr().err
+    assert recalibrate.main([model, "--scale", "2", "--crop", "40x40", "--output", out]) == 2
+    assert "error: --crop 40x40 for builtin" in capsys.readouterr().err
+    assert recalibrate.main([model, "--scale", "2", "--crop", "32x32", "--limit", "2", "--output", out]) == 2
+    assert "error: builtin train has 2 samples: expected at least batch_size 4 for training" in capsys.readouterr().err
+    assert recalibrate.main([model, "--scale", "2", "--crop", "32x32", "--batch-size", "3", "--limit", "2",
+                             "--output", out]) == 2
+    assert "error: --batch-size 3: builtin train has 2 samples" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists() and not (tmp_path / "r.keras").exists()
