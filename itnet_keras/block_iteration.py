@@ -46,11 +46,14 @@ class BlockIteration:
         quantizes a variance)."""
         if training:
             gamma, beta = self._pick(key + "_gamma", n), self._pick(key + "_beta", n)
-            mean, var = ops.moments(x, axes=[0, 1, 2])
+            # the statistics in float32, as the moving ones are kept, under a mixed-precision
+            # policy too; the normalization in the compute dtype (casts of float32 are no-ops)
+            mean, var = ops.moments(ops.cast(x, "float32"), axes=[0, 1, 2])
             stats = self._record(stats, key, n, mean, var)
+            mean, var = ops.cast(mean, x.dtype), ops.cast(var, x.dtype)
             return (x - mean) * ops.rsqrt(var + self.epsilon) * gamma + beta, stats
         parts = (self._usage[f"{key}_{p}"].variable for p in ("gamma", "beta", "moving_mean", "moving_var"))
-        scale, shift = fold_norm(*parts, self.epsilon)
+        scale, shift = fold_norm(*parts, self.epsilon, x.dtype)
         return x * self._pick(key + "_gamma", n, scale) + self._pick(key + "_beta", n, shift), stats
 
     def _conv_norm(self, x, key, n, training, stats, depthwise=False):

@@ -65,6 +65,7 @@ class IterationWeights:
         variable = self.add_weight(
             name=name, shape=shape, initializer=initializer, trainable=trainable,
             regularizer=l2_regularizer(self.l2) if regularize else None,
+            autocast=trainable,  # moving statistics stay float32 under a mixed-precision policy
         )
         self._usage[name] = WeightUse(variable, rows, first)
         return variable

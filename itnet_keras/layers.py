@@ -43,10 +43,13 @@ def one_image_at_a_time(function, *batches):
     return ops.map(lambda images: function(*(x[None] for x in images))[0], batches)
 
 
-def fold_norm(gamma, beta, mean, variance, epsilon):
-    """A batch norm in inference as (scale, shift), to apply as `x * scale + shift`."""
+def fold_norm(gamma, beta, mean, variance, epsilon, dtype="float32"):
+    """A batch norm in inference as (scale, shift), to apply as `x * scale + shift` to x of
+    `dtype`: folded in float32, the moving statistics' dtype under a mixed-precision policy
+    too (for float32, every cast is a no-op)."""
+    gamma, beta, mean, variance = (ops.cast(v, "float32") for v in (gamma, beta, mean, variance))
     scale = gamma * ops.rsqrt(variance + epsilon)
-    return scale, beta - mean * scale
+    return ops.cast(scale, dtype), ops.cast(beta - mean * scale, dtype)
 
 
 def l2_regularizer(l2):
@@ -129,7 +132,8 @@ class DataBlock(keras.layers.Layer):
         conv, pool, norm = self.convs[index](x), self.pool(x), self.norms[index]
         if training:
             return ops.relu(norm(ops.concatenate([conv, pool], axis=-1), training=True))
-        scale, shift = fold_norm(norm.gamma, norm.beta, norm.moving_mean, norm.moving_variance, norm.epsilon)
+        scale, shift = fold_norm(norm.gamma, norm.beta, norm.moving_mean, norm.moving_variance, norm.epsilon,
+                                 conv.dtype)
         k = conv.shape[-1]
         return ops.concatenate([ops.relu(conv * scale[:k] + shift[:k]), ops.relu(pool * scale[k:] + shift[k:])],
                                axis=-1)

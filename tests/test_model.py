@@ -307,3 +307,35 @@ def test_model_arguments_are_listed_once():
 
 def test_every_dataset_is_a_data_choice():
     assert sorted(DATASETS) == sorted(DATASET_NAMES)
+
+
+@pytest.fixture
+def mixed_bfloat16():
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    yield
+    keras.mixed_precision.set_dtype_policy("float32")
+
+
+@pytest.mark.parametrize("variant", VARIANTS[1:3], ids=VARIANT_IDS[1:3])
+def test_trains_and_predicts_under_a_mixed_precision_policy(mixed_bfloat16, variant):
+    """Under `mixed_bfloat16` (bfloat16 computation, float32 weights) a training step runs on
+    TensorFlow (the loop's batch statistics raised a dtype error), the batch norms' moving
+    statistics stay float32 and move, and inference is the float32 model's to bfloat16's
+    precision."""
+    keras.utils.set_random_seed(1)
+    model = build_itnet(**SMALL, **variant)
+    compile_for_training(model)
+    images, labels = random_batch(batch=4)
+    moving = [v for v, _, _ in iterative_block(model).weight_usage() if "moving" in v.name]
+    before = [np.array(v) for v in moving]
+    assert np.all(np.isfinite(model.train_on_batch(images, [labels] * 3)))
+    for variable, old in zip(moving, before):
+        assert variable.dtype == "float32", variable.name
+        assert np.abs(np.array(variable) - old).reshape(len(old), -1).sum(1).min() > 0, variable.name
+    outputs = [np.asarray(o, np.float32) for o in model.predict(images, verbose=0)]
+    keras.mixed_precision.set_dtype_policy("float32")
+    reference = build_itnet(**SMALL, **variant)
+    reference.set_weights(model.get_weights())
+    for got, expected in zip(outputs, reference.predict(images, verbose=0)):
+        np.testing.assert_allclose(got, expected, atol=0.05)  # logits up to 0.84; 0.012 apart here
+        assert np.mean(got.argmax(-1) == expected.argmax(-1)) > 0.95

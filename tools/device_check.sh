@@ -12,13 +12,13 @@
 # with its own time limit and log, going on when one fails (its exit code is in summary.txt):
 #   1. bench: training images/s and peak device memory, loop and unroll, camvid_shared 352x480, batch 8
 #   2. flags: the bench's step under XLA flags: CUDA graphs over the whole step (loop and unroll); under
-#      them the metrics' plain confusion counts; batch 32 with and without graphs
+#      them bfloat16, batch 32 and the metrics' plain confusion counts; batch 32 without graphs
 #   3. fit: two short camvid_shared runs of `fit` at full resolution (480x352 crops), batch 8,
 #      end-to-end images/s, with a blocking batch hook (how fit ran before) and as fit is
 #      (tools/fit_dispatch_bench.py)
 #   4. profile: tools/profile_step.py (forward, backward, train step, metrics) and a jax.profiler trace
 #   5. memory: cityscapes_shared 1024x512 batch-8 training steps with and without --remat (device peak)
-# The stages' limits add up to 870 s (plus the setup), more than one device call (600 s): choose with STAGES. A device call
+# The stages' limits add up to 940 s (plus the setup), more than one device call (600 s): choose with STAGES. A device call
 # returns at most 8 files, so $OUT holds three: summary.txt (versions, each stage's exit code and time,
 # the tables), results.tar (bench.md, flags_*.md, fit.md, profile.json, memory*.md) and logs.tar (every stage's log, the
 # profiler trace), both rewritten after every stage so that a call cut off still returns the stages done.
@@ -72,22 +72,23 @@ stage bench 150 env ITNET_CONFUSION_FORM=auto $py -m itnet_keras.lab.bench --pre
 # measurement, docs/benchmarks.md), most telling first (a stage CHECK_S cannot hold is skipped): CUDA
 # graphs for the whole step, the while loops included (tools/cuda_graphs.flags; the second session: 108.6
 # images/s against the bench's 93.1, and what training uses since), with the loop and Keras' unroll side by
-# side (issue 12's "loop no slower than unrolled", under the flags that train); under graphs, the mIoU
-# metrics' confusion counts in their plain form (a scatter into C x C cells, which the default replaced on
-# a GPU: itnet_keras/metrics.py); batch 32 (fewer launches per image), with and without graphs. (XLA's
-# own unrolling of the while loops, alone and with graphs, was slower: 76.1 and 77.2 images/s.) Each
-# variant's flags go to flags_NAME_BATCH.flags (tools/device_session.sh's TRAIN_XLA=auto trains with the
-# fastest at batch 8 when it wins). A flag this XLA does not know makes its stage fail, no more.
+# side (issue 12's "loop no slower than unrolled", under the flags that train); under graphs, the model in
+# bfloat16 (Keras' mixed_bfloat16 policy: the GPU's own work, 46 ms of a step, is the other half of the gap
+# to 400 images/s), batch 32 (fewer launches per image), the mIoU metrics' confusion counts in their plain
+# form (a scatter into C x C cells, which the default replaced on a GPU: itnet_keras/metrics.py); batch 32
+# without graphs. (XLA's own unrolling of the while loops, alone and with graphs, was slower: 76.1 and 77.2
+# images/s.) Each variant's flags go to flags_NAME_BATCH.flags (tools/device_session.sh's TRAIN_XLA=auto
+# trains with the graphs variant's when it wins). A flag this XLA does not know makes its stage fail, no more.
 GRAPHS=${GRAPHS-$(cat tools/cuda_graphs.flags)}
-for variant in "graphs 8 auto loop,unroll $GRAPHS" "plaincounts 8 segment_sum loop $GRAPHS" "default 32 auto loop" \
-    "graphs 32 auto loop $GRAPHS"; do
-  read -r name batch form variants flags <<< "$variant"
+for variant in "graphs 8 auto loop,unroll float32 $GRAPHS" "bf16 8 auto loop mixed_bfloat16 $GRAPHS" \
+    "graphs 32 auto loop float32 $GRAPHS" "plaincounts 8 segment_sum loop float32 $GRAPHS" "default 32 auto loop float32"; do
+  read -r name batch form variants precision flags <<< "$variant"
   echo "${flags:-}" > "$res/flags_${name}_$batch.flags"
   xla="${flags:-}${XLA_FLAGS:+ $XLA_FLAGS}"   # XLA reads a value not starting with "--" as a file name
   limit=70; [[ $variants == *unroll* ]] && limit=110   # the unrolled variant's first step took 43 to 49 s
   stage "flags_${name}_$batch" $limit env ${xla:+"XLA_FLAGS=$xla"} ITNET_CONFUSION_FORM=$form $py -m itnet_keras.lab.bench \
     --presets $preset --input-size $size --batch-sizes $batch --steps $steps --variants ${variants//,/ } \
-    --output "$res/flags_${name}_$batch.md"
+    --precision "$precision" --output "$res/flags_${name}_$batch.md"
 done
 stage fit 170 $py tools/fit_dispatch_bench.py --rounds 1 --output "$res/fit.md" --preset $preset "${data[@]}" \
   --epochs $epochs --batch-size 8

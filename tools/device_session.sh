@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call for both GPU issues: issue 12's measurements (tools/device_check.sh's stages in
-# STAGES, default "bench flags": the step's images/s, loop against unroll, and under XLA flags), then
+# STAGES, default "flags": the step's images/s under CUDA graphs, loop against unroll, bfloat16, batch 32;
+# "bench flags" adds the step without graphs, which TRAIN_XLA=auto compares with), then
 # issue 14's full-resolution run (tools/device_train.sh, resuming device_runs/camvid_shared_full) for
 # the time left, with CUDA graphs over the whole step (TRAIN_XLA below). Its epoch lines
 # are also fit's end-to-end images/s at camvid_shared 480x352 batch 8, validation included (issue 12).
@@ -31,7 +32,7 @@ if [ "$TRAIN_XLA" != auto ] && [ "$TRAIN_XLA" != none ] && [ ! -f "$TRAIN_XLA" ]
 fi
 [ -f .device-pack/setup.sh ] && . .device-pack/setup.sh && export DEVICE_PACK_READY=1
 tiny=${DEVICE_SESSION_TINY:+1}
-STAGES=${STAGES:-bench flags}
+STAGES=${STAGES:-flags}
 if [ "$STAGES" != none ]; then   # the measurements end with at least 250 s left for the training
   WORK=/tmp/device_check DEVICE_CHECK_TINY=$tiny STAGES=$STAGES CHECK_S=$((TOTAL_S - 250 - SECONDS + start)) \
     OUT=$OUT/check bash tools/device_check.sh

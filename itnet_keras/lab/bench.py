@@ -2,7 +2,8 @@
 Keras backend this process runs (`KERAS_BACKEND`).
 
     python -m itnet_keras.lab.bench [--presets camvid_shared camvid_independent]
-        [--input-size 352x480] [--batch-sizes 8 1] [--steps 5] [--remat] [--output FILE.md]
+        [--input-size 352x480] [--batch-sizes 8 1] [--steps 5] [--remat]
+        [--precision mixed_bfloat16] [--output FILE.md]
     python -m itnet_keras.lab.bench --compiled-memory --presets cityscapes_shared \
         --input-size 512x1024 --batch-sizes 8 [--remat]          # JAX: XLA's estimate, nothing runs
 
@@ -42,6 +43,8 @@ def build_parser():
     parser.add_argument("--compiled-memory", action="store_true",
                         help="JAX: XLA's memory estimate of the compiled step instead of running it")
     parser.add_argument("--variants", nargs="+", default=["loop", "unroll"], choices=["loop", "unroll"])
+    parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"],
+                        help="Keras' dtype policy for the model (mixed: bfloat16 computation, float32 weights)")
     parser.add_argument("--output", help="also write the table (markdown) to this file")
     return parser
 
@@ -120,9 +123,11 @@ def compiled_memory(preset, batch_size, unroll, input_size, remat=False):
             "memory": "XLA estimate"}
 
 
-def measure_in_subprocess(preset, batch_size, unroll, input_size, steps, remat=False, compiled=False):
+def measure_in_subprocess(preset, batch_size, unroll, input_size, steps, remat=False, compiled=False,
+                          precision="float32"):
     args = [sys.executable, "-m", "itnet_keras.lab.bench", "--child", preset, str(batch_size),
-            str(int(unroll)), f"{input_size[0]}x{input_size[1]}", str(steps), str(int(remat)), str(int(compiled))]
+            str(int(unroll)), f"{input_size[0]}x{input_size[1]}", str(steps), str(int(remat)), str(int(compiled)),
+            precision]
     result = subprocess.run(args, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"benchmark of {preset} batch {batch_size} unroll={unroll} remat={remat} failed:\n"
@@ -131,7 +136,7 @@ def measure_in_subprocess(preset, batch_size, unroll, input_size, steps, remat=F
 
 
 def run(presets, input_size, batch_sizes, steps, remat=False, compiled=False, variants=("loop", "unroll"),
-        measured=None):
+        measured=None, precision="float32"):
     """Rows: one per (preset, batch size), loop and unroll side by side. `measured(rows)` is
     called after every measurement with the rows so far, the last one maybe partial (a run
     cut off by a time limit keeps what it measured)."""
@@ -141,7 +146,7 @@ def run(presets, input_size, batch_sizes, steps, remat=False, compiled=False, va
             row = {"preset": preset, "batch_size": batch_size}
             for variant in variants:
                 row[variant] = measure_in_subprocess(preset, batch_size, variant == "unroll", input_size, steps,
-                                                     remat, compiled)
+                                                     remat, compiled, precision)
                 if measured:
                     measured([*rows, row])
             rows.append(row)
@@ -175,7 +180,8 @@ def format_row(row, compiled=False):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
-        preset, batch_size, unroll, size, steps, remat, compiled = argv[1:]
+        preset, batch_size, unroll, size, steps, remat, compiled, precision = argv[1:]
+        keras.mixed_precision.set_dtype_policy(precision)
         args = (preset, int(batch_size), bool(int(unroll)), parse_size(size))
         result = (compiled_memory(*args, remat=bool(int(remat))) if int(compiled)
                   else measure(*args, int(steps), remat=bool(int(remat))))
@@ -193,12 +199,13 @@ def main(argv=None):
         command = "python -m itnet_keras.lab.bench " + " ".join(argv)
         what = "compiled, not run" if args.compiled_memory else f"median of {args.steps} steps"
         text = (f"`KERAS_BACKEND={backend} {command}`\n\n{platform.processor() or platform.machine()}, "
-                f"{args.input_size[0]}x{args.input_size[1]}, {what}{', --remat' if args.remat else ''}\n\n"
+                f"{args.input_size[0]}x{args.input_size[1]}, {what}{', --remat' if args.remat else ''}"
+                f"{'' if args.precision == 'float32' else ', ' + args.precision}\n\n"
                 + header + "\n" + "\n".join(format_row(r, args.compiled_memory) for r in rows) + "\n")
         write_atomic(args.output, text)
 
     run(args.presets, args.input_size, args.batch_sizes, args.steps, args.remat, args.compiled_memory,
-        args.variants, measured=write if args.output else None)
+        args.variants, measured=write if args.output else None, precision=args.precision)
 
 
 if __name__ == "__main__":
