@@ -228,19 +228,23 @@ def evaluation_inputs(model, model_path, data=None, scale=None):
 
 
 def data_that_fits(model_path, flags, make):
-    """`make()`, the model's data; a size it does not fit (`SizeError`) is named where its
-    value came from: the flag when it was given (`flags`: argument name -> the flag's value
-    or None), else the run's config.json beside the model."""
+    """`make()`, the model's data; a size it does not fit (`SizeError`) of an argument in
+    `flags` (argument name -> the flag's value, None where not given) is named where its value
+    came from: the flag, else the run's config.json beside the model, else the default."""
     try:
         return make()
     except SizeError as error:
-        given = flags.get(error.argument)
-        if error.argument == "batch_size":  # the message names the value, not the flag
-            message = f"--batch-size {given}: {error}" if given is not None else f"{error}; pass --batch-size"
-        else:  # the message begins with the argument's name and value: "scale 7 for ..."
-            message = ("--" if given is not None else f"{Path(model_path).with_name('config.json')} records ") \
-                + str(error)
-        raise ValueError(message) from None
+        if error.argument not in flags:
+            raise
+        given, recorded = flags[error.argument], (training_record(model_path) or {}).get(error.argument)
+        config = Path(model_path).with_name("config.json")
+        if error.argument == "batch_size":  # the message names the value, not where it came from
+            source = (f"--batch-size {given}" if given is not None else
+                      f"{config} records batch_size {recorded}" if recorded is not None else "the default batch size")
+            raise ValueError(f"{source}: {error}") from None
+        # a scale's or crop's message begins with its name and value: "scale 7 for ..."
+        source = "--" if given is not None else f"{config} records " if recorded is not None else "the default "
+        raise ValueError(source + str(error)) from None
 
 
 def main(argv=None):
@@ -249,7 +253,7 @@ def main(argv=None):
     try:
         model = load_itnet(args.model)
         data, scale = evaluation_inputs(model, args.model, args.data, args.scale)
-        dataset = data_that_fits(args.model, {"scale": args.scale, "batch_size": args.batch_size}, lambda: make_dataset(
+        dataset = data_that_fits(args.model, {"scale": args.scale}, lambda: make_dataset(
             data, args.split, data_dir=args.data_dir, batch_size=args.batch_size, scale=scale, limit=args.limit))
         record = training_record(args.model)
         source = {"file": str(args.model), **(training_summary(record) if record else {})}

@@ -30,7 +30,7 @@ def resize_like(x, like):
     if None in size:  # TensorFlow with an open input size: take it at run time
         import tensorflow as tf
 
-        return tf.image.resize(x, tf.shape(like)[1:3], method="bilinear")
+        return ops.cast(tf.image.resize(x, tf.shape(like)[1:3], method="bilinear"), x.dtype)  # float32 out
     if tuple(x.shape[1:3]) == size:
         return x
     return ops.image.resize(x, size, interpolation="bilinear")

@@ -100,7 +100,8 @@ def test_a_size_the_data_does_not_fit_is_named_where_it_came_from(tmp_path, caps
     assert recalibrate.main([model, "--scale", "2", "--crop", "40x40", "--output", out]) == 2
     assert "error: --crop 40x40 for builtin" in capsys.readouterr().err
     assert recalibrate.main([model, "--scale", "2", "--crop", "32x32", "--limit", "2", "--output", out]) == 2
-    assert "error: builtin train has 2 samples: expected at least batch_size 4 for training" in capsys.readouterr().err
+    assert f"error: {config} records batch_size 4: builtin train has 2 samples: expected at least batch_size 4" \
+        in capsys.readouterr().err
     assert recalibrate.main([model, "--scale", "2", "--crop", "32x32", "--batch-size", "3", "--limit", "2",
                              "--output", out]) == 2
     assert "error: --batch-size 3: builtin train has 2 samples" in capsys.readouterr().err

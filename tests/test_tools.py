@@ -95,14 +95,11 @@ def test_a_bench_cut_off_keeps_the_rows_it_measured(tmp_path, monkeypatch):
     assert row.split("|")[3].strip() == "85.90"  # the column tools/device_session.sh reads ($4 of awk -F'|')
 
 
-def test_the_bench_trains_under_a_mixed_precision_policy(tmp_path):
-    """`lab.bench --precision mixed_bfloat16` measures a real training step (its own process)
-    with the model in bfloat16: the measurement tools/device_check.sh makes on a GPU."""
+def test_the_bench_trains_under_a_mixed_precision_policy():
+    """`lab.bench --precision mixed_bfloat16` times a real training step in its own process
+    with the model computing in bfloat16: the measurement tools/device_check.sh makes on a GPU."""
     from itnet_keras.lab import bench
 
-    out = tmp_path / "bench.md"
-    bench.main(["--presets", "tiny", "--input-size", "32x32", "--batch-sizes", "2", "--steps", "1",
-                "--variants", "loop", "--precision", "mixed_bfloat16", "--output", str(out)])
-    text = out.read_text()
-    assert "32x32, median of 1 steps, mixed_bfloat16" in text
-    assert float(text.splitlines()[-1].split("|")[3]) > 0
+    measured = bench.measure_in_subprocess("tiny", 2, False, (32, 32), 1, precision="mixed_bfloat16")
+    assert measured["compute_dtype"] == "bfloat16"
+    assert measured["images_per_s"] > 0

@@ -53,7 +53,10 @@ if [ -z "$tiny" ]; then
   if [ "$TRAIN_XLA" = auto ] && awk -v n="${graphs:-0}" -v o="${rate:-0}" 'BEGIN { exit !(o > 0 && n > 1.05 * o) }'; then
     train_with /tmp/device_check/results/flags_graphs_8.flags "graphs: $graphs images/s against the bench's $rate"
     rate=$graphs
-  elif [ "$TRAIN_XLA" = tools/cuda_graphs.flags ] && [ -n "$graphs" ]; then
+  elif [ "$TRAIN_XLA" = auto ]; then
+    echo "TRAIN_XLA=auto: no flags (graphs ${graphs:-not measured}, bench ${rate:-not measured} images/s: not both, or not 5% faster)" \
+      | tee -a "$OUT/plan.txt"
+  elif [ -f "$TRAIN_XLA" ] && [ "$(cat "$TRAIN_XLA")" = "$(cat tools/cuda_graphs.flags)" ] && [ -n "$graphs" ]; then
     rate=$graphs   # the step the training runs
   fi
   # all the time for training but device_train.sh's own start (about 20 s: JAX started twice to check
@@ -62,7 +65,7 @@ if [ -z "$tiny" ]; then
   # that left 80 s of 250, too few for a first epoch that compiles under unrolling flags
   main_s=$((left - 25))
   if [ "${EPOCHS:-2000}" = sized ] && ! awk -v r="${rate:-0}" 'BEGIN { exit !(r > 0) }'; then
-    echo "EPOCHS=sized: no images/s measured (the bench stage did not run or finish): toward 2000 epochs instead" \
+    echo "EPOCHS=sized: no images/s measured (the bench and flags stages did not run or finish): toward 2000 epochs instead" \
       | tee -a "$OUT/plan.txt"
     EPOCHS=2000
   fi

@@ -80,7 +80,8 @@ def compiled_model(preset, batch_size, unroll, input_size, remat):
 
 
 def measure(preset, batch_size, unroll, input_size, steps, remat=False):
-    """{'compile_s', 'step_s' (median), 'images_per_s', 'peak_mb', 'memory'} of one variant."""
+    """{'compile_s', 'step_s' (median), 'images_per_s', 'peak_mb', 'memory', 'compute_dtype'} of one
+    variant (its compute dtype: the loop's, bfloat16 under a mixed-precision policy)."""
     model, images, targets = compiled_model(preset, batch_size, unroll, input_size, remat)
     start = time.perf_counter()
     model.train_on_batch(images, targets)
@@ -93,7 +94,7 @@ def measure(preset, batch_size, unroll, input_size, steps, remat=False):
     step_s = statistics.median(times)
     peak, what = peak_memory()
     return {"compile_s": compile_s, "step_s": step_s, "images_per_s": batch_size / step_s,
-            "peak_mb": peak / 2**20, "memory": what}
+            "peak_mb": peak / 2**20, "memory": what, "compute_dtype": iterative_block(model).compute_dtype}
 
 
 def compiled_step(model, images, targets):
