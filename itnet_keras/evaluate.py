@@ -45,8 +45,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
-from itnet_keras.costs import output_costs  # noqa: E402
 from itnet_keras.augment import SizeError  # noqa: E402
+from itnet_keras.costs import output_costs  # noqa: E402
 from itnet_keras.datasets import get_spec, spec_with_classes  # noqa: E402
 from itnet_keras.files import output_folder, write_atomic  # noqa: E402
 from itnet_keras.metrics import (  # noqa: E402
