@@ -8,7 +8,7 @@ import typing
 from dataclasses import dataclass, field
 
 from itnet_keras.cli import SEEDS, boolean
-from itnet_keras.presets import AUGMENT_RECIPES, DATASET_NAMES, MODEL_ARGS, PRESETS
+from itnet_keras.presets import AUGMENT_RECIPES, DATASET_NAMES, MODEL_ARGS, PRECISIONS, PRESETS
 
 
 def _flag(help, default=None, choices=None):
@@ -33,6 +33,9 @@ class _Training:
     bn_batches: int = _flag("after training, re-estimate the batch norms' moving statistics of the reported model "
                             "over this many training batches (dropout off), kept if they score higher on val "
                             "(0: keep the moving averages; see docs/training.md)", default=50)
+    precision: str = _flag("Keras dtype policy to train under: 'mixed_bfloat16' computes in bfloat16 with float32 "
+                           "weights (faster where the hardware has bfloat16; saved models are float32; see "
+                           "docs/benchmarks.md)", default="float32", choices=PRECISIONS)
 
 
 # Model arguments (`presets.MODEL_ARGS` with a flag): None keeps the preset's value.

@@ -192,9 +192,10 @@ def training_record(model_path):
 
 def training_summary(record):
     """What an evaluation records of the model's training (a `fit` configuration as a dict):
-    the augmentation recipe (runs older than the `--augment` flag trained with `paper`) and
-    the output weights."""
-    return {"augment": record.get("augment", "paper"), "output_weights": record.get("output_weights")}
+    the augmentation recipe, the output weights and the precision (runs older than the
+    `--augment` and `--precision` flags trained with `paper` in float32)."""
+    return {"augment": record.get("augment", "paper"), "output_weights": record.get("output_weights"),
+            "precision": record.get("precision", "float32")}
 
 
 def evaluation_inputs(model, model_path, data=None, scale=None):

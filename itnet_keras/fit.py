@@ -48,7 +48,9 @@ from itnet_keras.files import write_atomic  # noqa: E402
 from itnet_keras.fit_report import report_run  # noqa: E402
 from itnet_keras.losses import MaskedCrossEntropy, output_weights  # noqa: E402
 from itnet_keras.metrics import SegmentationMeanIoU  # noqa: E402
-from itnet_keras.model import build_itnet, iterative_block, model_args, output_names, training_model  # noqa: E402
+from itnet_keras.model import (  # noqa: E402
+    build_itnet, dtype_policy, iterative_block, model_args, output_names, training_model,
+)
 from itnet_keras.pipeline import SyncEpoch, make_dataset  # noqa: E402
 from itnet_keras.run_folder import (  # noqa: E402
     ConfigError, RunCheckpoint, TrainingError, checkpoint_epochs, committed_epoch, load_checkpoint, locked_folder,
@@ -180,7 +182,7 @@ def _run(config, callbacks):
     train, val = _datasets(config)  # the samples' paths: nothing decoded yet
     spec = train.spec
     strategy = _strategy(config)
-    with _scope(strategy):
+    with _scope(strategy), dtype_policy(config.precision):  # the layers keep the policy they are built under
         model = _build(config, spec)
         iterative_block(model).remat = config.remat
         names = output_names(len(model.outputs))

@@ -3,8 +3,12 @@
 The functional model has one input `image` [batch, H, W, 3] and N outputs
 `output_1 .. output_N` (logits at the input resolution). `encode`, `step`, `finish` and
 `anytime` reuse the model's own layers for anytime inference, as export does.
-`training_model` is the same network with the outputs before their resize (`fit --remat`).
+`training_model` is the same network with the outputs before their resize (`fit --remat`);
+`float32_model` the same weights in float32 (`fit --precision mixed_bfloat16` saves it).
 """
+
+import contextlib
+import weakref
 
 import keras
 from keras import ops
@@ -68,6 +72,36 @@ def model_args(model):
     """The model arguments an ItNet was built with (read back from its layers)."""
     config = iterative_block(model).get_config()
     return {key: config[key] for key in resolve_model_args()}
+
+
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Build layers under Keras' dtype policy `name` (e.g. `mixed_bfloat16`); the global
+    policy is restored after."""
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
+_float32_twins = weakref.WeakKeyDictionary()
+
+
+def float32_model(model):
+    """`model` if it computes in float32, else a float32 ItNet holding its weights (a mixed-precision
+    policy keeps them float32, so they copy exactly): built once per model, its weights copied
+    from `model` on every call."""
+    if iterative_block(model).dtype_policy.name == "float32":
+        return model
+    twin = _float32_twins.get(model)
+    if twin is None:
+        with dtype_policy("float32"):
+            twin = build_itnet(input_shape=model.input_shape[1:], name=model.name, **model_args(model))
+        _float32_twins[model] = twin
+    twin.set_weights(model.get_weights())
+    return twin
 
 
 def data_block(model):

@@ -61,6 +61,7 @@ PRESET_DATASET = {
 # The datasets `--data` takes (their specs live in `datasets.DATASETS`).
 DATASET_NAMES = ("builtin", "camvid", "cityscapes")
 AUGMENT_RECIPES = ("paper", "strong")  # training augmentation (`augment.py`, `fit --augment`)
+PRECISIONS = ("float32", "mixed_bfloat16")  # Keras dtype policies to train under (`fit --precision`)
 
 
 def resolve_model_args(preset=None, **overrides):

@@ -19,6 +19,7 @@ from keras import ops
 from itnet_keras.config import FitConfig, flag_of
 from itnet_keras.console import uninterrupted
 from itnet_keras.files import atomic_path, write_atomic
+from itnet_keras.model import float32_model
 
 
 class ConfigError(ValueError):
@@ -83,7 +84,7 @@ def read_run_config(folder, resolved=False):
                           "configuration as written by the run") from None
 
 
-RESUME_MAY_CHANGE = {"epochs", "data_dir", "workers", "bn_batches", "checkpoint_every"}
+RESUME_MAY_CHANGE = {"epochs", "data_dir", "workers", "bn_batches", "checkpoint_every", "precision"}
 
 
 def prepare_folder(config, given):
@@ -106,8 +107,8 @@ def prepare_folder(config, given):
             if getattr(config, name) != value:
                 raise ConfigError(f"{flag_of(name)} {getattr(config, name)!r} differs from the "
                                   f"run's saved value {value!r}; a resumed run keeps its configuration "
-                                  "(only --epochs, --data-dir, --workers, --bn-batches and --checkpoint-every "
-                                  "may change)")
+                                  "(only --epochs, --data-dir, --workers, --bn-batches, --checkpoint-every "
+                                  "and --precision may change)")
         changed = {name: getattr(config, name) for name in RESUME_MAY_CHANGE & given}
         resumed = dataclasses.replace(saved, output=config.output, resume=True, verbose=config.verbose, **changed)
         done = committed_epoch(folder)
@@ -191,8 +192,10 @@ def trim_log(path, epochs_done):
 
 
 def save_model(model, path):
+    """`model` as a .keras file, always in float32 (`float32_model`: a file of a model trained
+    under a mixed-precision policy loads, predicts and exports as a float32 model)."""
     with atomic_path(path, ".tmp.keras") as tmp:
-        model.save(tmp)
+        float32_model(model).save(tmp)
 
 
 def checkpoint_epochs(every, epochs):

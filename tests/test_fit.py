@@ -69,7 +69,8 @@ def test_fit_lowers_the_loss_writes_every_artifact_and_shows_progress(tmp_path, 
     assert report["model"].pop("train_seconds") == state["train_seconds"] > 0
     assert report["model"].pop("evaluate_seconds") > 0
     assert report["model"] == {"file": "best.keras", "epoch": state["best_epoch"], "epochs_trained": 3,
-                               "bn_batches": 4, "augment": "paper", "output_weights": "all"}
+                               "bn_batches": 4, "augment": "paper", "output_weights": "all",
+                               "precision": "float32"}
     # best.keras holds its batch norms recalibrated over 4 training batches of epoch 3 (the
     # next) if that scored higher on val at the last output, else the training's averages
     assert kept == (scores["recalibrated"] > scores["moving_averages"])
@@ -433,6 +434,37 @@ def test_augment_recipe_is_saved_kept_on_resume_and_recorded_in_evaluations(tmp_
     with pytest.raises(ConfigError, match="--augment 'heavy': expected one of paper, strong"):
         fit.run(FitConfig(augment="heavy", output=str(tmp_path / "bad")))
     assert not (tmp_path / "bad").exists()
+
+
+def test_mixed_precision_trains_in_bfloat16_and_saves_float32_models(tmp_path):
+    """`--precision mixed_bfloat16` trains the layers in bfloat16 (weights float32); every saved
+    .keras file is a float32 model with the checkpoint's weights (it loaded and predicted in
+    bfloat16 before), the global dtype policy is left as it was, the evaluation records the
+    precision, and a resume may change it."""
+    computed = {}
+
+    class Computed(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            computed["dtype"] = iterative_block(self.model).compute_dtype
+
+    folder = tmp_path / "run"
+    result = fit.run(*config_for(folder, "--epochs", "1", "--precision", "mixed_bfloat16"), callbacks=[Computed()])
+    assert computed["dtype"] == "bfloat16" and keras.config.dtype_policy().name == "float32"
+    assert result["model"]["precision"] == "mixed_bfloat16"  # evaluation.json's record of the training
+    assert run_folder.read_run_config(folder).precision == "mixed_bfloat16"
+    arrays, _ = checkpoint_arrays(folder)
+    weights = [arrays[key] for key in sorted(arrays) if key.startswith("model/")]
+    for name in ("last.keras", "best.keras"):
+        saved = keras.models.load_model(folder / name, compile=False)
+        assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}, name
+        assert len(saved.variables) == len(weights)
+        for variable, array in zip(saved.variables, weights):
+            if "seed_generator" in variable.path:  # dropout's seeds: no .keras file keeps them
+                continue
+            np.testing.assert_array_equal(np.asarray(variable), array, err_msg=f"{name}: {variable.path}")
+    fit.run(*parse_config(["--output", str(folder), "--resume", "--epochs", "2", "--precision", "float32"]),
+            callbacks=[Computed()])
+    assert computed["dtype"] == "float32" and run_folder.read_run_config(folder).precision == "float32"
 
 
 def test_flags_come_from_the_config_dataclass():

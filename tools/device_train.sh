@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper's CamVid recipe at full resolution on a GPU for a wall-time budget (issue 14), resuming
-# the open run carried in the repo (device_runs/camvid_shared_full, toward 2000 epochs: its log.csv has one row
+# the open run carried in the repo (device_runs/camvid_shared_full, toward the total its config.json records: its log.csv has one row
 # per epoch done, on the CPU and on a GPU; docs/training.md), then the recipe comparisons if time remains. One device call,
 # JAX, no TensorFlow, no network. From the project's root, after `../shared/tools/device-pack`:
 #
@@ -12,7 +12,8 @@
 #                     checkpoint.npz and log.csv are all that resuming needs (about 5 MB); with
 #                     DEVICE_TRAIN_TINY none (a new toy run) unless given
 #   DATA_DIR=.device-pack/camvid  CamVid in the SegNet layout (e.g. data/camvid from `python -m itnet_keras.download camvid`)
-#   EPOCHS=2000       the run's total; the learning rate steps x0.1 at 70% and 85% of it (the paper: 2000)
+#   EPOCHS=N          a new total for the run; the learning rate steps x0.1 at 70% and 85% of it (default: the
+#                     total the resumed run records, 447 for the open run; 2000, the paper's, for a new run)
 #   TOTAL_S=540       seconds for the whole script, its setup included (one device command may run 600 s)
 #   MAIN_S=380        seconds of them for the full-resolution run (start-up and compilation included); a run
 #                     cut off then gets up to 75 s to recalibrate and 75 s to evaluate its last epoch
@@ -38,13 +39,12 @@ export KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 if [ -n "${DEVICE_TRAIN_TINY:-}" ]; then
   RUN=${RUN:-}  # a new toy run: the repo's open run is camvid_shared at full resolution
-  preset=tiny; data=(--data builtin --limit 16); moved=(); cmp_data=("${data[@]}"); EPOCHS=${EPOCHS:-3}
+  preset=tiny; data=(--data builtin --limit 16); moved=(); cmp_data=("${data[@]}"); new_total=3
   TOTAL_S=${TOTAL_S:-900}; MAIN_S=${MAIN_S:-300}; COMPARE_EPOCHS=${COMPARE_EPOCHS:-1}; cmp_scale=()
 else
   RUN=${RUN:-device_runs/camvid_shared_full}
   preset=camvid_shared; data=(--data camvid --data-dir "${DATA_DIR:-.device-pack/camvid}"); moved=("${data[@]:2}")
-  EPOCHS=${EPOCHS:-2000}
-  TOTAL_S=${TOTAL_S:-540}; MAIN_S=${MAIN_S:-380}; COMPARE_EPOCHS=${COMPARE_EPOCHS:-30}
+  new_total=2000; TOTAL_S=${TOTAL_S:-540}; MAIN_S=${MAIN_S:-380}; COMPARE_EPOCHS=${COMPARE_EPOCHS:-30}
   cmp_data=("${data[@]}"); cmp_scale=(--scale "${COMPARE_SCALE:-2}")
 fi
 work=${WORK:-/tmp/device_train}
@@ -69,7 +69,7 @@ print(sys.argv[1].split('/', 3)[-1] + ':', m.get('file'), *(['epoch', m['epoch']
 if 'epoch' in m else []), '| val mIoU per output', ' '.join(f\"{o['miou']:.3f}\" for o in r['outputs']), \
 '| input', r['input_size'])" "$1" >> "$summary" 2>&1
 }
-{ echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null) EPOCHS=$EPOCHS TOTAL_S=$TOTAL_S MAIN_S=$MAIN_S"
+{ echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null) EPOCHS=${EPOCHS:-unset} TOTAL_S=$TOTAL_S MAIN_S=$MAIN_S"
   nvidia-smi -L 2>/dev/null
   $py -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)"; } >> "$summary" 2>&1
 if [ -z "${DEVICE_TRAIN_TINY:-}" ] && ! $py -c "import jax; assert jax.default_backend() == 'gpu'" 2>/dev/null; then
@@ -79,6 +79,9 @@ if [ -z "${DEVICE_TRAIN_TINY:-}" ] && ! $py -c "import jax; assert jax.default_b
 fi
 checkpoint_epoch() {  # checkpoint_epoch RUN_FOLDER: the epochs its checkpoint holds (log.csv may hold one more)
   $py -c "import json, sys, numpy; print(json.loads(str(numpy.load(sys.argv[1])['state']))['epoch'])" "$1/checkpoint.npz" 2>&1
+}
+run_total() {  # run_total RUN_FOLDER: the total epochs its config.json records
+  $py -c "import json, sys; print(json.load(open(sys.argv[1]))['fit']['epochs'])" "$1/config.json" 2>&1
 }
 pack_main() {  # the run folder as resuming needs it (and its evaluations), into $OUT/main.tar
   [ -f "$run/checkpoint.npz" ] || return 0   # no epoch done (the stage skipped or cut off before one)
@@ -92,11 +95,11 @@ pack_main() {  # the run folder as resuming needs it (and its evaluations), into
 run=$work/run
 if [ -f "$RUN/checkpoint.npz" ]; then
   cp -r "$RUN" "$run"
-  echo "resuming $RUN: $(checkpoint_epoch "$run") epochs done" >> "$summary"
-  fit=(--output "$run" --resume --epochs "$EPOCHS" "${moved[@]}")   # the data's place here; the rest is saved
+  echo "resuming $RUN: $(checkpoint_epoch "$run") of $(run_total "$run") epochs done" >> "$summary"
+  fit=(--output "$run" --resume ${EPOCHS:+--epochs "$EPOCHS"} "${moved[@]}")   # the data's place here; the rest is saved
 else
   echo "no checkpoint in ${RUN:-(no RUN given)}: a new run" >> "$summary"
-  fit=(--preset "$preset" "${data[@]}" --epochs "$EPOCHS" --batch-size 8 --output-weights all --augment paper
+  fit=(--preset "$preset" "${data[@]}" --epochs "${EPOCHS:-$new_total}" --batch-size 8 --output-weights all --augment paper
        --output "$run")
 fi
 main_s=$(( MAIN_S < $(left) ? MAIN_S : $(left) ))
@@ -111,7 +114,7 @@ elif [ -f "$run/last.keras" ]; then   # cut off: its last completed epoch, batch
   stage evaluate_latest $(( $(left) > 75 ? 75 : $(left) )) $py -m itnet_keras.evaluate "$run/latest.keras" \
     "${data[@]}" --split val --output "$run/latest" && miou "$run/latest/evaluation.json"
 fi
-[ -f "$run/checkpoint.npz" ] && echo "the checkpoint holds epoch $(checkpoint_epoch "$run") of $EPOCHS" >> "$summary"
+[ -f "$run/checkpoint.npz" ] && echo "the checkpoint holds epoch $(checkpoint_epoch "$run") of $(run_total "$run")" >> "$summary"
 pack_main
 
 # 2. The comparisons (items 2 and 3): same model, epochs and seed; the recipe and the output weights vary.

@@ -29,7 +29,7 @@ import sys
 import time
 
 from itnet_keras.cli import description, parse_size, positive
-from itnet_keras.presets import PRESET_DATASET
+from itnet_keras.presets import PRECISIONS, PRESET_DATASET
 
 
 def build_parser():
@@ -43,7 +43,7 @@ def build_parser():
     parser.add_argument("--compiled-memory", action="store_true",
                         help="JAX: XLA's memory estimate of the compiled step instead of running it")
     parser.add_argument("--variants", nargs="+", default=["loop", "unroll"], choices=["loop", "unroll"])
-    parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"],
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS,
                         help="Keras' dtype policy for the model (mixed: bfloat16 computation, float32 weights)")
     parser.add_argument("--output", help="also write the table (markdown) to this file")
     return parser
