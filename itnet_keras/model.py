@@ -15,7 +15,7 @@ from keras import ops
 
 from itnet_keras.iterative_block import IterativeBlock
 from itnet_keras.layers import DataBlock, OutputResize, resize_like
-# A model `fit` saved holds its compiled loss and metrics: registered here, with the layers,
+# A model `fit` saved may hold its compiled loss and metrics: registered here, with the layers,
 # so that `keras.models.load_model` finds every class once this module is imported.
 from itnet_keras.losses import MaskedCrossEntropy  # noqa: F401
 from itnet_keras.metrics import SegmentationMeanIoU  # noqa: F401

@@ -84,7 +84,7 @@ def read_run_config(folder, resolved=False):
                           "configuration as written by the run") from None
 
 
-RESUME_MAY_CHANGE = {"epochs", "data_dir", "workers", "bn_batches", "checkpoint_every", "precision"}
+RESUME_MAY_CHANGE = {"epochs", "data_dir", "workers", "bn_batches", "checkpoint_every"}
 
 
 def prepare_folder(config, given):
@@ -107,8 +107,8 @@ def prepare_folder(config, given):
             if getattr(config, name) != value:
                 raise ConfigError(f"{flag_of(name)} {getattr(config, name)!r} differs from the "
                                   f"run's saved value {value!r}; a resumed run keeps its configuration "
-                                  "(only --epochs, --data-dir, --workers, --bn-batches, --checkpoint-every "
-                                  "and --precision may change)")
+                                  "(only --epochs, --data-dir, --workers, --bn-batches and --checkpoint-every "
+                                  "may change)")
         changed = {name: getattr(config, name) for name in RESUME_MAY_CHANGE & given}
         resumed = dataclasses.replace(saved, output=config.output, resume=True, verbose=config.verbose, **changed)
         done = committed_epoch(folder)

@@ -440,7 +440,7 @@ def test_mixed_precision_trains_in_bfloat16_and_saves_float32_models(tmp_path):
     """`--precision mixed_bfloat16` trains the layers in bfloat16 (weights float32); every saved
     .keras file is a float32 model with the checkpoint's weights (it loaded and predicted in
     bfloat16 before), the global dtype policy is left as it was, the evaluation records the
-    precision, and a resume may change it."""
+    precision, and a resume keeps it."""
     computed = {}
 
     class Computed(keras.callbacks.Callback):
@@ -462,9 +462,11 @@ def test_mixed_precision_trains_in_bfloat16_and_saves_float32_models(tmp_path):
             if "seed_generator" in variable.path:  # dropout's seeds: no .keras file keeps them
                 continue
             np.testing.assert_array_equal(np.asarray(variable), array, err_msg=f"{name}: {variable.path}")
-    fit.run(*parse_config(["--output", str(folder), "--resume", "--epochs", "2", "--precision", "float32"]),
-            callbacks=[Computed()])
-    assert computed["dtype"] == "float32" and run_folder.read_run_config(folder).precision == "float32"
+    with pytest.raises(ConfigError, match="--precision 'float32' differs from the run's saved value 'mixed_bfloat16'"):
+        fit.run(*parse_config(["--output", str(folder), "--resume", "--precision", "float32"]))
+    computed.clear()
+    fit.run(*parse_config(["--output", str(folder), "--resume", "--epochs", "2"]), callbacks=[Computed()])
+    assert computed["dtype"] == "bfloat16"  # a run keeps its precision: evaluation.json's record holds
 
 
 def test_flags_come_from_the_config_dataclass():
