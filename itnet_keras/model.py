@@ -93,7 +93,7 @@ def float32_model(model):
     """`model` if it computes in float32, else a float32 ItNet holding its weights (a mixed-precision
     policy keeps them float32, so they copy exactly): built once per model, its weights copied
     from `model` on every call."""
-    if iterative_block(model).dtype_policy.name == "float32":
+    if model.dtype_policy.name == "float32":  # the global policy when it was built
         return model
     twin = _float32_twins.get(model)
     if twin is None:
