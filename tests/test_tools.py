@@ -103,3 +103,20 @@ def test_the_bench_trains_under_a_mixed_precision_policy():
     measured = bench.measure_in_subprocess("tiny", 2, False, (32, 32), 1, precision="mixed_bfloat16")
     assert measured["compute_dtype"] == "bfloat16"
     assert measured["images_per_s"] > 0
+
+
+def test_log_windows_gives_the_median_and_best_of_each_window(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("log_windows", Path(__file__).parent.parent / "tools" / "log_windows.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    columns = module.COLUMNS
+    lines = ["epoch," + ",".join(columns)]
+    for epoch, value in enumerate([0.1, 0.5, 0.3, 0.9]):  # epochs 1 to 4 (the column counts from 0)
+        lines.append(f"{epoch}," + ",".join(str(value) for _ in columns))
+    (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
+    module.main([str(tmp_path / "log.csv"), "1-3", "4-4"])
+    first, second = capsys.readouterr().out.splitlines()
+    assert first == "| 1 to 3 | " + " | ".join(["0.300 / 0.500"] * 4 + ["0.300 / 0.100"]) + " |"  # loss: the lowest
+    assert second == "| 4 to 4 | " + " | ".join(["0.900 / 0.900"] * 5) + " |"
+    with pytest.raises(SystemExit, match="no epoch of 5-6"):
+        module.main([str(tmp_path / "log.csv"), "5-6"])
