@@ -17,7 +17,7 @@ from itnet_keras.config import build_parser
 from itnet_keras.costs import output_costs
 from itnet_keras.datasets import DATASETS
 from itnet_keras.iterative_block import IterativeBlock
-from itnet_keras.model import anytime, encode, finish, iterative_block, step
+from itnet_keras.model import anytime, dtype_policy, encode, finish, iterative_block, step
 from itnet_keras.presets import DATASET_NAMES, DEFAULTS, MODEL_ARGS
 
 SMALL = dict(num_classes=3, width=8, num_scales=2, num_iterations=3, expansion=2)
@@ -311,10 +311,8 @@ def test_every_dataset_is_a_data_choice():
 
 @pytest.fixture
 def mixed_bfloat16():
-    before = keras.mixed_precision.dtype_policy()
-    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
-    yield
-    keras.mixed_precision.set_dtype_policy(before)
+    with dtype_policy("mixed_bfloat16"):
+        yield
 
 
 @pytest.mark.parametrize("variant", VARIANTS[1:3], ids=VARIANT_IDS[1:3])
