@@ -7,15 +7,20 @@ from pathlib import Path
 
 import pytest
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "trace_summary.py"
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+def load_tool(name):
+    """tools/NAME.py as a module (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def trace_summary():
-    spec = importlib.util.spec_from_file_location("trace_summary", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("trace_summary")
 
 
 def write_trace(folder, events):
@@ -106,9 +111,7 @@ def test_the_bench_trains_under_a_mixed_precision_policy():
 
 
 def test_log_windows_gives_the_median_and_best_of_each_window(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("log_windows", Path(__file__).parent.parent / "tools" / "log_windows.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool("log_windows")
     columns = module.COLUMNS
     lines = ["epoch," + ",".join(columns)]
     for epoch, value in enumerate([0.1, 0.5, 0.3, 0.9]):  # epochs 1 to 4 (the column counts from 0)

@@ -64,12 +64,12 @@ if [ -z "$tiny" ]; then
   # outputs 1 and N, and main.tar its best.keras for fit's report elsewhere): reserving 170 s for
   # that left 80 s of 250, too few for a first epoch that compiles under unrolling flags
   main_s=$((left - 25))
-  if [ "${EPOCHS:-2000}" = sized ] && ! awk -v r="${rate:-0}" 'BEGIN { exit !(r > 0) }'; then
+  if [ "${EPOCHS:-}" = sized ] && ! awk -v r="${rate:-0}" 'BEGIN { exit !(r > 0) }'; then
     echo "EPOCHS=sized: no images/s measured (the bench and flags stages did not run or finish): toward the run's own total instead" \
       | tee -a "$OUT/plan.txt"
     unset EPOCHS
   fi
-  if [ "${EPOCHS:-2000}" = sized ]; then   # end inside the time left, its rate steps and report included
+  if [ "${EPOCHS:-}" = sized ]; then   # end inside the time left, its rate steps and report included
     # the epochs the checkpoint holds (log.csv may hold one more: it is written before the checkpoint)
     done=$(${PYTHON:-python3} -c "import json, sys, numpy; print(json.loads(str(numpy.load(sys.argv[1])['state']))['epoch'])" \
       "${RUN:-device_runs/camvid_shared_full}/checkpoint.npz")
