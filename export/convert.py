@@ -38,8 +38,8 @@ def build_parser():
     parser.add_argument("--data", choices=DATASET_NAMES, help="the model's dataset")
     parser.add_argument("--data-dir", help="dataset folder (int8 calibration images)")
     parser.add_argument("--input-size", type=parse_size, help="HEIGHTxWIDTH (default: the dataset's)")
-    parser.add_argument("--calibration-images", type=positive(int), default=16,
-                        help="int8: how many training images calibrate it")
+    parser.add_argument("--calibration-images", type=positive(int), default=64,
+                        help="int8: how many training images calibrate it (64: see export/README.md)")
     parser.add_argument("--seed", type=seed, default=0, help="seed of the calibration sample")
     parser.add_argument("--output", required=True, help="the file to write")
     add_verbose_flag(parser)

@@ -250,7 +250,7 @@ def convert_static(model, path, iterations, quant="float32", spec=None, input_si
     return written
 
 
-def calibration_sample(dataset, input_size, count=16, seed=0, data_dir=None):
+def calibration_sample(dataset, input_size, count=64, seed=0, data_dir=None):
     """A fixed sample of training images for int8 calibration: (images, record).
 
     The images are resized to `input_size` and normalized as in training (no
