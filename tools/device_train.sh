@@ -14,6 +14,9 @@
 #   DATA_DIR=.device-pack/camvid  CamVid in the SegNet layout (e.g. data/camvid from `python -m itnet_keras.download camvid`)
 #   EPOCHS=N          a new total for the run; the learning rate steps x0.1 at 70% and 85% of it (default: the
 #                     total the resumed run records, 447 for the open run; 2000, the paper's, for a new run)
+#   AUGMENT=strong    branch the resumed run: its copy goes on with this --augment (its config.json edited, as
+#                     docs/training.md's "`strong` at full resolution" did by hand) and 8 input threads; a new
+#                     run starts with it (default: paper)
 #   TOTAL_S=540       seconds for the whole script, its setup included (one device command may run 600 s)
 #   MAIN_S=380        seconds of them for the full-resolution run (start-up and compilation included); a run
 #                     cut off then gets up to 75 s to recalibrate and 75 s to evaluate its last epoch
@@ -47,6 +50,7 @@ else
   new_total=2000; TOTAL_S=${TOTAL_S:-540}; MAIN_S=${MAIN_S:-380}; COMPARE_EPOCHS=${COMPARE_EPOCHS:-30}
   cmp_data=("${data[@]}"); cmp_scale=(--scale "${COMPARE_SCALE:-2}")
 fi
+case "${AUGMENT:-}" in ''|paper|strong) ;; *) echo "error: AUGMENT=$AUGMENT: expected paper or strong" >&2; exit 2;; esac
 work=${WORK:-/tmp/device_train}
 rm -rf "$work"
 mkdir -p "$work/logs"
@@ -97,10 +101,15 @@ if [ -f "$RUN/checkpoint.npz" ]; then
   cp -r "$RUN" "$run"
   echo "resuming $RUN: $(checkpoint_epoch "$run") of $(run_total "$run") epochs done" >> "$summary"
   fit=(--output "$run" --resume ${EPOCHS:+--epochs "$EPOCHS"} "${moved[@]}")   # the data's place here; the rest is saved
+  if [ -n "${AUGMENT:-}" ]; then   # fit --resume refuses a new recipe: the copy's record is changed instead
+    $py -c "import json, sys; p = sys.argv[1] + '/config.json'; c = json.load(open(p)); c['fit']['augment'] = sys.argv[2]; \
+json.dump(c, open(p, 'w'), indent=1)" "$run" "$AUGMENT" && echo "branched: --augment $AUGMENT from here on" >> "$summary"
+    fit+=(--workers 8)
+  fi
 else
   echo "no checkpoint in ${RUN:-(no RUN given)}: a new run" >> "$summary"
-  fit=(--preset "$preset" "${data[@]}" --epochs "${EPOCHS:-$new_total}" --batch-size 8 --output-weights all --augment paper
-       --output "$run")
+  fit=(--preset "$preset" "${data[@]}" --epochs "${EPOCHS:-$new_total}" --batch-size 8 --output-weights all
+       --augment "${AUGMENT:-paper}" --output "$run" ${AUGMENT:+--workers 8})
 fi
 main_s=$(( MAIN_S < $(left) ? MAIN_S : $(left) ))
 stage fit_main "$main_s" $py -m itnet_keras.fit "${fit[@]}"
