@@ -60,6 +60,11 @@ class FitConfig(_WithModel):
     seed: int = _flag("random seed (weights, shuffling, augmentation, dropout)", default=0)
     output: str = _flag("run folder", default="runs/itnet")
     resume: bool = _flag("continue the run in --output from its last checkpoint", default=False)
+    branch_from: typing.Optional[str] = _flag(
+        "start the new run in --output from the last checkpoint of the run in this folder (weights, optimizer "
+        "state, epochs done, log rows), with that run's configuration except --augment, --output-weights, "
+        "--learning-rate and what --resume may change; config.json and evaluation.json record the branch "
+        "(the folder is only read)")
     checkpoint_every: int = _flag("validate and save last.keras, best.keras (when the val mIoU of the last output "
                                   "is the best yet) and the checkpoint every this many epochs and after the last; "
                                   "a resumed run repeats the epochs after its last checkpoint", default=1)

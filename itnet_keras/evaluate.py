@@ -175,12 +175,14 @@ def format_outputs(result):
 
 def training_record(model_path):
     """The `fit` configuration of the run that wrote `model_path` (its folder's
-    `config.json`), or None where there is none."""
+    `config.json`; for a branch, with the record of where it branched under "branch",
+    `run_folder.branch`), or None where there is none."""
     path = Path(model_path).with_name("config.json")
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text())["fit"]
+        saved = json.loads(path.read_text())
+        record = {**saved["fit"], **({"branch": saved["branch"]} if "branch" in saved else {})}
         scale = record.get("scale", 1)
         if not isinstance(scale, int) or scale < 1:
             raise ValueError(f"scale {scale!r}, expected a positive integer")
@@ -193,9 +195,11 @@ def training_record(model_path):
 def training_summary(record):
     """What an evaluation records of the model's training (a `fit` configuration as a dict):
     the augmentation recipe, the output weights and the precision (runs older than the
-    `--augment` and `--precision` flags trained with `paper` in float32)."""
+    `--augment` and `--precision` flags trained with `paper` in float32), and for a branch
+    where it branched ("branch": the run, the epoch, the flags changed)."""
     return {"augment": record.get("augment", "paper"), "output_weights": record.get("output_weights"),
-            "precision": record.get("precision", "float32")}
+            "precision": record.get("precision", "float32"),
+            **({"branch": record["branch"]} if record.get("branch") else {})}
 
 
 def evaluation_inputs(model, model_path, data=None, scale=None):

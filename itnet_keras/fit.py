@@ -20,7 +20,9 @@ Every file but the logs is written atomically; the logs, appended to, are writte
 checkpoint, and a resume drops what they hold past it. `--resume` continues from the last completed epoch
 with the same optimizer state, learning-rate schedule and batches. `--resume --epochs M`
 sets a new total (also of a finished run); the learning-rate steps move to 70% and 85%
-of the new total (see docs/reliability.md).
+of the new total (see docs/reliability.md). `--branch-from RUN --output NEW` starts a new run
+where RUN stands, with another recipe (`--augment`, `--output-weights`, `--learning-rate`;
+`run_folder.branch`); RUN is only read.
 """
 
 import argparse
@@ -53,8 +55,8 @@ from itnet_keras.model import (  # noqa: E402
 )
 from itnet_keras.pipeline import SyncEpoch, make_dataset  # noqa: E402
 from itnet_keras.run_folder import (  # noqa: E402
-    ConfigError, RunCheckpoint, TrainingError, checkpoint_epochs, committed_epoch, load_checkpoint, locked_folder,
-    prepare_folder, promote_pending, trim_log,
+    ConfigError, RunCheckpoint, TrainingError, branch_state, checkpoint_epochs, committed_epoch, copy_log,
+    load_checkpoint, locked_folder, prepare_folder, promote_pending, trim_log,
 )
 
 # TensorFlow is imported where used: `--strategy mirrored` on that backend only.
@@ -189,10 +191,14 @@ def _run(config, callbacks):
         train.output_names = val.output_names = names
         trained, weights = compile_model(model, config, spec, len(train))  # `model` is the one saved
     state = {"epoch": 0, "best": -1.0, "best_epoch": None, "train_seconds": 0.0}
-    if config.resume:  # a checkpoint from before `train_seconds` was recorded: unknown
+    branching = config.branch_from is not None and not config.resume  # a branch's first start
+    if config.resume or branching:  # a checkpoint from before `train_seconds` was recorded: unknown
+        source = Path(config.branch_from) if branching else folder
         with _scope(strategy):  # the optimizer's variables, as the model's
-            state = {"train_seconds": None, **load_checkpoint(folder / "checkpoint.npz", trained)}
+            state = {"train_seconds": None, **load_checkpoint(source / "checkpoint.npz", trained)}
         _check_steps(config, int(keras.ops.convert_to_numpy(trained.optimizer.iterations)), state["epoch"], len(train))
+        if branching:
+            state = branch_state(config, state)
         done = state.get("recalibrated")
         if done and (done["file"], done["epoch"]) == ("best.keras", state["best_epoch"]):
             # best.keras was recalibrated in place: a further epoch replaces it only if it beats that score
@@ -202,14 +208,17 @@ def _run(config, callbacks):
     if config.resume:
         trim_log(folder / "log.csv", state["epoch"])
         promote_pending(folder, state)
-    resolved = {"fit": dataclasses.asdict(config), "model": model_args(model), "dataset": spec.name}
+    elif branching:
+        copy_log(config.branch_from, folder, state["epoch"])
+    resolved = {"fit": dataclasses.asdict(config), "model": model_args(model), "dataset": spec.name,
+                **({"branch": state["branch"]} if "branch" in state else {})}
     write_atomic(folder / "config.json", json.dumps(resolved, indent=1))
     validated = checkpoint_epochs(config.checkpoint_every, config.epochs)  # validation chooses best.keras
     checkpoint = RunCheckpoint(folder, f"val_{names[-1]}_miou", state, model, validated)
     # log.csv and TensorBoard before the checkpoint, the commit point: a kill between them leaves
     # an epoch that is not committed, which resuming drops and writes again (the other order loses it).
     callbacks = [
-        SyncEpoch(train), StopOnNaN(), keras.callbacks.CSVLogger(str(folder / "log.csv"), append=config.resume),
+        SyncEpoch(train), StopOnNaN(), keras.callbacks.CSVLogger(str(folder / "log.csv"), append=config.resume or branching),
         EpochTensorBoard(folder / "tensorboard", state["epoch"]),
         checkpoint, EpochProgress(config.epochs, len(train), len(val), validated), EpochSummary(config.epochs, names),
         *callbacks,

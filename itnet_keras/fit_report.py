@@ -42,7 +42,7 @@ def report_run(folder, config, state, train, val, weights):
     source = {"file": best.name, "epoch": epoch, "epochs_trained": state["epoch"],
               "train_seconds": state["train_seconds"], "evaluate_seconds": time.monotonic() - began,
               "bn_batches": done["bn_batches"] if done else config.bn_batches, **kept,
-              **training_summary(dataclasses.asdict(config))}
+              **training_summary({**dataclasses.asdict(config), "branch": state.get("branch")})}
     return write_report(model, val, folder, label=config.preset, loss_weights=weights, source=source, result=result)
 
 

@@ -69,12 +69,12 @@ def locked_folder(folder):
         os.close(lock)
 
 
-def read_run_config(folder, resolved=False):
+def read_run_config(folder, resolved=False, flag="--resume"):
     """The `FitConfig` saved in `folder/config.json` (with `resolved`, also the model arguments
-    it resolved to); a damaged file is named in the error."""
+    it resolved to); a missing or damaged file is named in the error (after `flag`)."""
     path = Path(folder) / "config.json"
     if not path.is_file():
-        raise ConfigError(f"--resume: {path} does not exist (the run folder is incomplete)")
+        raise ConfigError(f"{flag}: {path} does not exist (the run folder is incomplete)")
     try:
         record = json.loads(path.read_text())
         config = FitConfig(**record["fit"])
@@ -85,6 +85,24 @@ def read_run_config(folder, resolved=False):
 
 
 RESUME_MAY_CHANGE = {"epochs", "data_dir", "workers", "bn_batches", "checkpoint_every"}
+# A branch is a new run that starts from another's checkpoint: it may also change the recipe.
+BRANCH_MAY_CHANGE = RESUME_MAY_CHANGE | {"augment", "output_weights", "learning_rate"}
+
+
+def _kept_config(config, given, folder, may_change, what, flag="--resume"):
+    """The configuration saved in `folder` with the flags in `given` that `may_change` (a
+    ConfigError names the first other flag given with a different value)."""
+    saved, model = read_run_config(folder, resolved=True, flag=flag)
+    for name in sorted(given - {"output", "resume", "branch_from", "verbose", *may_change}):
+        value = getattr(saved, name)
+        if value is None and name in FitConfig.MODEL_FIELDS:  # the preset's: the value it resolved to
+            value = model.get(name)
+        if getattr(config, name) != value:
+            allowed = ", ".join(flag_of(n) for n in sorted(may_change))
+            raise ConfigError(f"{flag_of(name)} {getattr(config, name)!r} differs from the run's saved value "
+                              f"{value!r}; {what} keeps its configuration (only {allowed} may change)")
+    changed = {name: getattr(config, name) for name in may_change & given}
+    return dataclasses.replace(saved, output=config.output, resume=True, verbose=config.verbose, **changed)
 
 
 def prepare_folder(config, given):
@@ -93,24 +111,17 @@ def prepare_folder(config, given):
     A resumed run keeps its saved configuration; only `--epochs` (the new total), where and
     how the data is read (`--data-dir`, `--workers`: a run moved to another machine), the
     batch-norm recalibration after training (`--bn-batches`) and `--checkpoint-every` may change.
+    `--branch-from` makes a new run that starts where another stands (`branch`).
     """
     folder = Path(config.output)
     checkpoint = folder / "checkpoint.npz"
     if config.resume:
+        if config.branch_from:
+            raise ConfigError(f"--branch-from {config.branch_from}: it starts a new run in --output; "
+                              "--resume continues the one there: give one of them")
         if not checkpoint.is_file():
             raise ConfigError(f"--resume: {checkpoint} does not exist (nothing to resume)")
-        saved, model = read_run_config(folder, resolved=True)
-        for name in given - {"output", "resume", "verbose", *RESUME_MAY_CHANGE}:
-            value = getattr(saved, name)
-            if value is None and name in FitConfig.MODEL_FIELDS:  # the preset's: the value it resolved to
-                value = model.get(name)
-            if getattr(config, name) != value:
-                raise ConfigError(f"{flag_of(name)} {getattr(config, name)!r} differs from the "
-                                  f"run's saved value {value!r}; a resumed run keeps its configuration "
-                                  "(only --epochs, --data-dir, --workers, --bn-batches and --checkpoint-every "
-                                  "may change)")
-        changed = {name: getattr(config, name) for name in RESUME_MAY_CHANGE & given}
-        resumed = dataclasses.replace(saved, output=config.output, resume=True, verbose=config.verbose, **changed)
+        resumed = _kept_config(config, given, folder, RESUME_MAY_CHANGE, "a resumed run")
         done = committed_epoch(folder)
         if done > resumed.epochs:
             raise ConfigError(f"--epochs {resumed.epochs}: the run in {folder} has already completed {done} epochs")
@@ -118,7 +129,46 @@ def prepare_folder(config, given):
     if checkpoint.exists():
         raise ConfigError(f"--output {folder} already holds a run: pass --resume to continue it, "
                           "or choose another folder")
-    return config
+    return branch(config, given) if config.branch_from else config
+
+
+def branch(config, given):
+    """Check a branch (`--branch-from`): a new run in `config.output` (locked, without a
+    checkpoint) that starts from the last checkpoint of the run in `config.branch_from`, with
+    that run's configuration but for the flags in `BRANCH_MAY_CHANGE` given (e.g. another
+    `--augment` from epoch 313 on); returns the configuration to run it with. `fit` then loads
+    the source's checkpoint (its weights, optimizer state, epochs done and so its learning-rate
+    schedule), gives it `branch_state` and copies the source's log rows (`copy_log`) after the
+    data is checked; the branch's own checkpoint makes it a run, as for a new run. The source
+    folder is only read."""
+    source = Path(config.branch_from)
+    flag = f"--branch-from {source}"
+    if not (source / "checkpoint.npz").is_file():
+        raise ConfigError(f"{flag}: {source / 'checkpoint.npz'} does not exist (no run to branch from)")
+    branched = _kept_config(config, given, source, BRANCH_MAY_CHANGE, "a branch", flag)
+    done = committed_epoch(source)
+    if done > branched.epochs:
+        raise ConfigError(f"--epochs {branched.epochs}: the run in {source} has already completed {done} epochs")
+    return dataclasses.replace(branched, resume=False, branch_from=str(source))  # kept on its own --resume
+
+
+def branch_state(config, state):
+    """The progress a branch starts with, from its source's checkpoint `state`: the epochs
+    done and their wall time, no best model yet (best.keras is the branch's own) and the
+    record of where it branched ("branch": the run, the epoch, the flags changed), which the
+    checkpoint keeps and config.json and evaluation.json repeat."""
+    saved = read_run_config(config.branch_from)
+    changed = {flag_of(name): [getattr(saved, name), getattr(config, name)]
+               for name in sorted(BRANCH_MAY_CHANGE - RESUME_MAY_CHANGE) if getattr(saved, name) != getattr(config, name)}
+    return {"epoch": state["epoch"], "best": -1.0, "best_epoch": None, "train_seconds": state["train_seconds"],
+            "branch": {"from": config.branch_from, "epoch": state["epoch"], "changed": changed}}
+
+
+def copy_log(source, folder, epochs_done):
+    """A branch's log.csv: its source's rows of the epochs its checkpoint holds."""
+    if (Path(source) / "log.csv").is_file():
+        write_atomic(Path(folder) / "log.csv", (Path(source) / "log.csv").read_bytes(), "wb")
+        trim_log(Path(folder) / "log.csv", epochs_done)
 
 
 def save_checkpoint(path, model, state):

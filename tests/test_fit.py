@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from itnet_keras import build_itnet, console, fit, fit_report, run_folder
+from itnet_keras import build_itnet, console, evaluate, fit, fit_report, run_folder
 from itnet_keras.batch_norm import moving_statistics, recalibrate, training_images
 from itnet_keras.config import FitConfig, parse_config
 from itnet_keras.datasets import get_spec
@@ -356,6 +357,65 @@ def test_existing_run_needs_resume_and_resume_keeps_the_configuration(tmp_path):
         run_folder.prepare_folder(*parse_config(["--output", str(tmp_path / "run"), "--resume", "--width", "9"]))
 
 
+def test_a_branch_goes_on_from_another_runs_checkpoint_with_another_recipe(tmp_path):
+    """`--branch-from` starts a new run where another stands. With no recipe flag changed it
+    ends with the weights of the source resumed (same schedule, same batches); with another
+    `--augment` and `--output-weights` it records the change in config.json and evaluation.json,
+    also after its own resume. The source is only read."""
+    source = tmp_path / "source"
+    fit.run(*config_for(source, "--epochs", "2"))
+    files = {path.name: path.read_bytes() for path in source.iterdir() if path.is_file()}
+    fit.run(*parse_config(["--branch-from", str(source), "--output", str(tmp_path / "same"), "--epochs", "3"]))
+    resumed = tmp_path / "resumed"
+    shutil.copytree(source, resumed)
+    fit.run(*parse_config(["--output", str(resumed), "--resume", "--epochs", "3"]))
+    same, same_state = checkpoint_arrays(tmp_path / "same")
+    for key, value in checkpoint_arrays(resumed)[0].items():
+        np.testing.assert_allclose(same[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+    assert same_state["branch"] == {"from": str(source), "epoch": 2, "changed": {}}
+
+    other = tmp_path / "other"
+    result = fit.run(*parse_config(["--branch-from", str(source), "--output", str(other), "--epochs", "3",
+                                    "--augment", "strong", "--output-weights", "last:1"]))
+    record = {"from": str(source), "epoch": 2,
+              "changed": {"--augment": ["paper", "strong"], "--output-weights": ["all", "last:1"]}}
+    saved = json.loads((other / "config.json").read_text())
+    assert saved["branch"] == record and result["model"]["branch"] == record
+    assert (saved["fit"]["augment"], saved["fit"]["output_weights"], saved["fit"]["branch_from"]) == (
+        "strong", "last:1", str(source))
+    assert [row["epoch"] for row in log_rows(other)] == ["0", "1", "2"]  # the source's rows, then its own
+    assert [row["loss"] for row in log_rows(other)][:2] == [row["loss"] for row in log_rows(source)]
+    weights, state = checkpoint_arrays(other)
+    assert (state["epoch"], state["best_epoch"]) == (3, 3)  # best.keras is the branch's own
+    assert not all(np.allclose(weights[key], same[key]) for key in weights)  # the recipe changed the training
+
+    fit.run(*parse_config(["--output", str(other), "--resume", "--epochs", "4"]))
+    assert json.loads((other / "config.json").read_text())["branch"] == record
+    assert evaluate.main([str(other / "last.keras"), "--limit", "8", "--output", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["model"]["branch"] == record
+    assert {path.name: path.read_bytes() for path in source.iterdir() if path.is_file()} == files
+
+
+def test_a_branch_that_cannot_be_made_is_named_and_leaves_no_folder(tmp_path, capsys):
+    source = tmp_path / "source"
+    fit.run(*config_for(source, "--epochs", "2"))
+    branch = ["--output", str(tmp_path / "branch"), "--branch-from"]
+    for flags, culprit in [
+        ([*branch, str(tmp_path / "none")], f"--branch-from {tmp_path / 'none'}: {tmp_path / 'none'}/checkpoint.npz "
+                                             "does not exist"),
+        ([*branch, str(source), "--batch-size", "4"], "--batch-size 4 differs from the run's saved value 8; a branch "
+                                                      "keeps its configuration (only --augment, --bn-batches"),
+        ([*branch, str(source), "--epochs", "1"], f"--epochs 1: the run in {source} has already completed 2 epochs"),
+        ([*branch, str(source), "--resume"], f"--branch-from {source}: it starts a new run in --output; --resume"),
+    ]:
+        assert fit.main(flags) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and culprit in err, (flags, err)
+        assert not (tmp_path / "branch").exists()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        fit.run(*parse_config(["--output", str(source), "--branch-from", str(tmp_path / "branch")]))
+
+
 def test_resume_on_another_machine_may_read_the_data_elsewhere(tmp_path, camvid_fixture):
     """A run moved to another machine (e.g. from this CPU to a GPU) finds its data at another
     path: --data-dir and --workers may change on --resume, and the new values are saved (so
@@ -415,8 +475,6 @@ def test_bad_values_give_one_clear_error(tmp_path, flags, culprit, capsys):
 
 
 def test_augment_recipe_is_saved_kept_on_resume_and_recorded_in_evaluations(tmp_path):
-    from itnet_keras import evaluate
-
     folder = tmp_path / "run"
     result = fit.run(*config_for(folder, "--epochs", "1", "--augment", "strong"))
     assert json.loads((folder / "config.json").read_text())["fit"]["augment"] == "strong"
@@ -477,8 +535,6 @@ def test_flags_come_from_the_config_dataclass():
 
 
 def test_evaluate_command(tmp_path, capsys):
-    from itnet_keras import evaluate
-
     fit.run(*config_for(tmp_path / "run", "--epochs", "1"))
     out = tmp_path / "eval"
     assert evaluate.main([str(tmp_path / "run" / "last.keras"), "--limit", "16", "--output", str(out)]) == 0

@@ -14,9 +14,9 @@
 #   DATA_DIR=.device-pack/camvid  CamVid in the SegNet layout (e.g. data/camvid from `python -m itnet_keras.download camvid`)
 #   EPOCHS=N          a new total for the run; the learning rate steps x0.1 at 70% and 85% of it (default: the
 #                     total the resumed run records, 447 for the open run; 2000, the paper's, for a new run)
-#   AUGMENT=strong    branch the resumed run: its copy goes on with this --augment (its config.json edited, as
-#                     docs/training.md's "`strong` at full resolution" did by hand) and 8 input threads; a new
-#                     run starts with it (default: paper)
+#   AUGMENT=strong    instead of resuming RUN, branch it: a new run from its checkpoint with this --augment
+#                     (fit --branch-from; RUN is only read) and 8 input threads; a new run starts with it
+#                     (default: paper)
 #   TOTAL_S=540       seconds for the whole script, its setup included (one device command may run 600 s)
 #   MAIN_S=380        seconds of them for the full-resolution run (start-up and compilation included); a run
 #                     cut off then gets up to 75 s to recalibrate and 75 s to evaluate its last epoch
@@ -97,15 +97,13 @@ pack_main() {  # the run folder as resuming needs it (and its evaluations), into
 
 # 1. The paper's recipe at full resolution, resumed where the repo carries the open run.
 run=$work/run
-if [ -f "$RUN/checkpoint.npz" ]; then
+if [ -f "$RUN/checkpoint.npz" ] && [ -n "${AUGMENT:-}" ]; then   # a new run from RUN's checkpoint (RUN is only read)
+  echo "branching $RUN at $(checkpoint_epoch "$RUN") of $(run_total "$RUN") epochs: --augment $AUGMENT from here on" >> "$summary"
+  fit=(--branch-from "$RUN" --output "$run" --augment "$AUGMENT" --workers 8 ${EPOCHS:+--epochs "$EPOCHS"} "${moved[@]}")
+elif [ -f "$RUN/checkpoint.npz" ]; then
   cp -r "$RUN" "$run"
   echo "resuming $RUN: $(checkpoint_epoch "$run") of $(run_total "$run") epochs done" >> "$summary"
   fit=(--output "$run" --resume ${EPOCHS:+--epochs "$EPOCHS"} "${moved[@]}")   # the data's place here; the rest is saved
-  if [ -n "${AUGMENT:-}" ]; then   # fit --resume refuses a new recipe: the copy's record is changed instead
-    $py -c "import json, sys; p = sys.argv[1] + '/config.json'; c = json.load(open(p)); c['fit']['augment'] = sys.argv[2]; \
-json.dump(c, open(p, 'w'), indent=1)" "$run" "$AUGMENT" && echo "branched: --augment $AUGMENT from here on" >> "$summary"
-    fit+=(--workers 8)
-  fi
 else
   echo "no checkpoint in ${RUN:-(no RUN given)}: a new run" >> "$summary"
   fit=(--preset "$preset" "${data[@]}" --epochs "${EPOCHS:-$new_total}" --batch-size 8 --output-weights all
