@@ -20,7 +20,7 @@ import sys
 from itnet_keras.cli import description, parse_size, positive, seed
 from itnet_keras.console import add_verbose_flag, quiet_startup
 from itnet_keras.datasets import DatasetError, get_spec, spec_with_classes
-from itnet_keras.export import FLAVORS, INPUT_TYPES, QUANT_MODES
+from itnet_keras.export import CALIBRATION_IMAGES, FLAVORS, INPUT_TYPES, QUANT_MODES
 from itnet_keras.presets import DATASET_NAMES
 
 
@@ -38,8 +38,8 @@ def build_parser():
     parser.add_argument("--data", choices=DATASET_NAMES, help="the model's dataset")
     parser.add_argument("--data-dir", help="dataset folder (int8 calibration images)")
     parser.add_argument("--input-size", type=parse_size, help="HEIGHTxWIDTH (default: the dataset's)")
-    parser.add_argument("--calibration-images", type=positive(int), default=64,
-                        help="int8: how many training images calibrate it (64: see export/README.md)")
+    parser.add_argument("--calibration-images", type=positive(int), default=CALIBRATION_IMAGES,
+                        help=f"int8: how many training images calibrate it ({CALIBRATION_IMAGES}: see export/README.md)")
     parser.add_argument("--seed", type=seed, default=0, help="seed of the calibration sample")
     parser.add_argument("--output", required=True, help="the file to write")
     add_verbose_flag(parser)

@@ -24,6 +24,7 @@ QUANT_MODES = ("float32", "float16", "dynamic", "int8")  # of `tflite.convert_tf
 FLAVORS = ("loop", "static")  # `tflite.convert_tflite` and `tflite.convert_static`
 INPUT_TYPES = ("float32", "uint8", "int8")  # the image an app passes (`camera_input`)
 EVALUATED_SIGNATURES = ("outputs", "anytime", "finish")  # how `measure.accuracy.exported_mious` computes output n
+CALIBRATION_IMAGES = 64  # int8 calibration's training images (`tflite.calibration_sample`; export/README.md)
 
 
 def _tensorflow_installed():

@@ -24,7 +24,7 @@ import tensorflow as tf
 from itnet_keras.augment import normalize
 from itnet_keras.console import progress, quietly
 from itnet_keras.datasets import load_split
-from itnet_keras.export import INPUT_TYPES, QUANT_MODES
+from itnet_keras.export import CALIBRATION_IMAGES, INPUT_TYPES, QUANT_MODES
 from itnet_keras.export.artifacts import ExportError, metadata, writable_destination
 from itnet_keras.export.camera_input import camera_byte_inputs, uint8_pixel_input, zero_point
 from itnet_keras.export.flatbuffer import inspect_tflite, loop_carried_types, signature_ops
@@ -250,7 +250,7 @@ def convert_static(model, path, iterations, quant="float32", spec=None, input_si
     return written
 
 
-def calibration_sample(dataset, input_size, count=64, seed=0, data_dir=None):
+def calibration_sample(dataset, input_size, count=CALIBRATION_IMAGES, seed=0, data_dir=None):
     """A fixed sample of training images for int8 calibration: (images, record).
 
     The images are resized to `input_size` and normalized as in training (no
