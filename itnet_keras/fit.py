@@ -233,10 +233,11 @@ def _run(config, callbacks):
         # cycle; freed at exit, it prints "[[{{node PyFunc}}]]" errors. Free it now.
         gc.collect()
     if checkpoint.nan_epoch is not None:
-        if state["epoch"] == 0:
+        if not (folder / "checkpoint.npz").is_file():  # a new run's or a branch's first checkpoint
             before = "any epoch completed" if config.checkpoint_every == 1 else "the first checkpoint"
+            again = "the same command branches again" if branching else "start the run again"
             raise TrainingError(f"the {checkpoint.nan_in} became NaN in epoch {checkpoint.nan_epoch}, before {before}, "
-                                f"so {folder} holds no checkpoint: start the run again (a lower --learning-rate?)")
+                                f"so {folder} holds no checkpoint: {again} (a lower --learning-rate?)")
         raise TrainingError(f"the {checkpoint.nan_in} became NaN in epoch {checkpoint.nan_epoch}; training stopped and the "
                             f"checkpoint of epoch {state['epoch']} in {folder} is kept")
     return report_run(folder, config, state, train, val, weights)

@@ -87,6 +87,7 @@ def read_run_config(folder, resolved=False, flag="--resume"):
 RESUME_MAY_CHANGE = {"epochs", "data_dir", "workers", "bn_batches", "checkpoint_every"}
 # A branch is a new run that starts from another's checkpoint: it may also change the recipe.
 BRANCH_MAY_CHANGE = RESUME_MAY_CHANGE | {"augment", "output_weights", "learning_rate"}
+BRANCH_RECORDS = ("augment", "epochs", "learning_rate", "output_weights")  # what the branch learns: its record
 
 
 def _kept_config(config, given, folder, may_change, what, flag="--resume"):
@@ -116,7 +117,7 @@ def prepare_folder(config, given):
     folder = Path(config.output)
     checkpoint = folder / "checkpoint.npz"
     if config.resume:
-        if config.branch_from:
+        if config.branch_from is not None:
             raise ConfigError(f"--branch-from {config.branch_from}: it starts a new run in --output; "
                               "--resume continues the one there: give one of them")
         if not checkpoint.is_file():
@@ -129,7 +130,7 @@ def prepare_folder(config, given):
     if checkpoint.exists():
         raise ConfigError(f"--output {folder} already holds a run: pass --resume to continue it, "
                           "or choose another folder")
-    return branch(config, given) if config.branch_from else config
+    return branch(config, given) if config.branch_from is not None else config
 
 
 def branch(config, given):
@@ -141,34 +142,41 @@ def branch(config, given):
     schedule), gives it `branch_state` and copies the source's log rows (`copy_log`) after the
     data is checked; the branch's own checkpoint makes it a run, as for a new run. The source
     folder is only read."""
+    if not config.branch_from:
+        raise ConfigError("--branch-from '': expected the folder of a run")
     source = Path(config.branch_from)
     flag = f"--branch-from {source}"
     if not (source / "checkpoint.npz").is_file():
         raise ConfigError(f"{flag}: {source / 'checkpoint.npz'} does not exist (no run to branch from)")
     branched = _kept_config(config, given, source, BRANCH_MAY_CHANGE, "a branch", flag)
     done = committed_epoch(source)
-    if done > branched.epochs:
-        raise ConfigError(f"--epochs {branched.epochs}: the run in {source} has already completed {done} epochs")
+    if done >= branched.epochs:
+        raise ConfigError(f"--epochs {branched.epochs}: the run in {source} has completed {done} epochs; a branch "
+                          f"trains more (--epochs M, M > {done})")
     return dataclasses.replace(branched, resume=False, branch_from=str(source))  # kept on its own --resume
 
 
 def branch_state(config, state):
     """The progress a branch starts with, from its source's checkpoint `state`: the epochs
     done and their wall time, no best model yet (best.keras is the branch's own) and the
-    record of where it branched ("branch": the run, the epoch, the flags changed), which the
-    checkpoint keeps and config.json and evaluation.json repeat."""
+    record of where it branched, which the checkpoint keeps and config.json and
+    evaluation.json repeat: "branch": the run, the epoch, the flags that change what it
+    learns (`BRANCH_RECORDS`) as [source's, branch's], and the source's own such record
+    where the source is a branch ("source_branch")."""
     saved = read_run_config(config.branch_from)
     changed = {flag_of(name): [getattr(saved, name), getattr(config, name)]
-               for name in sorted(BRANCH_MAY_CHANGE - RESUME_MAY_CHANGE) if getattr(saved, name) != getattr(config, name)}
+               for name in BRANCH_RECORDS if getattr(saved, name) != getattr(config, name)}
+    record = {"from": config.branch_from, "epoch": state["epoch"], "changed": changed,
+              **({"source_branch": state["branch"]} if "branch" in state else {})}
     return {"epoch": state["epoch"], "best": -1.0, "best_epoch": None, "train_seconds": state["train_seconds"],
-            "branch": {"from": config.branch_from, "epoch": state["epoch"], "changed": changed}}
+            "branch": record}
 
 
 def copy_log(source, folder, epochs_done):
-    """A branch's log.csv: its source's rows of the epochs its checkpoint holds."""
-    if (Path(source) / "log.csv").is_file():
-        write_atomic(Path(folder) / "log.csv", (Path(source) / "log.csv").read_bytes(), "wb")
-        trim_log(Path(folder) / "log.csv", epochs_done)
+    """A branch's log.csv: its source's rows of the epochs its checkpoint holds (none where
+    the source has no log: an earlier start's file is removed)."""
+    (Path(folder) / "log.csv").unlink(missing_ok=True)
+    trim_log(Path(source) / "log.csv", epochs_done, to=Path(folder) / "log.csv")
 
 
 def save_checkpoint(path, model, state):
@@ -228,9 +236,10 @@ def committed_epoch(folder):
         raise _damaged(path, error) from None
 
 
-def trim_log(path, epochs_done):
+def trim_log(path, epochs_done, to=None):
     """Drop log rows of epochs that a resumed run repeats; the rows kept stay byte for byte
-    (Keras' CSVLogger ends them with CRLF, as the rows it appends next)."""
+    (Keras' CSVLogger ends them with CRLF, as the rows it appends next). `to`: write them
+    there instead (a branch's log, `copy_log`)."""
     if path.is_file():
         lines = path.read_bytes().splitlines(keepends=True)
         try:
@@ -238,7 +247,7 @@ def trim_log(path, epochs_done):
         except ValueError as error:
             raise TrainingError(f"{path} is damaged ({error}): fix or remove its bad rows (the first column is "
                                 "the epoch), or delete it to start a new log") from None
-        write_atomic(path, b"".join(kept), "wb")
+        write_atomic(to or path, b"".join(kept), "wb")
 
 
 def save_model(model, path):

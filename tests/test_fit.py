@@ -372,13 +372,13 @@ def test_a_branch_goes_on_from_another_runs_checkpoint_with_another_recipe(tmp_p
     same, same_state = checkpoint_arrays(tmp_path / "same")
     for key, value in checkpoint_arrays(resumed)[0].items():
         np.testing.assert_allclose(same[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
-    assert same_state["branch"] == {"from": str(source), "epoch": 2, "changed": {}}
+    assert same_state["branch"] == {"from": str(source), "epoch": 2, "changed": {"--epochs": [2, 3]}}
 
     other = tmp_path / "other"
     result = fit.run(*parse_config(["--branch-from", str(source), "--output", str(other), "--epochs", "3",
                                     "--augment", "strong", "--output-weights", "last:1"]))
     record = {"from": str(source), "epoch": 2,
-              "changed": {"--augment": ["paper", "strong"], "--output-weights": ["all", "last:1"]}}
+              "changed": {"--augment": ["paper", "strong"], "--epochs": [2, 3], "--output-weights": ["all", "last:1"]}}
     saved = json.loads((other / "config.json").read_text())
     assert saved["branch"] == record and result["model"]["branch"] == record
     assert (saved["fit"]["augment"], saved["fit"]["output_weights"], saved["fit"]["branch_from"]) == (
@@ -389,11 +389,18 @@ def test_a_branch_goes_on_from_another_runs_checkpoint_with_another_recipe(tmp_p
     assert (state["epoch"], state["best_epoch"]) == (3, 3)  # best.keras is the branch's own
     assert not all(np.allclose(weights[key], same[key]) for key in weights)  # the recipe changed the training
 
-    fit.run(*parse_config(["--output", str(other), "--resume", "--epochs", "4"]))
+    rows = log_rows(other)
+    fit.run(*parse_config(["--output", str(other), "--resume", "--epochs", "4"]))  # the branch's own checkpoint
     assert json.loads((other / "config.json").read_text())["branch"] == record
+    assert checkpoint_arrays(other)[1]["epoch"] == 4 and log_rows(other)[:3] == rows and len(log_rows(other)) == 4
     assert evaluate.main([str(other / "last.keras"), "--limit", "8", "--output", str(tmp_path / "eval")]) == 0
     assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["model"]["branch"] == record
     assert {path.name: path.read_bytes() for path in source.iterdir() if path.is_file()} == files
+
+    third = fit.run(*parse_config(["--branch-from", str(other), "--output", str(tmp_path / "third"), "--epochs", "5",
+                                   "--augment", "paper"]))  # a branch of a branch keeps the lineage
+    assert third["model"]["branch"] == {"from": str(other), "epoch": 4, "source_branch": record,
+                                        "changed": {"--augment": ["strong", "paper"], "--epochs": [4, 5]}}
 
 
 def test_a_branch_that_cannot_be_made_is_named_and_leaves_no_folder(tmp_path, capsys):
@@ -405,7 +412,9 @@ def test_a_branch_that_cannot_be_made_is_named_and_leaves_no_folder(tmp_path, ca
                                              "does not exist"),
         ([*branch, str(source), "--batch-size", "4"], "--batch-size 4 differs from the run's saved value 8; a branch "
                                                       "keeps its configuration (only --augment, --bn-batches"),
-        ([*branch, str(source), "--epochs", "1"], f"--epochs 1: the run in {source} has already completed 2 epochs"),
+        ([*branch, str(source)], f"--epochs 2: the run in {source} has completed 2 epochs; a branch trains more "
+                                 "(--epochs M, M > 2)"),
+        ([*branch, ""], "--branch-from '': expected the folder of a run"),
         ([*branch, str(source), "--resume"], f"--branch-from {source}: it starts a new run in --output; --resume"),
     ]:
         assert fit.main(flags) == 2
@@ -414,6 +423,16 @@ def test_a_branch_that_cannot_be_made_is_named_and_leaves_no_folder(tmp_path, ca
         assert not (tmp_path / "branch").exists()
     with pytest.raises(ConfigError, match="already holds a run"):
         fit.run(*parse_config(["--output", str(source), "--branch-from", str(tmp_path / "branch")]))
+
+    class Poison(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            kernel = self.model.get_layer("data_block").convs[0].kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+    with pytest.raises(TrainingError, match="NaN in epoch 3, before any epoch completed, so .* holds no checkpoint: "
+                                            "the same command branches again"):
+        fit.run(*parse_config([*branch, str(source), "--epochs", "3"]), callbacks=[Poison()])
+    assert not (tmp_path / "branch" / "checkpoint.npz").exists()
 
 
 def test_resume_on_another_machine_may_read_the_data_elsewhere(tmp_path, camvid_fixture):

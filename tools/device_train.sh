@@ -14,9 +14,9 @@
 #   DATA_DIR=.device-pack/camvid  CamVid in the SegNet layout (e.g. data/camvid from `python -m itnet_keras.download camvid`)
 #   EPOCHS=N          a new total for the run; the learning rate steps x0.1 at 70% and 85% of it (default: the
 #                     total the resumed run records, 447 for the open run; 2000, the paper's, for a new run)
-#   AUGMENT=strong    instead of resuming RUN, branch it: a new run from its checkpoint with this --augment
-#                     (fit --branch-from; RUN is only read) and 8 input threads; a new run starts with it
-#                     (default: paper)
+#   AUGMENT=strong    where RUN trains with another --augment, branch it instead of resuming it: a new run
+#                     from its checkpoint with this one (fit --branch-from; RUN is only read; a branch carried
+#                     back as RUN is then resumed), 8 input threads; a new run starts with it (default: paper)
 #   TOTAL_S=540       seconds for the whole script, its setup included (one device command may run 600 s)
 #   MAIN_S=380        seconds of them for the full-resolution run (start-up and compilation included); a run
 #                     cut off then gets up to 75 s to recalibrate and 75 s to evaluate its last epoch
@@ -87,6 +87,9 @@ checkpoint_epoch() {  # checkpoint_epoch RUN_FOLDER: the epochs its checkpoint h
 run_total() {  # run_total RUN_FOLDER: the total epochs its config.json records
   $py -c "import json, sys; print(json.load(open(sys.argv[1]))['fit']['epochs'])" "$1/config.json" 2>&1
 }
+run_augment() {  # run_augment RUN_FOLDER: the --augment its config.json records
+  $py -c "import json, sys; print(json.load(open(sys.argv[1]))['fit'].get('augment', 'paper'))" "$1/config.json" 2>&1
+}
 pack_main() {  # the run folder as resuming needs it (and its evaluations), into $OUT/main.tar
   [ -f "$run/checkpoint.npz" ] || return 0   # no epoch done (the stage skipped or cut off before one)
   # written beside and renamed: a kill while the second one is written keeps the first
@@ -97,13 +100,15 @@ pack_main() {  # the run folder as resuming needs it (and its evaluations), into
 
 # 1. The paper's recipe at full resolution, resumed where the repo carries the open run.
 run=$work/run
-if [ -f "$RUN/checkpoint.npz" ] && [ -n "${AUGMENT:-}" ]; then   # a new run from RUN's checkpoint (RUN is only read)
+if [ -f "$RUN/checkpoint.npz" ] && [ -n "${AUGMENT:-}" ] && [ "$(run_augment "$RUN")" != "$AUGMENT" ]; then
+  # a new run from RUN's checkpoint (RUN is only read); a RUN that trains with AUGMENT already is resumed below
   echo "branching $RUN at $(checkpoint_epoch "$RUN") of $(run_total "$RUN") epochs: --augment $AUGMENT from here on" >> "$summary"
   fit=(--branch-from "$RUN" --output "$run" --augment "$AUGMENT" --workers 8 ${EPOCHS:+--epochs "$EPOCHS"} "${moved[@]}")
 elif [ -f "$RUN/checkpoint.npz" ]; then
   cp -r "$RUN" "$run"
   echo "resuming $RUN: $(checkpoint_epoch "$run") of $(run_total "$run") epochs done" >> "$summary"
-  fit=(--output "$run" --resume ${EPOCHS:+--epochs "$EPOCHS"} "${moved[@]}")   # the data's place here; the rest is saved
+  # the data's place here (and 8 input threads for a recipe chosen with AUGMENT); the rest is saved
+  fit=(--output "$run" --resume ${EPOCHS:+--epochs "$EPOCHS"} "${moved[@]}" ${AUGMENT:+--workers 8})
 else
   echo "no checkpoint in ${RUN:-(no RUN given)}: a new run" >> "$summary"
   fit=(--preset "$preset" "${data[@]}" --epochs "${EPOCHS:-$new_total}" --batch-size 8 --output-weights all
