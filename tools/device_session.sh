@@ -9,7 +9,8 @@
 # x0.1 at 70% and 85% of it; a run cut off keeps its checkpoint and best.keras in main.tar, and a later session
 # resumes it); EPOCHS=sized: a total sized from the bench's images/s that ends inside the time left (the first
 # session).
-# AUGMENT=strong: a branch of the run goes on with --augment strong (device_train.sh: fit --branch-from; RUN is only read).
+# AUGMENT=strong: the run goes on with --augment strong, as a branch where it trains with another recipe
+# (device_train.sh: fit --branch-from; RUN is only read).
 #
 #   bash tools/device_session.sh                                        # results under $OUT (default device_session/)
 #   DEVICE_SESSION_TINY=1 JAX_PLATFORMS=cpu bash tools/device_session.sh  # toy sizes (a CPU test)
