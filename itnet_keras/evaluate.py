@@ -176,7 +176,7 @@ def format_outputs(result):
 def training_record(model_path):
     """The `fit` configuration of the run that wrote `model_path` (its folder's
     `config.json`; for a branch, with the record of where it branched under "branch",
-    `run_folder.branch`), or None where there is none."""
+    `branch.py`), or None where there is none."""
     path = Path(model_path).with_name("config.json")
     if not path.is_file():
         return None

@@ -22,7 +22,7 @@ with the same optimizer state, learning-rate schedule and batches. `--resume --e
 sets a new total (also of a finished run); the learning-rate steps move to 70% and 85%
 of the new total (see docs/reliability.md). `--branch-from RUN --output NEW` starts a new run
 where RUN stands, with another recipe (`--augment`, `--output-weights`, `--learning-rate`;
-`run_folder.branch`); RUN is only read.
+`branch.py`); RUN is only read.
 """
 
 import argparse
@@ -43,6 +43,7 @@ if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow load
 import keras  # noqa: E402
 
 from itnet_keras.augment import SizeError  # noqa: E402
+from itnet_keras.branch import branch, branch_state, copy_log  # noqa: E402
 from itnet_keras.callbacks import EpochProgress, EpochSummary, EpochTensorBoard, StopOnNaN  # noqa: E402
 from itnet_keras.datasets import check_split, default_data_dir  # noqa: E402
 from itnet_keras.evaluate import format_outputs  # noqa: E402
@@ -55,8 +56,8 @@ from itnet_keras.model import (  # noqa: E402
 )
 from itnet_keras.pipeline import SyncEpoch, make_dataset  # noqa: E402
 from itnet_keras.run_folder import (  # noqa: E402
-    ConfigError, RunCheckpoint, TrainingError, branch_state, checkpoint_epochs, committed_epoch, copy_log,
-    load_checkpoint, locked_folder, prepare_folder, promote_pending, trim_log,
+    ConfigError, RunCheckpoint, TrainingError, checkpoint_epochs, committed_epoch, load_checkpoint, locked_folder,
+    prepare_folder, promote_pending, trim_log,
 )
 
 # TensorFlow is imported where used: `--strategy mirrored` on that backend only.
@@ -166,7 +167,10 @@ def run(config, given=frozenset(), callbacks=()):
     except ValueError as error:
         raise ConfigError(str(error)) from None
     with locked_folder(config.output):
-        return _run(prepare_folder(config, set(given)), callbacks)
+        prepared = prepare_folder(config, set(given))
+        if prepared.branch_from is not None and not prepared.resume:  # a branch's first start
+            prepared = branch(prepared, set(given))
+        return _run(prepared, callbacks)
 
 
 def _check_steps(config, steps, epochs, steps_per_epoch):
