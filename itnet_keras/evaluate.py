@@ -27,12 +27,13 @@ def build_parser():
     parser.add_argument("model", help="a saved .keras model")
     parser.add_argument("--data", choices=DATASET_NAMES,
                         help="default: the one its training recorded, else the one with the model's class count")
-    parser.add_argument("--data-dir")
+    parser.add_argument("--data-dir", help="the dataset's folder (default: data/<dataset> in the repository, where download puts it)")
     parser.add_argument("--split", default="val", help="val (default), train, or test where the dataset has one")
     parser.add_argument("--scale", type=positive(int),
                         help="downscale images by this factor (default: the training scale recorded beside the model)")
     parser.add_argument("--limit", type=positive(int), help="evaluate only the first LIMIT images")
-    parser.add_argument("--batch-size", type=positive(int), default=4)
+    parser.add_argument("--batch-size", type=positive(int), default=4,
+                        help="images per prediction (default: 4; the mIoU does not depend on it)")
     parser.add_argument("--output", required=True, help="folder for the report")
     add_verbose_flag(parser)
     return parser

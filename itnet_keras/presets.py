@@ -25,11 +25,11 @@ BN_PLACEMENTS = ("between", "every_conv")
 # the check of `IterativeBlock`'s signature (tests/test_model.py) are made from this list.
 MODEL_ARGS = (
     ModelArg("num_classes", 11, int, "classes", flag=False),
-    ModelArg("width", 51, int, "the paper's f"),
-    ModelArg("num_scales", 3, int, "L"),
-    ModelArg("num_iterations", 16, int, "N"),
-    ModelArg("num_blocks", 1, int, "K"),  # bottleneck residual blocks per iteration
-    ModelArg("expansion", 6, int, "t"),
+    ModelArg("width", 51, int, "channels of each scale of the state, the paper's f"),
+    ModelArg("num_scales", 3, int, "scales, the paper's L"),
+    ModelArg("num_iterations", 16, int, "iterations of the block (outputs), the paper's N"),
+    ModelArg("num_blocks", 1, int, "bottleneck residual blocks per iteration, the paper's K"),
+    ModelArg("expansion", 6, int, "bottleneck expansion factor, the paper's t"),
     ModelArg("weight_sharing", True, bool, "share the iterative block's weights"),
     # "between" iterations (Sec. 2.5) or after "every_conv"
     ModelArg("bn_placement", "between", str, "batch norm placement", choices=BN_PLACEMENTS),

@@ -61,6 +61,19 @@ def test_fit_and_evaluate_run_without_tensorflow(tmp_path):
         assert len(events) == 1 and events[0].stat().st_size > 100, part
 
 
+def test_keras_without_its_backend_stops_a_command_with_how_to_install_one(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
+    env.update(KERAS_HOME=str(tmp_path / "keras_home"), PYTHONPATH=str(REPO))  # no keras.json: Keras' default backend
+    script = NO_TENSORFLOW + "import runpy\nrunpy.run_module('itnet_keras.fit', run_name='__main__')\n"
+    for flags in ([], ["--verbose"]):
+        result = subprocess.run([sys.executable, "-c", script, "--epochs", "1", *flags], env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "Keras runs on tensorflow, which is not installed" in result.stderr
+        assert 'pip install -e ".[export]"' in result.stderr and "KERAS_BACKEND" in result.stderr
+        assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+
+
 def test_a_tensorflow_run_resumes_under_jax(tmp_path):
     """A run folder is backend-neutral: one epoch under TensorFlow; under JAX its checkpoint
     restores the same logits and optimizer step, and the run trains on (how a CPU run's
