@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
+from itnet_keras.console import quietly
 from itnet_keras.datasets import get_spec
 from itnet_keras.export.camera_input import file_image
 from itnet_keras.export.flatbuffer import iterations_of
@@ -42,8 +43,9 @@ def timed_in_turns(calls, repeats):
     """{name: [seconds of each call]} of `calls` ({name: call}), after one untimed call each.
     The calls take turns, `repeats` rounds, so that a slow spell of the machine hits all
     alike and their ratios hold even when the absolute times drift."""
-    for call in calls.values():
-        call()
+    with quietly():  # LiteRT announces its CPU delegate at a file's first call
+        for call in calls.values():
+            call()
     times = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
