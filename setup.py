@@ -22,7 +22,7 @@ setup(
     version="0.1.0",
     description="ItNet: iterative neural networks for anytime semantic segmentation, in Keras 3",
     packages=find_packages(include=["itnet_keras", "itnet_keras.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # keras 3.15 and jax 0.10 need it
     install_requires=requirements,
     extras_require={
         "export": export,

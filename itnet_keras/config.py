@@ -21,7 +21,9 @@ class _Training:
 
     preset: str = _flag("model preset", default="tiny", choices=tuple(PRESETS))
     data: str = _flag("dataset", default="builtin", choices=DATASET_NAMES)
-    data_dir: typing.Optional[str] = _flag("dataset folder (default: the dataset's default location)")
+    data_dir: typing.Optional[str] = _flag(
+        "dataset folder (default: data/<dataset> in the repository, where download puts it, or "
+        "../shared/data/<dataset> beside the repository where that exists)")
     epochs: int = _flag("number of epochs", default=16)
     batch_size: int = _flag("images per batch", default=8)
     learning_rate: float = _flag("Adam learning rate; x0.1 after 70%% and 85%% of the epochs", default=1e-3)
@@ -40,7 +42,8 @@ class _Training:
 
 # Model arguments (`presets.MODEL_ARGS` with a flag): None keeps the preset's value.
 _WithModel = dataclasses.make_dataclass(
-    "_WithModel", [(arg.name, typing.Optional[arg.type], _flag(f"{arg.help} (default: the preset's)", choices=arg.choices))
+    "_WithModel", [(arg.name, typing.Optional[arg.type],
+                    _flag(f"{arg.help} (default: the preset's)", choices=arg.choices))
                    for arg in MODEL_ARGS if arg.flag], bases=(_Training,))
 
 

@@ -95,7 +95,8 @@ def quiet_startup(verbose=False, modules=("keras",)):
         warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
         for name, value in QUIET_ENVIRONMENT.items():
             os.environ.setdefault(name, value)
-    with contextlib.nullcontext() if verbose else captured_stderr(keep_python=False):  # loggers made now write to fd 2 later
+    # (captured with keep_python=False: loggers made meanwhile must write to fd 2 later)
+    with contextlib.nullcontext() if verbose else captured_stderr(keep_python=False):
         for module in modules:
             _import(module)
         if "tensorflow" in sys.modules and not verbose:
@@ -117,13 +118,13 @@ def _import(module):
     try:
         importlib.import_module(module)
     except ModuleNotFoundError as error:  # the module's own package missing, not one it needs
-        missing = (error.name or "").partition(".")[0]
-        if module == "keras" and missing in BACKEND_INSTALLS:
+        missing = error.name or ""
+        if module == "keras" and missing in BACKEND_INSTALLS:  # the backend itself, not a part of it
             print(f"error: Keras runs on {missing}, which is not installed ({error}); {BACKEND_INSTALLS[missing]} "
                   "installs it, or KERAS_BACKEND (or ~/.keras/keras.json) chooses an installed backend "
                   "(tensorflow is Keras' default; training and evaluation also run on jax)", file=sys.stderr)
             raise SystemExit(2) from None
-        if missing != module.partition(".")[0]:
+        if missing.partition(".")[0] != module.partition(".")[0]:
             raise
 
 

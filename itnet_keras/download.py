@@ -206,7 +206,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m itnet_keras.download", description=description(__doc__))
     parser.add_argument("dataset", choices=["camvid"])
     parser.add_argument("--output", default=str(PROJECT_ROOT / "data" / "camvid"),
-                        help="folder to create (default: data/camvid in the repository, where fit's --data camvid looks)")
+                        help="folder to create (default: data/camvid in the repository, where fit, evaluate "
+                             "and recalibrate look for it)")
     parser.add_argument("--url", default=CAMVID_URL, help="archive URL (file:// works)")
     parser.add_argument("--deadline", type=positive(float), default=DEADLINE,
                         help=f"seconds the whole download may take (default {DEADLINE:g})")
