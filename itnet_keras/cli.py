@@ -34,6 +34,9 @@ def positive(kind):
     return parse
 
 
+# Where a command reads a dataset without --data-dir (`datasets.default_data_dir`).
+DATA_DIR_HELP = ("the dataset's folder (default: data/<dataset> in the repository, where download puts it, or "
+                 "../shared/data/<dataset> beside the repository where that exists)")
 SEEDS = range(2**32)  # what every command's --seed accepts (numpy's and Keras' seed range)
 
 

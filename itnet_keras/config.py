@@ -7,7 +7,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 
-from itnet_keras.cli import SEEDS, boolean
+from itnet_keras.cli import DATA_DIR_HELP, SEEDS, boolean
 from itnet_keras.presets import AUGMENT_RECIPES, DATASET_NAMES, MODEL_ARGS, PRECISIONS, PRESETS
 
 
@@ -21,9 +21,7 @@ class _Training:
 
     preset: str = _flag("model preset", default="tiny", choices=tuple(PRESETS))
     data: str = _flag("dataset", default="builtin", choices=DATASET_NAMES)
-    data_dir: typing.Optional[str] = _flag(
-        "dataset folder (default: data/<dataset> in the repository, where download puts it, or "
-        "../shared/data/<dataset> beside the repository where that exists)")
+    data_dir: typing.Optional[str] = _flag(DATA_DIR_HELP)
     epochs: int = _flag("number of epochs", default=16)
     batch_size: int = _flag("images per batch", default=8)
     learning_rate: float = _flag("Adam learning rate; x0.1 after 70%% and 85%% of the epochs", default=1e-3)

@@ -17,7 +17,7 @@ import weakref
 import zipfile
 from pathlib import Path
 
-from itnet_keras.cli import description, positive
+from itnet_keras.cli import DATA_DIR_HELP, description, positive
 from itnet_keras.console import add_verbose_flag, progress, quiet_startup
 from itnet_keras.presets import DATASET_NAMES
 
@@ -27,8 +27,7 @@ def build_parser():
     parser.add_argument("model", help="a saved .keras model")
     parser.add_argument("--data", choices=DATASET_NAMES,
                         help="default: the one its training recorded, else the one with the model's class count")
-    parser.add_argument("--data-dir", help="the dataset's folder (default: data/<dataset> in the repository, where "
-                        "download puts it, or ../shared/data/<dataset> beside the repository where that exists)")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--split", default="val", help="val (default), train, or test where the dataset has one")
     parser.add_argument("--scale", type=positive(int),
                         help="downscale images by this factor (default: the training scale recorded beside the model)")

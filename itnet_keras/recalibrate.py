@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from itnet_keras.cli import description, parse_size, positive, seed
+from itnet_keras.cli import DATA_DIR_HELP, description, parse_size, positive, seed
 from itnet_keras.console import add_verbose_flag, progress, quiet_startup
 from itnet_keras.presets import AUGMENT_RECIPES, DATASET_NAMES
 
@@ -25,8 +25,7 @@ def build_parser():
     parser.add_argument("--batches", type=positive(int), default=50,
                         help="training batches to average the statistics over (default: 50)")
     parser.add_argument("--data", choices=DATASET_NAMES, help="default: the one its training recorded")
-    parser.add_argument("--data-dir", help="the dataset's folder (default: data/<dataset> in the repository, where "
-                        "download puts it, or ../shared/data/<dataset> beside the repository where that exists)")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--scale", type=positive(int), help="default: the training scale recorded beside the model")
     parser.add_argument("--crop", help="HEIGHTxWIDTH (default: the recorded one, else the dataset's)")
     parser.add_argument("--augment", choices=AUGMENT_RECIPES, help="default: the recorded recipe, else paper")
