@@ -41,7 +41,8 @@ class _Training:
 # Model arguments (`presets.MODEL_ARGS` with a flag): None keeps the preset's value.
 _WithModel = dataclasses.make_dataclass(
     "_WithModel", [(arg.name, typing.Optional[arg.type],
-                    _flag(f"{arg.help} (default: the preset's)", choices=arg.choices))
+                    _flag(f"{arg.help} (default: the preset's; with --resume or --branch-from: the run's)",
+                          choices=arg.choices))
                    for arg in MODEL_ARGS if arg.flag], bases=(_Training,))
 
 
@@ -81,6 +82,11 @@ class FitConfig(_WithModel):
 
     def model_overrides(self):
         return {name: getattr(self, name) for name in self.MODEL_FIELDS if getattr(self, name) is not None}
+
+    @property
+    def starts_branch(self):
+        """A branch's first start: `--branch-from` without `--resume` (a branch resumes as any run)."""
+        return self.branch_from is not None and not self.resume
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=1)

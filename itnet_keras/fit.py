@@ -168,7 +168,7 @@ def run(config, given=frozenset(), callbacks=()):
         raise ConfigError(str(error)) from None
     with locked_folder(config.output):
         prepared = prepare_folder(config, set(given))
-        if prepared.branch_from is not None and not prepared.resume:  # a branch's first start
+        if prepared.starts_branch:
             prepared = branch(prepared, set(given))
         return _run(prepared, callbacks)
 
@@ -195,7 +195,7 @@ def _run(config, callbacks):
         train.output_names = val.output_names = names
         trained, weights = compile_model(model, config, spec, len(train))  # `model` is the one saved
     state = {"epoch": 0, "best": -1.0, "best_epoch": None, "train_seconds": 0.0}
-    branching = config.branch_from is not None and not config.resume  # a branch's first start
+    branching = config.starts_branch
     if config.resume or branching:  # a checkpoint from before `train_seconds` was recorded: unknown
         source = Path(config.branch_from) if branching else folder
         with _scope(strategy):  # the optimizer's variables, as the model's
