@@ -8,6 +8,7 @@ import pytest
 
 from itnet_keras.lab import modes, search, studies
 from itnet_keras.presets import resolve_model_args
+from itnet_keras.run_folder import RESUME_MAY_CHANGE, kept_config
 
 SMALL = dict(num_iterations=4, num_scales=2, expansion=2)
 
@@ -99,6 +100,21 @@ def test_a_finished_run_is_reused_and_a_different_one_refused(tmp_path):
     folder = write_run(study, other)
     with pytest.raises(ValueError, match=f"{folder}.*differs in \\['epochs'\\]"):
         study.train("independent")
+
+
+def test_a_cut_off_run_resumes_with_the_data_where_it_lies_now(tmp_path, monkeypatch):
+    study = studies.Study("t", "smoke", repo=tmp_path)
+    folder = write_run(study, study.config("independent"))  # trained elsewhere, cut off: no evaluation.json
+    (folder / "checkpoint.npz").write_bytes(b"")
+    calls = []
+    monkeypatch.setattr(studies, "run", lambda config, given=(): calls.append((config, set(given))) or
+                        {"model": {"train_seconds": 1.0, "evaluate_seconds": 1.0}})
+    monkeypatch.setenv("ITNET_DATA_DIR", str(tmp_path / "camvid"))
+    study.train("independent")
+    (config, given), = calls
+    # what fit.run does with them: the saved configuration, but for the data folder of this machine
+    resumed = kept_config(config, given, folder, RESUME_MAY_CHANGE, "a resumed run")
+    assert config.resume and resumed.data_dir == str(tmp_path / "camvid")
 
 
 def test_save_records_mode_budget_and_command(tmp_path):

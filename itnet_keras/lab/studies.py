@@ -37,14 +37,16 @@ from itnet_keras.pipeline import make_dataset
 from itnet_keras.presets import resolve_model_args, validate_model_args
 
 PRESET_OF = {"shared": "camvid_shared", "independent": "camvid_independent"}
+# Settings a run folder may hold otherwise and still be the same run, which a resumed run takes
+# from the study: bn_batches (after training only), data_dir (where the same data lies on this machine).
+LOCAL_SETTINGS = {"bn_batches", "data_dir"}
 
 
 def _differences(saved, config, model):
     """Names of the settings in which a run folder's config.json differs from `config` and
     `model` (its resolved model arguments; the folder and --resume ignored)."""
     wanted = dataclasses.asdict(config)
-    # bn_batches: after training only; data_dir: where the same data lies on this machine
-    ignored = {"output", "resume", "bn_batches", "data_dir", *FitConfig.MODEL_FIELDS}
+    ignored = {"output", "resume", *LOCAL_SETTINGS, *FitConfig.MODEL_FIELDS}
     differs = [k for k in wanted if k not in ignored and saved["fit"].get(k) != wanted[k]]
     differs += [k for k in model if k != "num_classes" and saved["model"].get(k) != model[k]]
     return sorted(differs)
@@ -141,7 +143,7 @@ class Study:
             result = json.loads((folder / "evaluation.json").read_text())
         else:
             resume = (folder / "checkpoint.npz").is_file()
-            result = run(dataclasses.replace(config, resume=resume))
+            result = run(dataclasses.replace(config, resume=resume), given=LOCAL_SETTINGS if resume else ())
         return {**result, "elapsed_s": _elapsed_seconds(folder, result), "config": dataclasses.asdict(config)}
 
     def dataset(self, split="val", batch_size=4):
