@@ -152,7 +152,7 @@ def _write_checkpoint(path, arrays, state):
 
 
 def _damaged(path, error):
-    return TrainingError(f"{path} is damaged ({type(error).__name__}: {error}): the run cannot be resumed from it")
+    return TrainingError(f"{path} is damaged ({type(error).__name__}: {error}): no run can resume or branch from it")
 
 
 def load_checkpoint(path, model):
@@ -189,11 +189,11 @@ def committed_epoch(folder):
 
 
 def trim_log(path, epochs_done, to=None):
-    """Drop log rows of epochs that a resumed run repeats; the rows kept stay byte for byte
-    (Keras' CSVLogger ends them with CRLF, as the rows it appends next). `to`: write them
-    there instead (a branch's log, `copy_log`)."""
+    """Drop log rows of epochs that a resumed run repeats, and a last row cut short by a crash
+    (no line end); the rows kept stay byte for byte (Keras' CSVLogger ends them with CRLF, as
+    the rows it appends next). `to`: write them there instead (a branch's log, `copy_log`)."""
     if path.is_file():
-        lines = path.read_bytes().splitlines(keepends=True)
+        lines = [line for line in path.read_bytes().splitlines(keepends=True) if line.endswith(b"\n")]
         try:
             kept = lines[:1] + [line for line in lines[1:] if int(line.split(b",")[0]) < epochs_done]
         except ValueError as error:

@@ -325,6 +325,14 @@ def test_a_damaged_log_is_named(run_copy, capsys):
     assert f"error: {run_copy / 'log.csv'} is damaged" in err and "Traceback" not in err
 
 
+def test_a_log_row_cut_short_by_a_crash_is_dropped_on_resume(run_copy):
+    with open(run_copy / "log.csv", "ab") as log:
+        log.write(b"0,0.5")  # the start of a row, cut by a crash
+    fit.run(*parse_config(["--output", str(run_copy), "--resume", "--epochs", "2"]))
+    rows = (run_copy / "log.csv").read_bytes().splitlines(keepends=True)
+    assert [row.split(b",")[0] for row in rows[1:]] == [b"0", b"1"] and all(row.endswith(b"\r\n") for row in rows)
+
+
 def test_a_kill_just_after_the_checkpoint_loses_no_log_row(tmp_path, monkeypatch):
     """log.csv and TensorBoard are written before checkpoint.npz, the commit point: a run killed
     right after it committed epoch 1 resumes with epoch 1's row, and every epoch has one row
