@@ -179,7 +179,7 @@ def _check_steps(config, steps, epochs, steps_per_epoch):
     if steps != epochs * steps_per_epoch:
         raise ConfigError(f"--data-dir {config.data_dir or default_data_dir(config.data)}: its train split gives "
                           f"{steps_per_epoch} batches an epoch, but the run's {epochs} epochs took {steps} steps: "
-                          "resume on the data the run was trained on")
+                          "give the data the run was trained on")
 
 
 def _run(config, callbacks):
@@ -238,7 +238,8 @@ def _run(config, callbacks):
         gc.collect()
     if checkpoint.nan_epoch is not None:
         if not (folder / "checkpoint.npz").is_file():  # a new run's or a branch's first checkpoint
-            before = "any epoch completed" if config.checkpoint_every == 1 else "the first checkpoint"
+            before = ("the branch's first checkpoint" if branching else
+                      "any epoch completed" if config.checkpoint_every == 1 else "the first checkpoint")
             again = "the same command branches again" if branching else "start the run again"
             raise TrainingError(f"the {checkpoint.nan_in} became NaN in epoch {checkpoint.nan_epoch}, before {before}, "
                                 f"so {folder} holds no checkpoint: {again} (a lower --learning-rate?)")
