@@ -108,7 +108,7 @@ class EpochTensorBoard(keras.callbacks.Callback):
             # A file name of the start's own: one started in the second an earlier one began would
             # reuse its name, and truncate its file.
             writer = EventsWriter(str(self.folder / part / "events"), f".after-epoch{self.first_epoch}")
-            writer.write_event(Event(wall_time=time.time(), step=self.first_epoch, file_version="brain.Event:2"))
+            # (its first event, the file version, EventsWriter writes itself)
             writer.write_event(Event(wall_time=time.time(), step=self.first_epoch,
                                      session_log=SessionLog(status=SessionLog.START)))
             writer.flush()

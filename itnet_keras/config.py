@@ -2,7 +2,6 @@
 
 import argparse
 import dataclasses
-import json
 import math
 import typing
 from dataclasses import dataclass, field
@@ -87,9 +86,6 @@ class FitConfig(_WithModel):
     def starts_branch(self):
         """A branch's first start: `--branch-from` without `--resume` (a branch resumes as any run)."""
         return self.branch_from is not None and not self.resume
-
-    def to_json(self):
-        return json.dumps(dataclasses.asdict(self), indent=1)
 
     POSITIVE_INTS = ("epochs", "batch_size", "limit", "scale", "workers", "checkpoint_every")
 
