@@ -19,7 +19,7 @@ import sys
 
 from itnet_keras.cli import description, parse_size, positive, seed
 from itnet_keras.console import add_verbose_flag, quiet_startup
-from itnet_keras.datasets import DatasetError, get_spec, spec_with_classes
+from itnet_keras.datasets import DatasetError
 from itnet_keras.export import CALIBRATION_IMAGES, FLAVORS, INPUT_TYPES, QUANT_MODES
 from itnet_keras.presets import DATASET_NAMES
 
@@ -66,25 +66,15 @@ def parse_args(argv=None):
 if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
     quiet_startup(parse_args().verbose)
 
-from itnet_keras.evaluate import load_itnet  # noqa: E402
+from itnet_keras.evaluate import load_itnet, model_dataset  # noqa: E402
 from itnet_keras.export.tflite import calibration_sample, convert_static, convert_tflite  # noqa: E402
 from itnet_keras.model import model_args  # noqa: E402
 
 
-def dataset_for(model, name, path):
-    """The dataset named (with the model's class count), else the one whose class count the model has."""
-    classes = model_args(model)["num_classes"]
-    if name is None:
-        return spec_with_classes(classes, path)
-    spec = get_spec(name)
-    if spec.num_classes != classes:  # its labels and normalization would go into the file
-        raise DatasetError(f"--data {name}: {spec.num_classes} classes, but {path} has {classes}")
-    return spec
-
-
 def run(args):
     model = load_itnet(args.model)
-    spec = dataset_for(model, args.data, args.model)
+    # the dataset named, else the one of the model's class count: its labels and normalization go into the file
+    spec = model_dataset(args.model, model_args(model)["num_classes"], args.data)
     input_size = args.input_size or spec.image_size
     if args.format == "onnx":
         from itnet_keras.export.onnx import convert_onnx  # lazy: onnx and tf2onnx load for --format onnx only

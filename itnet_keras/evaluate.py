@@ -48,7 +48,7 @@ from keras import ops  # noqa: E402
 
 from itnet_keras.augment import SizeError  # noqa: E402
 from itnet_keras.costs import output_costs  # noqa: E402
-from itnet_keras.datasets import get_spec, spec_with_classes  # noqa: E402
+from itnet_keras.datasets import DatasetError, get_spec, spec_with_classes  # noqa: E402
 from itnet_keras.files import output_folder, write_atomic  # noqa: E402
 from itnet_keras.metrics import (  # noqa: E402
     anytime_auc, confusion_matrix, iou_from_confusion, majority_class_miou, mean_iou)
@@ -203,26 +203,35 @@ def training_summary(record):
             **({"branch": record["branch"]} if record.get("branch") else {})}
 
 
+def model_dataset(model_path, classes, data=None, record=None):
+    """The `DatasetSpec` of the model in `model_path`, which predicts `classes` classes:
+    `data` (a --data given), else the dataset of its training `record` (`training_record`),
+    else the one dataset with that class count. A `DatasetError` names a dataset unknown or
+    of another class count where it came from: the flag, or the run's config.json."""
+    config = Path(model_path).with_name("config.json")
+    if data:
+        spec = get_spec(data)
+    elif record and "data" in record:
+        try:
+            spec = get_spec(record["data"])
+        except DatasetError as error:
+            raise DatasetError(f"{config}: {error}: pass --data to name the model's dataset") from None
+    else:
+        spec = spec_with_classes(classes, model_path)
+    if spec.num_classes != classes:
+        named, remedy = ("", "give the dataset it was trained on") if data else \
+            (f"{config} records ", "pass --data to name the model's dataset")  # not a flag never given
+        raise DatasetError(f"{named}--data {spec.name}: {spec.num_classes} classes, but {model_path} has "
+                           f"{classes}: {remedy}")
+    return spec
+
+
 def evaluation_inputs(model, model_path, data=None, scale=None):
     """(dataset name, scale) to evaluate `model` with: the ones given, else the ones its
     training run recorded, else the dataset with the model's class count at scale 1 (with
     a warning). A dataset whose class count differs from the model's is refused."""
     record = training_record(model_path) or {}
-    classes = model_args(model)["num_classes"]
-    config = Path(model_path).with_name("config.json")
-    if data:
-        spec = get_spec(data)
-    elif "data" in record:
-        try:
-            spec = get_spec(record["data"])
-        except ValueError as error:
-            raise ValueError(f"{config}: {error}: pass --data to name the model's dataset") from None
-    else:
-        spec = spec_with_classes(classes, model_path)
-    if spec.num_classes != classes:
-        named = "" if data else f"{config} records "  # not a flag never given
-        raise ValueError(f"{named}--data {spec.name} has {spec.num_classes} classes but {model_path} predicts {classes}: "
-                         "evaluate the model on the dataset it was trained on")
+    spec = model_dataset(model_path, model_args(model)["num_classes"], data, record)
     trained = record.get("scale")
     if scale is None and trained is None:
         print(f"warning: {model_path} has no config.json beside it that records its training scale; "

@@ -11,8 +11,8 @@ import numpy as np
 
 from itnet_keras.augment import input_size as dataset_input_size, normalize
 from itnet_keras.console import quietly
-from itnet_keras.datasets import DATASETS, spec_with_classes
-from itnet_keras.evaluate import load_itnet, training_record
+from itnet_keras.datasets import DATASETS
+from itnet_keras.evaluate import load_itnet, model_dataset, training_record
 from itnet_keras.model import anytime, model_args
 
 
@@ -63,11 +63,7 @@ class KerasPredictor:
         # The run's config.json, if the model has one beside it: its dataset and scale,
         # unless --data and --input-size make it unneeded.
         record = None if data and input_size else training_record(path)
-        self.spec = DATASETS[data or self._dataset(path, record, args["num_classes"])]
-        if self.spec.num_classes != args["num_classes"]:
-            named = "" if data else f"{Path(path).with_name('config.json')} records "
-            raise PredictError(f"{named}--data {self.spec.name}: {self.spec.num_classes} classes, but {path} has "
-                               f"{args['num_classes']}" + ("" if data else ": pass --data to name its dataset"))
+        self.spec = model_dataset(path, args["num_classes"], data, record)
         self.training_size = dataset_input_size(self.spec, (record or {}).get("scale") or 1)
         self.warnings = []
         if record is None and input_size is None:
@@ -75,12 +71,6 @@ class KerasPredictor:
             self.warnings.append(f"{path} has no config.json beside it that records its training scale; running "
                                  f"at the pixel count of {self.spec.name} at scale 1 ({height}x{width}; pass "
                                  "--input-size as in training)")
-
-    @staticmethod
-    def _dataset(path, record, num_classes):
-        if record is not None:
-            return _known(record.get("data"), Path(path).with_name("config.json"), "pass --data")
-        return spec_with_classes(num_classes, path).name
 
     def size_for(self, image_size):
         """`--input-size`, else the image's size scaled to the training images' pixel count:

@@ -601,7 +601,7 @@ def test_export_evaluation_refuses_a_scale_the_file_was_not_made_for(tiny, float
             in capsys.readouterr().err)
     # the model's dataset: the one with its class count (was: builtin for every model), checked
     assert measure_accuracy.main([str(model_path), str(path), "--data", "camvid", "--limit", "4"]) == 2
-    assert f"error: --data camvid has 11 classes but {model_path} predicts 4" in capsys.readouterr().err
+    assert f"error: --data camvid: 11 classes, but {model_path} has 4" in capsys.readouterr().err
     missing = path.with_name("missing.keras")  # the model is checked first, not blamed on a file
     assert measure_accuracy.main([str(missing), str(path)]) == 2
     assert f"error: {missing} does not exist" in capsys.readouterr().err

@@ -193,7 +193,7 @@ def test_evaluate_refuses_a_split_without_labels(tmp_path, write_cityscapes, cap
 def test_evaluate_refuses_a_class_count_mismatch(finished_run, tmp_path, camvid_fixture, capsys):
     assert evaluate.main([str(finished_run / "last.keras"), "--data", "camvid", "--data-dir", str(camvid_fixture),
                           "--output", str(tmp_path / "eval")]) == 2
-    assert "--data camvid has 11 classes but" in capsys.readouterr().err
+    assert "--data camvid: 11 classes, but" in capsys.readouterr().err
     assert not (tmp_path / "eval").exists()
     # the dataset from the run's config.json: named as its source (was: blamed on a --data not given)
     run = tmp_path / "run"
@@ -202,8 +202,8 @@ def test_evaluate_refuses_a_class_count_mismatch(finished_run, tmp_path, camvid_
     record["fit"]["data"] = "camvid"
     (run / "config.json").write_text(json.dumps(record))
     assert evaluate.main([str(run / "last.keras"), "--output", str(tmp_path / "eval")]) == 2
-    assert (f"error: {run / 'config.json'} records --data camvid has 11 classes but {run / 'last.keras'} predicts 4"
-            in capsys.readouterr().err)
+    assert (f"error: {run / 'config.json'} records --data camvid: 11 classes, but {run / 'last.keras'} has 4: "
+            "pass --data to name the model's dataset" in capsys.readouterr().err)
     assert not (tmp_path / "eval").exists()
 
 
