@@ -22,6 +22,14 @@ def parse_size(text):
     return height, width
 
 
+def crop_size(text):
+    """None, or the (height, width) of a HEIGHTxWIDTH `--crop` (a ValueError names the flag)."""
+    try:
+        return None if text is None else parse_size(text)
+    except argparse.ArgumentTypeError as error:
+        raise ValueError(f"--crop {error}") from None
+
+
 def positive(kind):
     """An argparse type: `kind(text)`, which must be finite and > 0 (the error names the value)."""
     def parse(text):

@@ -6,7 +6,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 
-from itnet_keras.cli import DATA_DIR_HELP, SEEDS, boolean
+from itnet_keras.cli import DATA_DIR_HELP, SEEDS, boolean, crop_size
 from itnet_keras.presets import AUGMENT_RECIPES, DATASET_NAMES, MODEL_ARGS, PRECISIONS, PRESETS
 
 
@@ -104,6 +104,7 @@ class FitConfig(_WithModel):
         if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
                 and self.learning_rate > 0):
             raise ValueError(f"--learning-rate {self.learning_rate!r}: expected a finite number > 0")
+        crop_size(self.crop)
         if not (isinstance(self.seed, int) and self.seed in SEEDS):
             raise ValueError(f"--seed {self.seed!r}: expected an integer in 0..{SEEDS[-1]}")
 

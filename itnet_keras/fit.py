@@ -25,7 +25,6 @@ where RUN stands, with another recipe (`--augment`, `--output-weights`, `--learn
 `branch.py`); RUN is only read.
 """
 
-import argparse
 import contextlib
 import dataclasses
 import gc
@@ -33,7 +32,7 @@ import json
 import sys
 from pathlib import Path
 
-from itnet_keras.cli import parse_size
+from itnet_keras.cli import crop_size
 from itnet_keras.config import flag_of, parse_config
 from itnet_keras.console import quiet_startup, quietly, stoppable, stopped_by
 
@@ -100,12 +99,7 @@ def compile_model(model, config, spec, steps_per_epoch):
 
 
 def _datasets(config):
-    crop = None
-    if config.crop is not None:
-        try:
-            crop = parse_size(config.crop)
-        except argparse.ArgumentTypeError as error:
-            raise ConfigError(f"--crop {error}") from None
+    crop = crop_size(config.crop)  # checked with the other flags (`FitConfig.check_numbers`)
     common = dict(data_dir=config.data_dir, scale=config.scale, limit=config.limit, batch_size=config.batch_size)
     try:
         train = make_dataset(config.data, "train", training=True, seed=config.seed, crop=crop,

@@ -13,9 +13,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from itnet_keras.cli import DATA_DIR_HELP, description, parse_size, positive, seed
+from itnet_keras.cli import DATA_DIR_HELP, crop_size, description, positive, seed
+from itnet_keras.config import FitConfig
 from itnet_keras.console import add_verbose_flag, progress, quiet_startup
 from itnet_keras.presets import AUGMENT_RECIPES, DATASET_NAMES
+
+FIT_DEFAULTS = FitConfig()  # what a model without a recorded training gets, as `fit` would
 
 
 def build_parser():
@@ -28,11 +31,12 @@ def build_parser():
     parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--scale", type=positive(int), help="default: the training scale recorded beside the model")
     parser.add_argument("--crop", help="HEIGHTxWIDTH (default: the recorded one, else the dataset's)")
-    parser.add_argument("--augment", choices=AUGMENT_RECIPES, help="default: the recorded recipe, else paper")
-    parser.add_argument("--batch-size", type=positive(int), help="default: the recorded one, else 8")
+    parser.add_argument("--augment", choices=AUGMENT_RECIPES, help=f"default: the recorded recipe, else {FIT_DEFAULTS.augment}")
+    parser.add_argument("--batch-size", type=positive(int), help=f"default: the recorded one, else {FIT_DEFAULTS.batch_size}")
     parser.add_argument("--limit", type=positive(int),
                         help="only the first LIMIT training images (default: the recorded limit)")
-    parser.add_argument("--seed", type=seed, help="shuffle and augmentation seed (default: the recorded one, else 0)")
+    parser.add_argument("--seed", type=seed, help="shuffle and augmentation seed (default: the recorded one, "
+                        f"else {FIT_DEFAULTS.seed})")
     add_verbose_flag(parser)
     return parser
 
@@ -60,14 +64,6 @@ def check_output(path):
     return path
 
 
-def crop_size(text):
-    """None, or the (height, width) of a HEIGHTxWIDTH `--crop`."""
-    try:
-        return None if text is None else parse_size(text)
-    except argparse.ArgumentTypeError as error:
-        raise ValueError(f"--crop {error}") from None
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
     quiet_startup(args.verbose)
@@ -80,9 +76,10 @@ def main(argv=None):
         flags = {"scale": args.scale, "crop": args.crop, "batch_size": args.batch_size}
         train = data_that_fits(args.model, flags, lambda: make_dataset(
             data, "train", data_dir=args.data_dir, training=True, scale=scale, crop=crop,
-            augment=args.augment or record.get("augment", "paper"),
-            batch_size=args.batch_size or record.get("batch_size", 8),
-            seed=record.get("seed", 0) if args.seed is None else args.seed, limit=args.limit or record.get("limit")))
+            augment=args.augment or record.get("augment", FIT_DEFAULTS.augment),
+            batch_size=args.batch_size or record.get("batch_size", FIT_DEFAULTS.batch_size),
+            seed=record.get("seed", FIT_DEFAULTS.seed) if args.seed is None else args.seed,
+            limit=args.limit or record.get("limit")))
         recalibrate(model, progress(training_images(train, args.batches), "batch-norm recalibration",
                                     total=args.batches, unit="batches"))
         with atomic_path(output, ".tmp.keras") as tmp:

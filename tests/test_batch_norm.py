@@ -154,7 +154,7 @@ def test_command_writes_a_loadable_recalibrated_file(tmp_path, capsys):
     (["MODEL", "--output", "OUT/no-folder/new.keras"], "--output OUT/no-folder/new.keras: the folder"),
     (["MODEL", "--output", "OUT/new.h5"], "expected a file name ending in .keras"),
     (["MODEL", "--output", "OUT/new.keras", "--crop", "tall"], "--crop 'tall': expected HEIGHTxWIDTH"),
-    (["MODEL", "--output", "OUT/new.keras", "--data", "cityscapes"], "--data cityscapes has 19 classes"),
+    (["MODEL", "--output", "OUT/new.keras", "--data", "cityscapes"], "--data cityscapes: 19 classes, but"),
 ])
 def test_command_errors_name_the_input_at_fault(tmp_path, capsys, arguments, message):
     build_itnet("tiny", num_classes=4).save(tmp_path / "model.keras")
