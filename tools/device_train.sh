@@ -18,17 +18,17 @@
 #                     from its checkpoint with this one (fit --branch-from; RUN is only read; a branch carried
 #                     back as RUN is then resumed), 8 input threads; a new run starts with it (default: paper)
 #   TOTAL_S=540       seconds for the whole script, its setup included (one device command may run 600 s)
-#   MAIN_S=380        seconds of them for the full-resolution run (start-up and compilation included); a run
-#                     cut off then gets up to 75 s to recalibrate and 75 s to evaluate its last epoch
+#   MAIN_S=380        seconds of them for the full-resolution run (start-up and compilation included); then
+#                     up to 75 s to recalibrate and 75 s to evaluate its last epoch
 #   COMPARE_EPOCHS=30 COMPARE_SCALE=2   the comparisons, each a fresh run of camvid_shared at 1/COMPARE_SCALE
 #                     resolution: paper+all, strong+all, paper+thinned:4 (docs/training.md), each given a third
 #                     of the time left (none when that is under a minute: with the defaults the full-resolution
 #                     run takes the whole budget; a smaller MAIN_S leaves them time); a run cut off says so; COMPARE_EPOCHS=0: none
 # Writes under $OUT (at most 8 files come back from a device call, 16 MiB each):
 #   summary.txt   versions, each stage's exit code and time, every epoch line, the mIoU per output
-#   main.tar      the run folder (config.json, checkpoint.npz, log.csv, best.keras and, when the run was cut
-#                 off, latest/evaluation.json of its last epoch with its batch norms recalibrated;
-#                 evaluation.json, of best.keras recalibrated by fit, once it is complete):
+#   main.tar      the run folder (config.json, checkpoint.npz, log.csv, best.keras,
+#                 latest/evaluation.json of its last epoch with its batch norms recalibrated, and
+#                 evaluation.json, of best.keras recalibrated by fit, once the run is complete):
 #                 unpack it into $RUN and commit to resume in the next session; written as soon as the
 #                 full-resolution run stops, and again at the end
 #   compare.tar   the comparison runs without their weights; logs.tar: every stage's log
@@ -118,9 +118,10 @@ main_s=$(( MAIN_S < $(left) ? MAIN_S : $(left) ))
 stage fit_main "$main_s" $py -m itnet_keras.fit "${fit[@]}"
 main_rc=$?
 pack_main   # at once: what follows may be cut off
-if [ $main_rc = 0 ]; then
-  miou "$run/evaluation.json"
-elif [ -f "$run/last.keras" ]; then   # cut off: its last completed epoch, batch norms recalibrated, on val
+[ $main_rc = 0 ] && miou "$run/evaluation.json"
+# its last completed epoch, batch norms recalibrated, on val: a run cut off has no evaluation yet, and a
+# finished one's is of best.keras, the epoch val chose (last.keras itself does not come back: main.tar)
+if [ -f "$run/last.keras" ]; then
   stage recalibrate_latest $(( $(left) > 75 ? 75 : $(left) )) $py -m itnet_keras.recalibrate "$run/last.keras" \
     "${moved[@]}" --output "$run/latest.keras" &&
   stage evaluate_latest $(( $(left) > 75 ? 75 : $(left) )) $py -m itnet_keras.evaluate "$run/latest.keras" \
