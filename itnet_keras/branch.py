@@ -44,7 +44,7 @@ def branch_state(config, state):
     evaluation.json repeat: "branch": the run, the epoch, the flags that change what it
     learns (`BRANCH_RECORDS`) as [source's, branch's], and the source's own such record
     where the source is a branch ("source_branch")."""
-    saved = read_run_config(config.branch_from)
+    saved = read_run_config(config.branch_from, flag=f"--branch-from {config.branch_from}")
     changed = {flag_of(name): [getattr(saved, name), getattr(config, name)]
                for name in BRANCH_RECORDS if getattr(saved, name) != getattr(config, name)}
     record = {"from": config.branch_from, "epoch": state["epoch"], "changed": changed,
