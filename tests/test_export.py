@@ -13,6 +13,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from itnet_keras import build_itnet
 from itnet_keras.datasets import get_spec
+from itnet_keras.export import artifacts
 from itnet_keras.export.artifacts import ExportError
 from itnet_keras.export.flatbuffer import (count_buffers_holding, loop_body_dtypes, loop_carried_types,
                                           op_output_dtypes, signature_op_dtypes, signature_ops)
@@ -353,6 +354,24 @@ def test_cli_writes_the_file_and_its_metadata(tiny, tmp_path):
     result = convert_cli(model_path, "--format", "tflite", "--input-size", "64x64", "--output", out)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "WHILE 2" in result.stdout and out.is_file() and out.with_suffix(".json").is_file()
+
+
+def test_a_crash_between_a_file_and_its_sidecar_leaves_no_earlier_sidecar(tmp_path, monkeypatch):
+    """A file and its sidecar are written as a pair (was: the new file beside the previous
+    export's sidecar, with its input type and quantization, had a crash come between them)."""
+    path = tmp_path / "itnet.tflite"
+    artifacts.write_export(path, b"float32 file", {"format": "tflite", "quantization": "float32"})
+    write = artifacts.write_atomic
+
+    def crash_at_the_sidecar(target, *args):
+        if Path(target).suffix == ".json":
+            raise KeyboardInterrupt
+        write(target, *args)
+
+    monkeypatch.setattr(artifacts, "write_atomic", crash_at_the_sidecar)
+    with pytest.raises(KeyboardInterrupt):
+        artifacts.write_export(path, b"int8 file", {"format": "tflite", "quantization": "int8"})
+    assert path.read_bytes() == b"int8 file" and not path.with_suffix(".json").exists()
 
 
 def test_cli_errors_name_the_culprit_and_leave_nothing(tiny, tmp_path):

@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 from itnet_keras.export.int8_loop import INT8_LOGITS_SIGNATURES
+from itnet_keras.files import write_atomic
 from itnet_keras.export.static import signature_key
 from itnet_keras.export.signatures import signatures_of, state_shapes
 from itnet_keras.model import model_args
@@ -41,6 +42,20 @@ def writable_destination(path, sidecar_format=None):
             owner = f"the sidecar of a .{found} file" if found in ("tflite", "onnx") else "not a sidecar of ours"
             raise ExportError(f"--output {path}: {sidecar}, where its metadata would go, is {owner}; "
                               "choose another --output name (or remove that file)")
+
+
+def write_export(path, data, meta=None):
+    """The exported file `data` at `path` and, with `meta`, its sidecar beside it, as a pair:
+    the sidecar already there goes first, then the file and its new sidecar are written (each
+    atomically). A crash between them leaves a file without a sidecar, which `predict` and the
+    measurements refuse by name, never a new file beside an earlier export's sidecar."""
+    path = Path(path)
+    sidecar = None if meta is None else json.dumps(meta, indent=1)  # before anything is written
+    if sidecar is not None:
+        path.with_suffix(".json").unlink(missing_ok=True)
+    write_atomic(path, data, "wb")
+    if sidecar is not None:
+        write_atomic(path.with_suffix(".json"), sidecar)
 
 
 def metadata(model, spec, input_size, quant, batch_size=1, calibration=None, iterations=None,

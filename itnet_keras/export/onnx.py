@@ -10,7 +10,6 @@ scales are rounded up (`_round_resize_scales_up`).
 """
 
 import collections
-import json
 import tempfile
 from pathlib import Path
 
@@ -20,8 +19,7 @@ import tensorflow as tf
 import tf2onnx
 from onnx import numpy_helper
 
-from itnet_keras.export.artifacts import ExportError, metadata, writable_destination
-from itnet_keras.files import write_atomic
+from itnet_keras.export.artifacts import ExportError, metadata, writable_destination, write_export
 from itnet_keras.model import iterative_block, named_outputs
 
 OPSET = 17
@@ -193,10 +191,9 @@ def convert_onnx(model, path, spec=None, input_size=None):
         expected = int(block.num_iterations > 1 and not block.unroll)
         if summary["ops"].get("Loop", 0) != expected:
             raise ExportError(f"{path}: {summary['ops'].get('Loop', 0)} Loop ops, expected {expected}")
-        write_atomic(path, candidate.read_bytes(), "wb")
+        meta = None if spec is None else metadata(model, spec, input_size, "float32")
+        if meta is not None:
+            meta.update(format="onnx", opset=OPSET, signatures={"outputs": meta["signatures"]["outputs"]})
+        write_export(path, candidate.read_bytes(), meta)
     summary["file_bytes"] = path.stat().st_size
-    if spec is not None:
-        meta = metadata(model, spec, input_size, "float32")
-        meta.update(format="onnx", opset=OPSET, signatures={"outputs": meta["signatures"]["outputs"]})
-        write_atomic(path.with_suffix(".json"), json.dumps(meta, indent=1))
     return summary

@@ -13,7 +13,6 @@ gets the forms XNNPACK runs faster (`xnnpack_forms`): per-channel affines as 1x1
 convs, and in int8 the logits' upsampling as two one-axis resizes.
 """
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from itnet_keras.augment import normalize
 from itnet_keras.console import progress, quietly
 from itnet_keras.datasets import load_split
 from itnet_keras.export import CALIBRATION_IMAGES, INPUT_TYPES, QUANT_MODES
-from itnet_keras.export.artifacts import ExportError, metadata, writable_destination
+from itnet_keras.export.artifacts import ExportError, metadata, writable_destination, write_export
 from itnet_keras.export.camera_input import camera_byte_inputs, uint8_pixel_input, zero_point
 from itnet_keras.export.flatbuffer import inspect_tflite, loop_carried_types, signature_ops
 from itnet_keras.export.int8_loop import INT8_LOGITS_SIGNATURES, carry_int8, int8_logits, integer_islands
@@ -33,7 +32,6 @@ from itnet_keras.export.signatures import signatures_of, write_saved_model
 from itnet_keras.export.static import signature_key, static_archive, static_calibration, unrolled_copy
 from itnet_keras.export.tflite_metadata import embed_metadata
 from itnet_keras.export.xnnpack_forms import channel_affines, separable_upsampling
-from itnet_keras.files import write_atomic
 from itnet_keras.model import encode, iterative_block, model_args
 
 LOOPING_SIGNATURES = ("outputs", "anytime")
@@ -180,10 +178,8 @@ def convert_tflite(model, path, quant="float32", spec=None, input_size=None, cal
         block = iterative_block(model)  # one iteration has no loop to keep
         summary = check_tflite(candidate, signatures, loop=not block.unroll and block.num_iterations > 1,
                                integer_loop=quant == "int8")
-        write_atomic(path, data, "wb")
-    if spec is not None:
-        meta = metadata(model, spec, input_size, quant, calibration=calibration, input_type=input_type)
-        write_atomic(path.with_suffix(".json"), json.dumps(meta, indent=1))
+        write_export(path, data, None if spec is None else metadata(
+            model, spec, input_size, quant, calibration=calibration, input_type=input_type))
     return summary
 
 
@@ -242,11 +238,8 @@ def convert_static(model, path, iterations, quant="float32", spec=None, input_si
             candidate = Path(work) / "model.tflite"
             candidate.write_bytes(data)
             written[target] = check_static(candidate, n)
-            write_atomic(target, data, "wb")
-        if spec is not None:
-            meta = metadata(model, spec, input_size, quant, calibration=calibration, iterations=n,
-                            input_type=input_type)
-            write_atomic(target.with_suffix(".json"), json.dumps(meta, indent=1))
+            write_export(target, data, None if spec is None else metadata(
+                model, spec, input_size, quant, calibration=calibration, iterations=n, input_type=input_type))
     return written
 
 
