@@ -5,7 +5,7 @@
     python export/graph_memory.py --presets camvid_shared camvid_independent [--output docs/graph_memory.md]
 
 For a `.keras` model or a preset (random weights: memory does not depend on them) it
-converts the loop model and an unrolled copy (float32; `--quant` adds modes for the loop)
+converts the loop model and an unrolled copy (float32; `--quant` names the loop's modes instead)
 and prints, per file: WHILE ops, file bytes, constant (weight) bytes, the peak bytes of
 live activations of the `outputs` signature (`itnet_keras.export.measure.memory`), and the cost
 model's collapsed and unrolled graph size of the last output.

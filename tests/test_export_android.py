@@ -291,6 +291,11 @@ def test_cli_static_flavour_writes_one_file_per_n_and_names_bad_flags(tiny, tmp_
         result = convert_cli(model_path, *args, "--output", tmp_path / "bad.tflite")
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-1500:])
     assert not list(tmp_path.glob("bad*"))
+    (tmp_path / "bad_n3.json").mkdir()  # a file of output n is named with the --output given (was: as if given)
+    result = convert_cli(model_path, "--flavor", "static", "--iterations", "1", "3", "--output", tmp_path / "bad.tflite")
+    assert (result.returncode == 2 and f"--output {tmp_path / 'bad.tflite'} (bad_n3.tflite): "
+            f"{tmp_path / 'bad_n3.json'} is a folder" in result.stderr), result.stderr[-1500:]
+    assert not list(tmp_path.glob("bad*.tflite"))
 
 
 def test_export_evaluation_checks_a_static_files_input_size(tiny, static_float32, capsys):

@@ -2,15 +2,16 @@
 
 - `signatures`: the functions an app calls (`outputs`, `anytime`, `encode`, `step`,
   `upsample`, `finish`) and the SavedModel that holds them.
-- `tflite`: conversion in four quantization modes, the sidecar metadata, checks; the
-  `loop` flavour and the `static` one.
+- `tflite`: conversion in four quantization modes and its checks; the `loop` flavour and
+  the `static` one.
 - `static`: the static flavour (output n, one subgraph, no control flow).
 - `camera_input`: camera bytes in (`--input-type uint8`, and `int8` for int8 files), for both flavours.
 - `tflite_metadata`: TFLite Model Metadata inside each file (MediaPipe's writer).
 - `int8_loop`: makes the `WHILE` of an int8 file carry int8 tensors.
 - `flatbuffer`: reads a `.tflite` file (ops per subgraph, buffers, loop dtypes) to prove the checks.
 - `onnx`: conversion with tf2onnx (a `Loop` op) and its checks.
-- `artifacts`: what both formats share: `ExportError`, the destination check, the sidecar metadata.
+- `artifacts`: what both formats share: `ExportError`, the destination check, the sidecar
+  metadata and the writing of a file with its sidecar.
 - `measure/`: measurements of exported files (`accuracy`, `latency`, `parts`, `memory`, `anytime_device`).
 
 The command-line entry points live in the repository's `export/` folder. The closed sets

@@ -16,22 +16,24 @@ class ExportError(ValueError):
     """The export cannot go on; the message names the file, flag or op at fault."""
 
 
-def writable_destination(path, sidecar_format=None):
-    """Raise ExportError (naming `path`) unless a file can be written there, and with a
+def writable_destination(path, sidecar_format=None, output=None):
+    """Raise ExportError (naming `path`, and `output`, the --output given, where that differs:
+    a static file of output n) unless a file can be written there, and with a
     `sidecar_format` ("tflite", "onnx") its sidecar `path.with_suffix(".json")` too. Checked
     before converting, so that a failed export leaves nothing behind. An existing sidecar is
     overwritten only if it is one of the same format: `itnet.json` of `itnet.tflite` is not
     the sidecar of `itnet.onnx`, and a JSON file of one's own is not a sidecar at all."""
     path = Path(path)
+    flag = f"--output {path}" if output is None or Path(output) == path else f"--output {output} ({path.name})"
     targets = [path] + ([path.with_suffix(".json")] if sidecar_format else [])
     for target in targets:
         if target.is_dir():
-            raise ExportError(f"--output {path}: {target} is a folder")
+            raise ExportError(f"{flag}: {target} is a folder")
     try:
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}."):
             pass
     except OSError as error:
-        raise ExportError(f"--output {path}: cannot write there ({error.strerror or error})") from None
+        raise ExportError(f"{flag}: cannot write there ({error.strerror or error})") from None
     sidecar = targets[-1]
     if sidecar_format and sidecar.is_file():
         try:
@@ -40,7 +42,7 @@ def writable_destination(path, sidecar_format=None):
             found = None
         if found != sidecar_format:
             owner = f"the sidecar of a .{found} file" if found in ("tflite", "onnx") else "not a sidecar of ours"
-            raise ExportError(f"--output {path}: {sidecar}, where its metadata would go, is {owner}; "
+            raise ExportError(f"{flag}: {sidecar}, where its metadata would go, is {owner}; "
                               "choose another --output name (or remove that file)")
 
 

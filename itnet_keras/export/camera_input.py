@@ -20,7 +20,7 @@ MediaPipe's `ImageSegmenter` takes uint8 and float32 inputs only.
 import numpy as np
 from tensorflow.lite.python import schema_py_generated as schema
 
-from itnet_keras.export.flatbuffer import op_name, parse, serialize
+from itnet_keras.export.flatbuffer import op_name, parse, serialize, text_of
 
 _TENSOR_TYPES = {"uint8": schema.TensorType.UINT8, "int8": schema.TensorType.INT8}
 SIGNED_SHIFT = 128  # an int8 input is the uint8 byte minus this (`byte ^ 0x80`)
@@ -108,7 +108,7 @@ def camera_byte_inputs(data, normalization, input_type="uint8"):
                 continue
             readers = [op for op in graph.operators if item.tensorIndex in list(op.inputs)]
             if any(codes[op.opcodeIndex] != "QUANTIZE" for op in readers):
-                raise ValueError(f"signature {signature.signatureKey!r}: its image is read by "
+                raise ValueError(f"signature {text_of(signature.signatureKey)!r}: its image is read by "
                                  f"{sorted({codes[op.opcodeIndex] for op in readers})}, not by QUANTIZE alone")
             tensor = graph.tensors[item.tensorIndex]
             tensor.quantization = None

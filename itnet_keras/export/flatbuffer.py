@@ -1,8 +1,9 @@
 """Read a `.tflite` flatbuffer: operators per subgraph, tensor types, constant buffers.
 
-The checks of the export (one `WHILE`, no `Flex` op, shared kernels stored once) and the
-graph-memory table read the file through `inspect_tflite`, not through the converter's
-word.
+The export's checks (`tflite.check_tflite`: the signatures, no `Flex` or custom op, one
+`WHILE` per looping signature through `signature_ops`, int8 carries through
+`loop_carried_types`), the tests' (shared kernels stored once) and the graph-memory table
+read the file itself, not the converter's word.
 """
 
 import collections
@@ -52,7 +53,7 @@ def inspect_tflite(path):
 
     - `ops`: operator counts over all subgraphs; `subgraphs`: name, op counts and the
       tensor dtypes of each subgraph (a `WHILE` body is its own subgraph);
-    - `flex_ops` / `custom_ops`: ops the builtin runtime cannot run;
+    - `flex_ops` / `custom_ops`: ops the builtin runtime cannot run (`Flex...` ops, other ops);
     - `weight_bytes`: bytes of all constant buffers; `duplicate_buffers`: groups of
       identical constant buffers of at least 256 bytes (a weight stored twice);
     - `signatures`: signature keys.
@@ -77,7 +78,7 @@ def inspect_tflite(path):
         "file_bytes": Path(path).stat().st_size,
         "ops": dict(total),
         "flex_ops": sorted({c for c in codes if c.startswith("Flex")}),
-        "custom_ops": sorted({c for c in codes if c not in _BUILTIN_NAMES.values()}),
+        "custom_ops": sorted({c for c in codes if c not in _BUILTIN_NAMES.values() and not c.startswith("Flex")}),
         "subgraphs": subgraphs,
         "weight_bytes": weight_bytes,
         "duplicate_buffers": [group for group in digests.values() if len(group) > 1],

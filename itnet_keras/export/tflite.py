@@ -91,7 +91,8 @@ def tflite_converter(saved_model, signatures, quant, representative, integer_io=
 def check_tflite(path, signatures, loop=True, integer_loop=False):
     """Raise ExportError unless the file has `signatures`, is builtins-only and keeps its
     loops as `WHILE`s (none when `loop=False`: an unrolled model); with `integer_loop`,
-    unless every `WHILE` carries int8 tensors besides its int32 counters."""
+    unless every `WHILE` whose body computes in int8 carries int8 tensors besides its int32
+    counters."""
     summary = inspect_tflite(path)
     if summary["flex_ops"] or summary["custom_ops"]:
         raise ExportError(f"{path}: ops the builtin runtime cannot run: "
@@ -217,7 +218,7 @@ def convert_static(model, path, iterations, quant="float32", spec=None, input_si
     input_size = tuple(input_size or spec.image_size)
     normalization = None if spec is None else spec.normalization
     for n in iterations:
-        writable_destination(static_path(path, n), "tflite" if spec is not None else None)
+        writable_destination(static_path(path, n), "tflite" if spec is not None else None, output=path)
     unrolled, written = unrolled_copy(model), {}
     for n in dict.fromkeys(iterations):
         target = static_path(path, n)
