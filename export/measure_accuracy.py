@@ -49,8 +49,9 @@ from itnet_keras.files import markdown_table, write_result_files  # noqa: E402
 from itnet_keras.pipeline import make_dataset  # noqa: E402
 
 
-def check_input_size(path, spec, scale):
-    """Refuse a file whose fixed input size is not the dataset's at `--scale`, or that is no model."""
+def check_input_size(path, spec, scale, given=True):
+    """Refuse a file whose fixed input size is not the dataset's at `scale` (`given` as --scale,
+    else the model's recorded training scale or 1), or that is no model."""
     try:
         size = file_input_size(path)
     except Exception as error:  # LiteRT and onnxruntime raise ValueError, RuntimeError, struct.error, ...
@@ -60,7 +61,9 @@ def check_input_size(path, spec, scale):
         h, w = spec.image_size
         fits = [s for s in range(1, min(h, w) + 1) if h % s == 0 and w % s == 0 and (h // s, w // s) == size]
         hint = f": pass --scale {fits[0]}" if fits else ""
-        raise ValueError(f"{path} takes {size[0]}x{size[1]} images but --scale {scale} gives {spec.name} images "
+        source = (f"--scale {scale}" if given else
+                  f"scale {scale} (the model's training scale, recorded beside it, else 1)")
+        raise ValueError(f"{path} takes {size[0]}x{size[1]} images but {source} gives {spec.name} images "
                          f"of {expected[0]}x{expected[1]}{hint}")
 
 
@@ -80,7 +83,7 @@ def main(argv=None):
             if Path(path).suffix == ".onnx" and args.signature != "outputs":
                 raise ValueError(f"--signature {args.signature}: {path} is an ONNX file, which has the `outputs` "
                                  "signature only (measure it in a run of its own)")
-            check_input_size(path, dataset.spec, scale)
+            check_input_size(path, dataset.spec, scale, given=args.scale is not None)
         results = {"keras": [o["miou"] for o in evaluate_model(model, dataset)["outputs"]]}
         names = [Path(path).name for path in args.files]
         for path, name in zip(args.files, names):  # a column per file: its name, or its path where names repeat

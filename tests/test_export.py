@@ -618,6 +618,13 @@ def test_export_evaluation_refuses_a_scale_the_file_was_not_made_for(tiny, float
     assert measure_accuracy.main([str(model_path), str(path), "--scale", "2", "--limit", "4"]) == 2
     assert (f"error: {path} takes 64x64 images but --scale 2 gives builtin images of 32x32: pass --scale 1"
             in capsys.readouterr().err)
+    run = path.parent / "run"  # the scale its run recorded: not named as a flag never given
+    run.mkdir(exist_ok=True)
+    shutil.copy(model_path, run / "best.keras")
+    (run / "config.json").write_text(json.dumps({"fit": {"data": "builtin", "scale": 2}}))
+    assert measure_accuracy.main([str(run / "best.keras"), str(path), "--limit", "4"]) == 2
+    assert (f"error: {path} takes 64x64 images but scale 2 (the model's training scale, recorded beside it, else 1) "
+            "gives builtin images of 32x32: pass --scale 1" in capsys.readouterr().err)
     # the model's dataset: the one with its class count (was: builtin for every model), checked
     assert measure_accuracy.main([str(model_path), str(path), "--data", "camvid", "--limit", "4"]) == 2
     assert f"error: --data camvid: 11 classes, but {model_path} has 4" in capsys.readouterr().err
