@@ -37,6 +37,7 @@ if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow load
     quiet_startup(build_parser().parse_args().verbose)
 
 from itnet_keras.evaluate import load_itnet  # noqa: E402
+from itnet_keras.export.camera_input import zero_point  # noqa: E402
 from itnet_keras.export.measure.latency import timed_in_turns  # noqa: E402
 from itnet_keras.export.measure.parts import part_calls  # noqa: E402
 from itnet_keras.export.tflite import calibration_sample  # noqa: E402
@@ -65,6 +66,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     quiet_startup(args.verbose)
     spec = DATASETS[PRESET_DATASET[args.preset]]
+    if zero_point(spec.normalization) is None:  # (was: measured with CamVid's byte quantization)
+        print(f"error: --preset {args.preset}: the parts' int8 files take camera bytes as the normalized image's "
+              f"quantization, which {spec.name}'s normalization (pixel * {spec.normalization[0]:.6g} + "
+              f"{spec.normalization[1]:.6g}) is not: measure a CamVid preset", file=sys.stderr)
+        return 2
     if args.model:  # its weights at the dataset's input size
         try:
             trained = load_itnet(args.model)
@@ -87,7 +93,7 @@ def main(argv=None):
     except (ValueError, OSError) as error:  # the dataset missing or damaged
         print(f"error: {error}", file=sys.stderr)
         return 2
-    calls = part_calls(model, images)
+    calls = part_calls(model, images, spec.normalization)
     times = dict(zip(calls, timed_in_turns({" / ".join(k): c for k, c in calls.items()}, args.repeats).values()))
     table = format_table(times)
     print(table)

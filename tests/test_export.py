@@ -494,6 +494,8 @@ def test_measurement_scripts_name_bad_input(tiny, tmp_path, capsys):
     build_itnet("tiny", num_classes=11, num_iterations=1).save(one)
     assert measure_parts.main([str(one), "--preset", "camvid_shared"]) == 2
     assert f"error: {one} has one output; the parts are those of outputs 1 and 2" in capsys.readouterr().err
+    assert measure_parts.main(["--preset", "cityscapes_shared"]) == 2  # camera bytes are not its normalized image
+    assert "error: --preset cityscapes_shared: the parts' int8 files take camera bytes" in capsys.readouterr().err
     # A table named .json would be overwritten by its own data (was: the table lost, silently).
     for script in ("measure_latency", "measure_parts", "measure_accuracy", "graph_memory"):
         with pytest.raises(SystemExit) as exit_:

@@ -49,7 +49,7 @@ def part_functions(unrolled, outputs=(1, 2)):
     return parts
 
 
-def _convert(unrolled, function, shape, takes_image, int8, calibration, forms):
+def _convert(unrolled, function, shape, takes_image, int8, calibration, forms, normalization):
     spec = tf.TensorSpec((1, *shape), tf.float32, name="x")
     archive = keras.export.ExportArchive()
     archive.track(unrolled)
@@ -63,22 +63,24 @@ def _convert(unrolled, function, shape, takes_image, int8, calibration, forms):
                                     representative, integer_io).convert()
     if forms:
         data = channel_affines(separable_upsampling(data) if int8 else data)
-    return uint8_pixel_input(data, (1 / 255, 0.0)) if int8 and takes_image else data
+    return uint8_pixel_input(data, normalization) if int8 and takes_image else data
 
 
-def _call(data):
+def _call(data, normalization):
     interpreter = Interpreter(model_content=data, num_threads=1)
     runner = interpreter.get_signature_runner("part")
     details = runner.get_input_details()["x"]
     x = np.random.default_rng(0).integers(0, 256, details["shape"])
-    x = x.astype(details["dtype"]) if details["dtype"] != np.float32 else (x / 255).astype(np.float32)
+    scale, offset = normalization  # a float input takes the image normalized, as the int8 files were calibrated
+    x = x.astype(details["dtype"]) if details["dtype"] != np.float32 else (x * scale + offset).astype(np.float32)
     return lambda: runner(x=x)
 
 
-def part_calls(model, images, outputs=(1, 2)):
+def part_calls(model, images, normalization, outputs=(1, 2)):
     """{(part, variant, quant): call} for every part of `part_functions`, variant
-    "converter" or "forms", quant "float32" or "int8"; `images` (normalized [H, W, 3])
-    calibrate the int8 files (the upsampling on the head logits of output 1)."""
+    "converter" or "forms", quant "float32" or "int8"; `images` (normalized [H, W, 3] by the
+    dataset's `normalization`, (scale, offset)) calibrate the int8 files (the upsampling on
+    the head logits of output 1), whose uint8 image input takes camera bytes."""
     unrolled = unrolled_copy(model)
     parts = part_functions(unrolled, outputs)
     batches = [np.asarray(i, np.float32)[None] for i in images]
@@ -89,6 +91,6 @@ def part_calls(model, images, outputs=(1, 2)):
         for variant in ("converter", "forms"):
             for quant in ("float32", "int8"):
                 file = _convert(unrolled, function, shape, takes_image, quant == "int8",
-                                batches if takes_image else head, variant == "forms")
-                calls[name, variant, quant] = _call(file)
+                                batches if takes_image else head, variant == "forms", normalization)
+                calls[name, variant, quant] = _call(file, normalization)
     return calls
