@@ -60,7 +60,7 @@ def write_export(path, data, meta=None):
         write_atomic(path.with_suffix(".json"), sidecar)
 
 
-def metadata(model, spec, input_size, quant, batch_size=1, calibration=None, iterations=None,
+def metadata(model, spec, input_size, quant, calibration=None, iterations=None,
              input_type="float32"):
     """What an app needs beside the file: labels, input size, normalization, signatures
     (of the static flavour with `iterations`, its output n)."""
@@ -76,7 +76,7 @@ def metadata(model, spec, input_size, quant, batch_size=1, calibration=None, ite
     meta = {
         "format": "tflite", "flavor": "loop" if iterations is None else "static", "quantization": quant,
         "dataset": spec.name, "labels": list(spec.class_names), "ignore_label": spec.ignore_label,
-        "input": {"name": "image", "shape": [batch_size, *input_size, 3], "dtype": input_type,
+        "input": {"name": "image", "shape": [1, *input_size, 3], "dtype": input_type,
                   "normalization": normalization},
         "num_iterations": args["num_iterations"], "model_args": args,
         "signatures": {

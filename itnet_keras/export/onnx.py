@@ -123,9 +123,9 @@ def _store_weights_once(graph):
             graph.initializer.remove(initializer)
 
 
-def to_onnx(model, input_size, batch_size=1):
-    """The ONNX `ModelProto` of the model's `outputs` function."""
-    spec = tf.TensorSpec((batch_size, *input_size, 3), tf.float32, name="image")
+def to_onnx(model, input_size):
+    """The ONNX `ModelProto` of the model's `outputs` function, for one image (batch 1)."""
+    spec = tf.TensorSpec((1, *input_size, 3), tf.float32, name="image")
 
     @tf.function(input_signature=[spec])
     def outputs(image):

@@ -35,19 +35,20 @@ def signatures_of(model):
     return SIGNATURES
 
 
-def state_shapes(model, input_size, batch_size=1):
-    """Shapes of the loop-carried state (one per scale) for one input size."""
-    shapes = data_block(model).compute_output_shape((batch_size, *input_size, 3))
+def state_shapes(model, input_size):
+    """Shapes of the loop-carried state (one per scale) for one image of `input_size` (the
+    exported files take batch 1)."""
+    shapes = data_block(model).compute_output_shape((1, *input_size, 3))
     return [tuple(int(d) for d in s) for s in shapes]
 
 
-def export_archive(model, input_size, batch_size=1, normalization=None):
+def export_archive(model, input_size, normalization=None):
     """A `keras.export.ExportArchive` with the signatures at a fixed input size. With
     `normalization` (scale, offset), `image` is uint8 camera bytes, normalized inside."""
     height, width = input_size
-    shapes = state_shapes(model, input_size, batch_size)
+    shapes = state_shapes(model, input_size)
     dtype = tf.float32 if normalization is None else tf.uint8
-    image = tf.TensorSpec((batch_size, height, width, 3), dtype, name="image")
+    image = tf.TensorSpec((1, height, width, 3), dtype, name="image")
     scalar = lambda name: tf.TensorSpec((), tf.int32, name=name)  # noqa: E731
 
     def normalized(image):
@@ -80,7 +81,7 @@ def export_archive(model, input_size, batch_size=1, normalization=None):
     archive = keras.export.ExportArchive()
     archive.track(model)
     states = [tf.TensorSpec(s, tf.float32, name=f"state_{l}") for l, s in enumerate(shapes, start=1)]
-    head = tf.TensorSpec((batch_size, *shapes[0][1:3], iterative_block(model).num_classes), tf.float32, name="logits")
+    head = tf.TensorSpec((1, *shapes[0][1:3], iterative_block(model).num_classes), tf.float32, name="logits")
     endpoints = {"outputs": (all_outputs, [image]), "anytime": (anytime_fn, [image, scalar("iterations")]),
                  "encode": (encode_fn, [image]), "step": (step_fn, [*states, scalar("n")]),
                  "upsample": (upsample_fn, [head]), "finish": (finish_fn, [*states, scalar("n")])}
@@ -89,8 +90,8 @@ def export_archive(model, input_size, batch_size=1, normalization=None):
     return archive
 
 
-def write_saved_model(model, folder, input_size, batch_size=1, normalization=None):
+def write_saved_model(model, folder, input_size, normalization=None):
     """Write the SavedModel with the signatures (`signatures_of(model)`) to `folder`; with
     `normalization`, their `image` is uint8 (see `export_archive`)."""
-    export_archive(model, input_size, batch_size, normalization).write_out(str(folder), verbose=False)
+    export_archive(model, input_size, normalization).write_out(str(folder), verbose=False)
     return folder

@@ -32,6 +32,7 @@ from itnet_keras.datasets import get_spec
 from itnet_keras.export.camera_input import file_image
 from itnet_keras.export.flatbuffer import iterations_of
 from itnet_keras.export.signatures import SIGNATURES
+from itnet_keras.export.static import unrolled_copy
 from itnet_keras.export.tflite import check_tflite, convert_static, convert_tflite, static_path, tflite_converter
 from itnet_keras.files import write_atomic
 from itnet_keras.layers import resize_like
@@ -150,8 +151,7 @@ def preset_files(preset, input_size, folder, **model_args):
     folder = Path(folder)
     model = build_itnet(preset, input_shape=(*input_size, 3), **model_args)
     convert_tflite(model, folder / "loop.tflite", "float32", input_size=input_size)
-    unrolled = build_itnet(preset, input_shape=(*input_size, 3), unroll=True, **model_args)
-    unrolled.set_weights(model.get_weights())
+    unrolled = unrolled_copy(model)
     convert_tflite(unrolled, folder / "unrolled.tflite", "float32", input_size=input_size)
     unrolled_anytime_file(unrolled, folder / "unrolled_anytime.tflite", input_size)
     return folder / "loop.tflite", folder / "unrolled.tflite", folder / "unrolled_anytime.tflite"
