@@ -42,6 +42,12 @@ def state_shapes(model, input_size):
     return [tuple(int(d) for d in s) for s in shapes]
 
 
+def normalized_pixels(image, normalization):
+    """Camera bytes `image` (uint8 RGB) normalized inside the graph: pixel * scale + offset."""
+    scale, offset = normalization
+    return tf.cast(image, tf.float32) * np.float32(scale) + np.float32(offset)
+
+
 def export_archive(model, input_size, normalization=None):
     """A `keras.export.ExportArchive` with the signatures at a fixed input size. With
     `normalization` (scale, offset), `image` is uint8 camera bytes, normalized inside."""
@@ -52,10 +58,7 @@ def export_archive(model, input_size, normalization=None):
     scalar = lambda name: tf.TensorSpec((), tf.int32, name=name)  # noqa: E731
 
     def normalized(image):
-        if normalization is None:
-            return image
-        scale, offset = normalization
-        return tf.cast(image, tf.float32) * np.float32(scale) + np.float32(offset)
+        return image if normalization is None else normalized_pixels(image, normalization)
 
     def all_outputs(image):
         return named_outputs(model, normalized(image))

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from itnet_keras.console import progress
 from itnet_keras.export.camera_input import pixels_of, zero_point
+from itnet_keras.export.signatures import normalized_pixels
 from itnet_keras.model import anytime, build_itnet, model_args
 
 
@@ -33,6 +34,12 @@ def unrolled_copy(model):
     return copy
 
 
+def _graph_normalizes(normalization, input_type, int8):
+    """Whether a static file's graph takes pixels 0..255 and normalizes them: a camera-byte
+    input, unless the file is int8 and its byte input is the normalized image's quantization."""
+    return input_type != "float32" and not (int8 and zero_point(normalization) is not None)
+
+
 def static_archive(unrolled, n, input_size, normalization=None, input_type="float32", int8=False):
     """An `ExportArchive` with signature `output_n`: image -> logits of output n.
 
@@ -41,14 +48,13 @@ def static_archive(unrolled, n, input_size, normalization=None, input_type="floa
     image stays the float input the converter turns into uint8 (`uint8_pixel_input`): the
     normalized image when the normalization is a quantization (`zero_point`), else pixels
     0..255 normalized here."""
-    pixels = input_type != "float32" and not (int8 and zero_point(normalization) is not None)
+    pixels = _graph_normalizes(normalization, input_type, int8)
     dtype = tf.uint8 if pixels and not int8 else tf.float32
     spec = tf.TensorSpec((1, *input_size, 3), dtype, name="image")
 
     def output_n(image):
         if pixels:
-            scale, offset = normalization
-            image = tf.cast(image, tf.float32) * np.float32(scale) + np.float32(offset)
+            image = normalized_pixels(image, normalization)
         return {"logits": anytime(unrolled, image, n)}
 
     archive = keras.export.ExportArchive()
@@ -60,7 +66,7 @@ def static_archive(unrolled, n, input_size, normalization=None, input_type="floa
 def static_calibration(images, n, normalization=None, input_type="float32"):
     """The representative dataset of an int8 static file: the calibration images (already
     normalized), as pixels 0..255 for a camera-byte input that the graph normalizes."""
-    pixels = input_type != "float32" and zero_point(normalization) is None
+    pixels = _graph_normalizes(normalization, input_type, int8=True)
 
     def generate():
         for image in progress(images, f"int8 calibration, output {n}", unit="images"):
