@@ -44,7 +44,7 @@ if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow load
 
 from itnet_keras.augment import input_size  # noqa: E402
 from itnet_keras.evaluate import evaluate_model, evaluation_inputs, load_itnet  # noqa: E402
-from itnet_keras.export.measure.accuracy import exported_mious, file_input_size  # noqa: E402
+from itnet_keras.export.measure.accuracy import check_signature, exported_mious, file_input_size  # noqa: E402
 from itnet_keras.files import markdown_table, write_result_files  # noqa: E402
 from itnet_keras.pipeline import make_dataset  # noqa: E402
 
@@ -80,9 +80,7 @@ def main(argv=None):
         for path in args.files:
             if Path(path).suffix not in (".tflite", ".onnx"):
                 raise ValueError(f"{path}: expected a .tflite or .onnx file")
-            if Path(path).suffix == ".onnx" and args.signature != "outputs":
-                raise ValueError(f"--signature {args.signature}: {path} is an ONNX file, which has the `outputs` "
-                                 "signature only (measure it in a run of its own)")
+            check_signature(path, args.signature)
             check_input_size(path, dataset.spec, scale, given=args.scale is not None)
         results = {"keras": [o["miou"] for o in evaluate_model(model, dataset)["outputs"]]}
         names = [Path(path).name for path in args.files]

@@ -124,8 +124,13 @@ def _embedded(data, model, spec, iterations=None, input_type="float32"):
                           input_type=input_type)
 
 
-def _check_input_type(input_type, quant, spec):
-    """Raise ExportError unless `input_type` is one of `INPUT_TYPES` that `quant` takes."""
+def _check_modes(quant, input_type, spec, calibration_images):
+    """Raise ExportError unless `quant` is one of `QUANT_MODES` (int8 with calibration images)
+    and `input_type` one of `INPUT_TYPES` that `quant` takes."""
+    if quant not in QUANT_MODES:
+        raise ExportError(f"--quant {quant!r}: expected one of {', '.join(QUANT_MODES)}")
+    if quant == "int8" and calibration_images is None:
+        raise ExportError("--quant int8 needs calibration images (representative data)")
     if input_type not in INPUT_TYPES:
         raise ExportError(f"--input-type {input_type!r}: expected one of {', '.join(INPUT_TYPES)}")
     if input_type != "float32" and spec is None:
@@ -142,9 +147,7 @@ def convert_tflite(model, path, quant="float32", spec=None, input_size=None, cal
     A model built with `unroll=True` (for comparisons) converts without `WHILE` and
     without the `anytime` signature.
     """
-    if quant not in QUANT_MODES:
-        raise ExportError(f"--quant {quant!r}: expected one of {', '.join(QUANT_MODES)}")
-    _check_input_type(input_type, quant, spec)
+    _check_modes(quant, input_type, spec, calibration_images)
     if quant == "int8" and input_type != "float32" and zero_point(spec.normalization) is None:
         scale, offset = spec.normalization
         raise ExportError(f"--input-type {input_type} --quant int8: the normalization pixel * {scale:.6g} + "
@@ -205,16 +208,12 @@ def convert_static(model, path, iterations, quant="float32", spec=None, input_si
                    calibration_images=None, calibration=None, input_type="float32"):
     """The static flavour: for each n of `iterations`, `static_path(path, n)` computes output
     n (see `static`), with its sidecar. Returns {path: flatbuffer summary}."""
-    if quant not in QUANT_MODES:
-        raise ExportError(f"--quant {quant!r}: expected one of {', '.join(QUANT_MODES)}")
-    _check_input_type(input_type, quant, spec)
+    _check_modes(quant, input_type, spec, calibration_images)
     count = iterative_block(model).num_iterations
     bad = [n for n in iterations if not 1 <= n <= count]
     if not iterations or bad:
         raise ExportError(f"--iterations {' '.join(map(str, bad or iterations)) or '(none)'}: "
                           f"expected outputs in 1..{count}")
-    if quant == "int8" and calibration_images is None:
-        raise ExportError("--quant int8 needs calibration images (representative data)")
     input_size = tuple(input_size or spec.image_size)
     normalization = None if spec is None else spec.normalization
     for n in iterations:

@@ -86,14 +86,20 @@ def file_input_size(path):
     return int(shape[1]), int(shape[2])
 
 
+def check_signature(path, signature):
+    """Raise ValueError unless `signature` is one of `EVALUATED_SIGNATURES` that the file has."""
+    if signature not in EVALUATED_SIGNATURES:
+        raise ValueError(f"--signature {signature!r}: not one of {EVALUATED_SIGNATURES}")
+    if signature != "outputs" and Path(path).suffix == ".onnx":
+        raise ValueError(f"--signature {signature}: {path} is an ONNX file, which has the `outputs` signature only "
+                         "(measure it in a run of its own)")
+
+
 def exported_mious(path, dataset, threads=2, signature="outputs"):
     """mIoU of each output of the exported file over the split, through `signature` (one of
     `EVALUATED_SIGNATURES`; `.onnx` files have `outputs` only); of a static file, [None] *
     (n - 1) + [mIoU of output n]."""
-    if signature not in EVALUATED_SIGNATURES:
-        raise ValueError(f"--signature {signature!r}: not one of {EVALUATED_SIGNATURES}")
-    if signature != "outputs" and Path(path).suffix == ".onnx":
-        raise ValueError(f"--signature {signature}: {path} is an ONNX file, which has the `outputs` signature only")
+    check_signature(path, signature)
     n = static_output(path) if Path(path).suffix == ".tflite" else None
     normalization = dataset.split.spec.normalization
     if n is not None:
