@@ -21,6 +21,7 @@ from itnet_keras.export.measure import anytime_device as device
 from itnet_keras.export.measure.accuracy import exported_mious
 from itnet_keras.export.signatures import SIGNATURES
 from itnet_keras.export.tflite import calibration_sample, check_tflite, convert_tflite
+from itnet_keras.export.tflite_metadata import read_metadata
 from itnet_keras.losses import MaskedCrossEntropy
 from itnet_keras.metrics import confusion_matrix, mean_iou
 from itnet_keras.model import iterative_block
@@ -337,6 +338,7 @@ def test_an_unrolled_model_exports_what_it_has(tmp_path, capsys):
     logits = runner(path, "step")(**runner(path, "encode")(image=images), n=np.int32(1))["logits"]
     assert logits.shape == (1, 9, 8, SPEC.num_classes)
     assert "logits [B, 9, 8, C] (the head's resolution" in meta["signatures"]["step"]
+    assert "anytime" not in read_metadata(path)["description"]  # (was: "all outputs, anytime(n), and the loop")
     photo = tmp_path / "photo.png"
     keras.utils.save_img(photo, np.zeros((*size, 3), np.uint8))
     assert predict.main([str(path), str(photo), "--output", str(tmp_path / "out")]) == 2

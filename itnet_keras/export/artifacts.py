@@ -100,6 +100,6 @@ def metadata(model, spec, input_size, quant, calibration=None, iterations=None,
         meta["output"] = {"name": "logits", "dtype": "int8",
                           "note": "quantized logits (scale, zero point in the tensor); the argmax needs neither"}
         if iterations is None:
-            meta["output"]["signatures"] = list(INT8_LOGITS_SIGNATURES)
+            meta["output"]["signatures"] = [key for key in INT8_LOGITS_SIGNATURES if key in signatures_of(model)]
             meta["output"]["note"] += "; the states and step's head logits stay float32"
     return meta
