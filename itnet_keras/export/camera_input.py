@@ -28,7 +28,8 @@ SIGNED_SHIFT = 128  # an int8 input is the uint8 byte minus this (`byte ^ 0x80`)
 
 def zero_point(normalization):
     """The uint8 zero point that makes `pixel * scale + offset` a quantization (scale,
-    zero point) of the normalized image, or None when -offset / scale is not an integer."""
+    zero point) of the normalized image, or None when -offset / scale is not an integer in
+    0..255."""
     scale, offset = normalization
     point = -offset / scale
     return int(round(point)) if abs(point - round(point)) < 1e-6 and 0 <= round(point) <= 255 else None

@@ -45,7 +45,7 @@ def part_functions(unrolled, outputs=(1, 2)):
         parts[f"output {n}"] = (lambda x, n=n: anytime(unrolled, x, n), image, True)
     classes = block.num_classes
     parts["8x upsampling alone"] = (lambda x: tf.image.resize(x, (height, width), method="bilinear"),
-                                    (height // 8, width // 8, classes), False)
+                                    (-(-height // 8), -(-width // 8), classes), False)  # the head's ceil(H/8)
     return parts
 
 
