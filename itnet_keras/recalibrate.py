@@ -31,8 +31,10 @@ def build_parser():
     parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--scale", type=positive(int), help="default: the training scale recorded beside the model")
     parser.add_argument("--crop", help="HEIGHTxWIDTH (default: the recorded one, else the dataset's)")
-    parser.add_argument("--augment", choices=AUGMENT_RECIPES, help=f"default: the recorded recipe, else {FIT_DEFAULTS.augment}")
-    parser.add_argument("--batch-size", type=positive(int), help=f"default: the recorded one, else {FIT_DEFAULTS.batch_size}")
+    parser.add_argument("--augment", choices=AUGMENT_RECIPES,
+                        help=f"default: the recorded recipe, else {FIT_DEFAULTS.augment}")
+    parser.add_argument("--batch-size", type=positive(int),
+                        help=f"default: the recorded one, else {FIT_DEFAULTS.batch_size}")
     parser.add_argument("--limit", type=positive(int),
                         help="only the first LIMIT training images (default: the recorded limit)")
     parser.add_argument("--seed", type=seed, help="shuffle and augmentation seed (default: the recorded one, "
