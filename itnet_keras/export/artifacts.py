@@ -6,9 +6,9 @@ import tempfile
 from pathlib import Path
 
 from itnet_keras.export.int8_loop import INT8_LOGITS_SIGNATURES
-from itnet_keras.files import write_atomic
 from itnet_keras.export.static import signature_key
 from itnet_keras.export.signatures import signatures_of, state_shapes
+from itnet_keras.files import write_atomic
 from itnet_keras.model import model_args
 
 
@@ -52,12 +52,13 @@ def write_export(path, data, meta=None):
     atomically). A crash between them leaves a file without a sidecar, which `predict` and the
     measurements refuse by name, never a new file beside an earlier export's sidecar."""
     path = Path(path)
-    sidecar = None if meta is None else json.dumps(meta, indent=1)  # before anything is written
-    if sidecar is not None:
-        path.with_suffix(".json").unlink(missing_ok=True)
+    if meta is None:
+        write_atomic(path, data, "wb")
+        return
+    sidecar, text = path.with_suffix(".json"), json.dumps(meta, indent=1)  # before anything is written
+    sidecar.unlink(missing_ok=True)
     write_atomic(path, data, "wb")
-    if sidecar is not None:
-        write_atomic(path.with_suffix(".json"), sidecar)
+    write_atomic(sidecar, text)
 
 
 def metadata(model, spec, input_size, quant, calibration=None, iterations=None,
@@ -100,6 +101,6 @@ def metadata(model, spec, input_size, quant, calibration=None, iterations=None,
         meta["output"] = {"name": "logits", "dtype": "int8",
                           "note": "quantized logits (scale, zero point in the tensor); the argmax needs neither"}
         if iterations is None:
-            meta["output"]["signatures"] = [key for key in INT8_LOGITS_SIGNATURES if key in signatures_of(model)]
+            meta["output"]["signatures"] = [key for key in INT8_LOGITS_SIGNATURES if key in meta["signatures"]]
             meta["output"]["note"] += "; the states and step's head logits stay float32"
     return meta

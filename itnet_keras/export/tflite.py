@@ -115,9 +115,9 @@ def check_tflite(path, signatures, loop=True, integer_loop=False):
 def _embedded(data, model, spec, iterations=None, input_type="float32"):
     """`data` with the TFLite Model Metadata of the file inside (see `tflite_metadata`)."""
     args = model_args(model)
-    looping = "anytime" in signatures_of(model)  # not a model built with unroll=True
-    what = (("all outputs, anytime(n), and the loop driven by an app" if looping else "all outputs")
-            + " (signatures: " + ", ".join(signatures_of(model)) + ")" if iterations is None
+    signatures = signatures_of(model)  # without anytime for a model built with unroll=True
+    what = (("all outputs, anytime(n), and the loop driven by an app" if "anytime" in signatures else "all outputs")
+            + " (signatures: " + ", ".join(signatures) + ")" if iterations is None
             else f"output {iterations} of {args['num_iterations']} (one subgraph, no control flow)")
     description = (f"ItNet semantic segmentation ({spec.name}, {args['num_classes']} classes, width "
                    f"{args['width']}, {'shared' if args['weight_sharing'] else 'independent'} weights): {what}")
