@@ -20,7 +20,7 @@ from itnet_keras.export.flatbuffer import (count_buffers_holding, loop_body_dtyp
 from itnet_keras.export.measure import anytime_device as device
 from itnet_keras.export.measure.accuracy import exported_mious
 from itnet_keras.export.signatures import SIGNATURES
-from itnet_keras.export.tflite import calibration_sample, check_tflite, convert_tflite
+from itnet_keras.export.tflite import calibration_sample, check_tflite, convert_static, convert_tflite
 from itnet_keras.export.tflite_metadata import read_metadata
 from itnet_keras.losses import MaskedCrossEntropy
 from itnet_keras.metrics import confusion_matrix, mean_iou
@@ -262,6 +262,48 @@ def test_int8_anytime_holds_every_output_where_the_state_grows(tmp_path):
     convert_tflite(two, tmp_path / "two.tflite", "int8", SPEC, SIZE, images, record)
 
 
+def _int8_loop_file(cond, folder):
+    """A full-integer file of a WHILE whose carried image the body convolves and whose
+    condition `cond(i, h)` reads it; returns its bytes."""
+    import tensorflow as tf
+    from itnet_keras.export.tflite import tflite_converter
+    kernel = tf.constant(np.random.default_rng(0).normal(0, 0.3, (3, 3, 4, 4)), tf.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec((1, 8, 8, 4), tf.float32, name="image")])
+    def run(image):
+        step = lambda i, h: (i + 1, tf.nn.relu(tf.nn.conv2d(h, kernel, 1, "SAME") + h))
+        return {"h": tf.while_loop(cond, step, (tf.constant(0), image))[1]}
+
+    module = tf.Module()
+    module.run = run
+    tf.saved_model.save(module, str(folder / "saved_model"), signatures={"run": run})
+    rng = np.random.default_rng(1)
+    images = lambda: ([rng.uniform(0, 1, (1, 8, 8, 4)).astype(np.float32)] for _ in range(8))
+    return tflite_converter(folder / "saved_model", ["run"], "int8", images).convert()
+
+
+@pytest.mark.parametrize("reads, carried", [("quantized", "int8"), ("float", "float32")])
+def test_int8_carry_leaves_float_a_state_the_condition_reads_as_float(reads, carried, tmp_path):
+    """`carry_int8` carries a tensor as int8 where the loop's condition reads it through a
+    QUANTIZE, and leaves it float where the condition reads the float (a CAST; was: retyped
+    to int8 under the CAST, which then counted raw int8 values and stopped the loop at
+    another iteration). Either way the file computes what the converter's file does."""
+    import tensorflow as tf
+    from itnet_keras.export.int8_loop import carry_int8
+    if reads == "quantized":
+        cond = lambda i, h: tf.logical_and(i < 6, tf.reduce_mean(h) < 0.8)
+    else:
+        cond = lambda i, h: tf.logical_and(i < 6, tf.reduce_sum(tf.cast(h, tf.int32)) < 3)
+    converted = _int8_loop_file(cond, tmp_path)
+    (tmp_path / "converted.tflite").write_bytes(converted)
+    (tmp_path / "carried.tflite").write_bytes(carry_int8(converted))
+    assert loop_carried_types(tmp_path / "converted.tflite") == [["int32", "float32"]]
+    assert loop_carried_types(tmp_path / "carried.tflite") == [["int32", carried]]
+    image = np.random.default_rng(2).uniform(0, 0.5, (1, 8, 8, 4)).astype(np.float32)
+    want, got = (runner(tmp_path / f"{name}.tflite", "run")(image=image)["h"] for name in ("converted", "carried"))
+    assert want.mean() > 0.2 and abs(got.mean() - want.mean()) < 0.05 * want.mean()
+
+
 def test_integer_loop_check_refuses_a_float_loop(float32_file):
     path, _ = float32_file
     with pytest.raises(ExportError, match="no WHILE computes in int8"):
@@ -374,6 +416,23 @@ def test_a_crash_between_a_file_and_its_sidecar_leaves_no_earlier_sidecar(tmp_pa
     with pytest.raises(KeyboardInterrupt):
         artifacts.write_export(path, b"int8 file", {"format": "tflite", "quantization": "int8"})
     assert path.read_bytes() == b"int8 file" and not path.with_suffix(".json").exists()
+
+
+def test_a_library_export_without_a_size_says_so(tiny, tmp_path):
+    """Each converter called as a library with neither a dataset spec nor an input size, or
+    with a size that is not (height, width), raises ExportError naming what to pass (was:
+    AttributeError on None) and writes nothing."""
+    from itnet_keras.export.onnx import convert_onnx
+    model, _ = tiny
+    calls = [lambda **size: convert_tflite(model, tmp_path / "x.tflite", **size),
+             lambda **size: convert_static(model, tmp_path / "s.tflite", [1], **size),
+             lambda **size: convert_onnx(model, tmp_path / "x.onnx", **size)]
+    for call in calls:
+        with pytest.raises(ExportError, match=r"pass input_size=\(height, width\) or spec"):
+            call()
+        with pytest.raises(ExportError, match=r"input_size \(0, 64\): expected \(height, width\)"):
+            call(input_size=(0, 64))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_errors_name_the_culprit_and_leave_nothing(tiny, tmp_path):

@@ -2,6 +2,7 @@
 that its destination is writable, and the sidecar metadata written beside it."""
 
 import json
+import numbers
 import tempfile
 from pathlib import Path
 
@@ -44,6 +45,17 @@ def writable_destination(path, sidecar_format=None, output=None):
             owner = f"the sidecar of a .{found} file" if found in ("tflite", "onnx") else "not a sidecar of ours"
             raise ExportError(f"{flag}: {sidecar}, where its metadata would go, is {owner}; "
                               "choose another --output name (or remove that file)")
+
+
+def export_size(spec, input_size):
+    """The (height, width) an export takes: `input_size`, or else the dataset `spec`'s image
+    size; ExportError when a library call gives neither."""
+    if input_size is None and spec is None:
+        raise ExportError("an export needs an input size: pass input_size=(height, width) or spec (--data)")
+    size = tuple(input_size or spec.image_size)
+    if len(size) != 2 or not all(isinstance(v, numbers.Integral) and v > 0 for v in size):
+        raise ExportError(f"input_size {input_size!r}: expected (height, width), two positive integers")
+    return size
 
 
 def write_export(path, data, meta=None):

@@ -90,16 +90,24 @@ def uint8_pixel_input(data, normalization, input_type="uint8"):
     return serialize(model)
 
 
+def byte_zero_point(normalization, input_type):
+    """`zero_point` of a loop int8 file's byte image; ValueError when there is none."""
+    point = zero_point(normalization)
+    if point is None:
+        scale, offset = normalization
+        raise ValueError(f"--input-type {input_type} --quant int8: the normalization pixel * {scale:.6g} + "
+                         f"{offset:.6g} has no integer zero point, which a loop file's byte image needs; use "
+                         "--flavor static (it normalizes in int8) or a float input")
+    return point
+
+
 def camera_byte_inputs(data, normalization, input_type="uint8"):
     """Make the float32 `image` input of every signature of an int8 loop file (bytes) a
     uint8 (or int8, see `uint8_pixel_input`) one quantized as `zero_point` says; each must
     be read only by `QUANTIZE` ops, which then requantize to the calibrated int8 image.
     Returns the new bytes; raises ValueError when the normalization is not a quantization
     or an image is read as a float."""
-    point = zero_point(normalization)
-    if point is None:
-        raise ValueError(f"--input-type {input_type} with a loop int8 file needs a normalization pixel * scale + "
-                         f"offset with an integer zero point -offset / scale; got {normalization}: use --flavor static")
+    point = byte_zero_point(normalization, input_type)
     model = parse(data)
     codes = [op_name(c) for c in model.operatorCodes]
     for signature in model.signatureDefs or []:

@@ -14,7 +14,8 @@ rewrites the flatbuffer so that the `WHILE` op carries int8 tensors:
   and dequantized once after it.
 
 A carried tensor is rewritten only when the body reads it through one `QUANTIZE` (or not
-at all) and makes it with a `DEQUANTIZE`; the loop counters (int32) stay as they are.
+at all), the loop's condition through `QUANTIZE`s only (a requantization once it is int8),
+and the body makes it with a `DEQUANTIZE`; the loop counters (int32) stay as they are.
 
 `integer_islands` then removes the float islands the converter leaves around control flow
 (`DEQUANTIZE` before a `WHILE` or `IF` input, `QUANTIZE` after it), until none changes:
@@ -78,6 +79,8 @@ def _carry(model, parent, loop, k, codes):
         return
     if len(readers) > 1 or (readers and codes[readers[0].opcodeIndex] != "QUANTIZE"):
         return
+    if any(codes[op.opcodeIndex] != "QUANTIZE" for op in uses(cond, cond.inputs[k])):
+        return  # the condition reads the float value (a CAST, say): it stays float
     made = body.tensors[maker.inputs[0]].quantization
     if readers:  # the range the body reads it at and the range it makes it at, both held
         quantize = readers[0]

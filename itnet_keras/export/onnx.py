@@ -19,7 +19,7 @@ import tensorflow as tf
 import tf2onnx
 from onnx import numpy_helper
 
-from itnet_keras.export.artifacts import ExportError, metadata, writable_destination, write_export
+from itnet_keras.export.artifacts import ExportError, export_size, metadata, writable_destination, write_export
 from itnet_keras.model import iterative_block, named_outputs
 
 OPSET = 17
@@ -166,12 +166,11 @@ def inspect_onnx(path):
 
 def count_constants_holding(path, array):
     """How many constants hold `array`'s float32 values, as stored (HWIO) or as ONNX conv
-    weights (OIHW). A kernel shared by every iteration is found once."""
+    weights (`CONV_LAYOUTS`). A kernel shared by every iteration is found once."""
     array = np.asarray(array, np.float32)
     candidates = {array.tobytes()}
     if array.ndim == 4:
-        candidates.add(np.ascontiguousarray(array.transpose(3, 2, 0, 1)).tobytes())
-        candidates.add(np.ascontiguousarray(array.transpose(2, 3, 0, 1)).tobytes())  # depthwise
+        candidates |= {np.ascontiguousarray(array.transpose(perm)).tobytes() for perm in CONV_LAYOUTS}
     return sum(a.dtype == np.float32 and a.nbytes == array.nbytes and a.tobytes() in candidates
                for a in _constants(onnx.load(str(path))))
 
@@ -180,7 +179,7 @@ def convert_onnx(model, path, spec=None, input_size=None):
     """Write the ONNX file (and its sidecar metadata) atomically; returns `inspect_onnx`."""
     path = Path(path)
     writable_destination(path, "onnx" if spec is not None else None)
-    input_size = tuple(input_size or spec.image_size)
+    input_size = export_size(spec, input_size)
     proto = to_onnx(model, input_size)
     with tempfile.TemporaryDirectory() as work:
         candidate = Path(work) / "model.onnx"

@@ -24,8 +24,8 @@ from itnet_keras.augment import normalize
 from itnet_keras.console import progress, quietly
 from itnet_keras.datasets import load_split
 from itnet_keras.export import CALIBRATION_IMAGES, INPUT_TYPES, QUANT_MODES
-from itnet_keras.export.artifacts import ExportError, metadata, writable_destination, write_export
-from itnet_keras.export.camera_input import camera_byte_inputs, uint8_pixel_input, zero_point
+from itnet_keras.export.artifacts import ExportError, export_size, metadata, writable_destination, write_export
+from itnet_keras.export.camera_input import byte_zero_point, camera_byte_inputs, uint8_pixel_input
 from itnet_keras.export.flatbuffer import inspect_tflite, loop_carried_types, signature_ops
 from itnet_keras.export.int8_loop import INT8_LOGITS_SIGNATURES, carry_int8, int8_logits, integer_islands
 from itnet_keras.export.signatures import signatures_of, write_saved_model
@@ -149,18 +149,18 @@ def convert_tflite(model, path, quant="float32", spec=None, input_size=None, cal
     without the `anytime` signature.
     """
     _check_modes(quant, input_type, spec, calibration_images)
-    if quant == "int8" and input_type != "float32" and zero_point(spec.normalization) is None:
-        scale, offset = spec.normalization
-        raise ExportError(f"--input-type {input_type} --quant int8: the normalization pixel * {scale:.6g} + "
-                          f"{offset:.6g} has no integer zero point, which a loop file's byte image needs; use "
-                          "--flavor static (it normalizes in int8) or a float input")
+    if quant == "int8" and input_type != "float32":
+        try:  # before converting, as `camera_byte_inputs` would after
+            byte_zero_point(spec.normalization, input_type)
+        except ValueError as error:
+            raise ExportError(str(error)) from None
     if quant == "int8" and not iterative_block(model).weight_sharing:
         raise ExportError("--quant int8 needs a weight-sharing model: the kernels that the loop counter "
                           "picks (weight_sharing=False) are quantized as activations, which TFLite's int8 "
                           "CONV_2D rejects; use --quant dynamic or float16")
     path = Path(path)
     writable_destination(path, "tflite" if spec is not None else None)
-    input_size = tuple(input_size or spec.image_size)
+    input_size = export_size(spec, input_size)
     representative = None if calibration_images is None else calibration_batches(model, calibration_images)
     signatures = signatures_of(model)
     with tempfile.TemporaryDirectory() as work:
@@ -215,7 +215,7 @@ def convert_static(model, path, iterations, quant="float32", spec=None, input_si
     if not iterations or bad:
         raise ExportError(f"--iterations {' '.join(map(str, bad or iterations)) or '(none)'}: "
                           f"expected outputs in 1..{count}")
-    input_size = tuple(input_size or spec.image_size)
+    input_size = export_size(spec, input_size)
     normalization = None if spec is None else spec.normalization
     for n in iterations:
         writable_destination(static_path(path, n), "tflite" if spec is not None else None, output=path)
