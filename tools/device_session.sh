@@ -34,6 +34,8 @@ if [ "$TRAIN_XLA" != auto ] && [ "$TRAIN_XLA" != none ] && [ ! -f "$TRAIN_XLA" ]
 fi
 [ -f .device-pack/setup.sh ] && . .device-pack/setup.sh && export DEVICE_PACK_READY=1
 tiny=${DEVICE_SESSION_TINY:+1}
+py=${PYTHON:-python3} run=${RUN:-device_runs/camvid_shared_full}
+. tools/run_facts.sh   # checkpoint_epoch, run_total
 STAGES=${STAGES:-flags}
 if [ "$STAGES" != none ]; then   # the measurements end with at least 250 s left for the training
   WORK=/tmp/device_check DEVICE_CHECK_TINY=$tiny STAGES=$STAGES CHECK_S=$((TOTAL_S - 250 - SECONDS + start)) \
@@ -73,8 +75,7 @@ if [ -z "$tiny" ]; then
   fi
   if [ "${EPOCHS:-}" = sized ]; then   # end inside the time left, its rate steps and report included
     # the epochs the checkpoint holds (log.csv may hold one more: it is written before the checkpoint)
-    done=$(${PYTHON:-python3} -c "import json, sys, numpy; print(json.loads(str(numpy.load(sys.argv[1])['state']))['epoch'])" \
-      "${RUN:-device_runs/camvid_shared_full}/checkpoint.npz")
+    done=$(checkpoint_epoch "$run")
     case "$done" in ''|*[!0-9]*) echo "error: EPOCHS=sized: cannot read the epochs done from the run's checkpoint" >&2; exit 2;; esac
     # 110 s for device_train.sh's start, fit's start-up and compilation, the recalibration and the evaluation
     more=$(awk -v r="$rate" -v s="$left" 'BEGIN { e = int((s - 110) / (367 / r + 0.5)); print e < 1 ? 1 : e }')
@@ -83,5 +84,13 @@ if [ -z "$tiny" ]; then
   fi
 fi
 [ -n "$tiny" ] && [ "${EPOCHS:-}" = sized ] && unset EPOCHS   # a toy run has its own total
+if [ -z "$tiny" ] && [ -z "${EPOCHS:-}" ]; then
+  if [ -f "$run/checkpoint.npz" ]; then
+    echo "EPOCHS unset: $run goes from $(checkpoint_epoch "$run") toward the $(run_total "$run") epochs it records" \
+      | tee -a "$OUT/plan.txt"
+  else
+    echo "EPOCHS unset: no checkpoint in $run, a new run of device_train.sh's default total" | tee -a "$OUT/plan.txt"
+  fi
+fi
 DEVICE_TRAIN_TINY=$tiny COMPARE_EPOCHS=0 TOTAL_S=$left MAIN_S=${main_s:-$((left - 10))} OUT=$OUT/train \
   bash tools/device_train.sh

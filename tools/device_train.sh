@@ -27,8 +27,9 @@
 # Writes under $OUT (at most 8 files come back from a device call, 16 MiB each):
 #   summary.txt   versions, each stage's exit code and time, every epoch line, the mIoU per output
 #   main.tar      the run folder (config.json, checkpoint.npz, log.csv, best.keras,
-#                 latest/evaluation.json of its last epoch with its batch norms recalibrated, and
-#                 evaluation.json, of best.keras recalibrated by fit, once the run is complete):
+#                 latest/evaluation.json of its last epoch with its batch norms recalibrated (unless that
+#                 epoch is best.keras's), and evaluation.json, of best.keras recalibrated by fit, once the
+#                 run is complete):
 #                 unpack it into $RUN and commit to resume in the next session; written as soon as the
 #                 full-resolution run stops, and again at the end
 #   compare.tar   the comparison runs without their weights; logs.tar: every stage's log
@@ -81,15 +82,7 @@ if [ -z "${DEVICE_TRAIN_TINY:-}" ] && ! $py -c "import jax; assert jax.default_b
     | tee -a "$summary"
   exit 3
 fi
-checkpoint_epoch() {  # checkpoint_epoch RUN_FOLDER: the epochs its checkpoint holds (log.csv may hold one more)
-  $py -c "import json, sys, numpy; print(json.loads(str(numpy.load(sys.argv[1])['state']))['epoch'])" "$1/checkpoint.npz" 2>&1
-}
-run_total() {  # run_total RUN_FOLDER: the total epochs its config.json records
-  $py -c "import json, sys; print(json.load(open(sys.argv[1]))['fit']['epochs'])" "$1/config.json" 2>&1
-}
-run_augment() {  # run_augment RUN_FOLDER: the --augment its config.json records
-  $py -c "import json, sys; print(json.load(open(sys.argv[1]))['fit'].get('augment', 'paper'))" "$1/config.json" 2>&1
-}
+. tools/run_facts.sh   # checkpoint_epoch, run_total, run_augment, evaluated_epoch
 pack_main() {  # the run folder as resuming needs it (and its evaluations), into $OUT/main.tar
   [ -f "$run/checkpoint.npz" ] || return 0   # no epoch done (the stage skipped or cut off before one)
   # written beside and renamed: a kill while the second one is written keeps the first
@@ -120,8 +113,11 @@ main_rc=$?
 pack_main   # at once: what follows may be cut off
 [ $main_rc = 0 ] && miou "$run/evaluation.json"
 # its last completed epoch, batch norms recalibrated, on val: a run cut off has no evaluation yet, and a
-# finished one's is of best.keras, the epoch val chose (last.keras itself does not come back: main.tar)
-if [ -f "$run/last.keras" ]; then
+# finished one's is of best.keras, the epoch val chose (last.keras itself does not come back: main.tar),
+# unless val chose the last epoch
+if [ $main_rc = 0 ] && [ "$(evaluated_epoch "$run/evaluation.json")" = "$(checkpoint_epoch "$run")" ]; then
+  echo "latest: the last epoch is best.keras's, evaluated above (no latest/evaluation.json)" >> "$summary"
+elif [ -f "$run/last.keras" ]; then
   stage recalibrate_latest $(( $(left) > 75 ? 75 : $(left) )) $py -m itnet_keras.recalibrate "$run/last.keras" \
     "${moved[@]}" --output "$run/latest.keras" &&
   stage evaluate_latest $(( $(left) > 75 ? 75 : $(left) )) $py -m itnet_keras.evaluate "$run/latest.keras" \
