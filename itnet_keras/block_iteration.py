@@ -100,6 +100,10 @@ class BlockIteration:
             x = x + h
         return x, stats
 
+    def step_seed(self):
+        """The seed of one training step for `dropout_seed`: the generator advanced once."""
+        return ops.cast(ops.mod(self.seed_generator.next(), 2**30), "int32")
+
     def dropout_seed(self, seed, n, l, k):
         """The dropout seed of bottleneck k at scale l in 0-based iteration n, from the step's
         `seed` (`seed_generator.next()`, which adds [0, 1] at every step). The (n, l, k) index

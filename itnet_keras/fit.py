@@ -76,7 +76,9 @@ def learning_rate_schedule(learning_rate, total_steps):
 def compile_model(model, config, spec, steps_per_epoch):
     """Compile the model `fit` trains with one loss per output and the step schedule; returns
     it and the output weights. That model is `model`, or with `--remat` `training_model(model)`:
-    the heads' logits, which the losses and the mIoU metrics resize (docs/benchmarks.md)."""
+    the heads' logits, which the losses and the mIoU metrics resize (docs/benchmarks.md), and
+    whose loop body is recomputed in the backward pass."""
+    iterative_block(model).remat = config.remat
     heads = config.remat
     trained = training_model(model) if heads else model
     names = trained.output_names
@@ -184,7 +186,6 @@ def _run(config, callbacks):
     strategy = _strategy(config)
     with _scope(strategy), dtype_policy(config.precision):  # the layers keep the policy they are built under
         model = _build(config, spec)
-        iterative_block(model).remat = config.remat
         names = output_names(len(model.outputs))
         train.output_names = val.output_names = names
         trained, weights = compile_model(model, config, spec, len(train))  # `model` is the one saved

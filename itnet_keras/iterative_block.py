@@ -124,7 +124,7 @@ class IterativeBlock(BlockIteration, IterationWeights, keras.layers.Layer):
         stats = self._empty_stats() if training else {}
         seed = None
         if training and self.dropout > 0:
-            seed = ops.cast(ops.mod(self.seed_generator.next(), 2**30), "int32")
+            seed = self.step_seed()
 
         def iteration(n, state, stats):
             return self._iteration(state, n, training, stats, seed, mixes=True, head=collect)

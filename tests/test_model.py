@@ -198,8 +198,8 @@ def test_every_dropout_mask_has_its_own_seed_across_steps():
     model = build_itnet(num_classes=3, width=8, num_scales=2, num_iterations=4, num_blocks=2, dropout=0.1)
     block = iterative_block(model)
     seeds = set()
-    for _ in range(5):  # five training steps, as `_run` draws them
-        step = ops.cast(ops.mod(block.seed_generator.next(), 2**30), "int32")
+    for _ in range(5):  # five training steps
+        step = block.step_seed()
         for n in range(4):
             for l in (1, 2):
                 for k in (1, 2):

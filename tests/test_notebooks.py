@@ -23,6 +23,9 @@ def test_drift_is_reported(tmp_path, capsys):
     source = tmp_path / "n.py"
     source.write_text(NOTEBOOKS[0].read_text())
     assert notebooks.main([str(source), "--check"]) == 1  # no .ipynb yet
+    assert f"{tmp_path / 'n.ipynb'} is missing" in capsys.readouterr().err
+    assert notebooks.main([str(tmp_path / "gone.py"), "--check"]) == 2  # was: a FileNotFoundError traceback
+    assert f"error: notebook source {tmp_path / 'gone.py'} does not exist" in capsys.readouterr().err
     paired = nbformat.read(NOTEBOOKS[0].with_suffix(".ipynb"), as_version=4)
     paired.cells[1].source += "\nprint('edited in the notebook only')"
     nbformat.write(paired, tmp_path / "n.ipynb")

@@ -330,3 +330,17 @@ def test_jax_backend_fit_trains_each_epoch_on_its_own_batches_with_any_workers()
                             env=env, cwd=Path(__file__).resolve().parents[1], timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[-4:] == ["jax", "3", "3", "True"]
+
+
+def test_the_input_benchmark_skips_a_dataset_it_cannot_find_in_one_table_row(tmp_path, capsys):
+    """A CamVid row without CamVid says why in its own cells, its options as the measured rows
+    write them (was: the raw dict, and the error's line breaks inside the markdown table)."""
+    from itnet_keras.lab.bench_input import run
+    configs = [("builtin", dict(scale=2)), ("camvid", dict(scale=2))]
+    table = run(repeats=1, max_batches=1, batch_size=2, configs=configs, data_dir=tmp_path / "none")
+    rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == len(configs)  # one line each
+    measured, skipped = ([cell.strip() for cell in row.strip("|").split("|")] for row in rows)
+    assert measured[:2] == ["builtin", "scale=2"] and float(measured[-1]) > 0
+    assert skipped[:2] == ["camvid", "scale=2"] and skipped[2].startswith("skipped: ")
+    assert str(tmp_path / "none") in skipped[2]

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_export import export_script
+from test_fit import Interrupt
 
 from itnet_keras import build_itnet, datasets, evaluate, files, fit, fit_report, run_folder
 from itnet_keras.config import parse_config
@@ -535,12 +536,6 @@ def test_a_stop_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_
 # -- 8. --resume --epochs M ----------------------------------------------------------
 
 
-class Interrupt(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == 1:
-            raise KeyboardInterrupt
-
-
 def test_resume_with_more_epochs_follows_the_new_totals_schedule(tmp_path):
     """Extended to 3 epochs after 1 of 2 (before the 2-epoch schedule's first step, at 70%),
     a run ends with the weights of a 3-epoch run: the step boundaries follow the new total
@@ -549,7 +544,7 @@ def test_resume_with_more_epochs_follows_the_new_totals_schedule(tmp_path):
     fit.run(*parse_config([*small, "--epochs", "3", "--output", str(tmp_path / "straight")]))
     with pytest.raises(KeyboardInterrupt):
         fit.run(*parse_config([*small, "--epochs", "2", "--output", str(tmp_path / "extended")]),
-                callbacks=[Interrupt()])
+                callbacks=[Interrupt(after=1)])
     fit.run(*parse_config(["--output", str(tmp_path / "extended"), "--resume", "--epochs", "3"]))
     with np.load(tmp_path / "straight" / "checkpoint.npz") as a, np.load(tmp_path / "extended" / "checkpoint.npz") as b:
         assert json.loads(str(b["state"]))["epoch"] == 3

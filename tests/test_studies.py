@@ -1,6 +1,7 @@
 """The ablation helpers the notebooks call: the width rule, the selection rule, run reuse."""
 
 import dataclasses
+import gc
 import json
 import os
 
@@ -115,6 +116,19 @@ def test_a_cut_off_run_resumes_with_the_data_where_it_lies_now(tmp_path, monkeyp
     # what fit.run does with them: the saved configuration, but for the data folder of this machine
     resumed = kept_config(config, given, folder, RESUME_MAY_CHANGE, "a resumed run")
     assert config.resume and resumed.data_dir == str(tmp_path / "camvid")
+
+
+def test_a_smoke_study_removes_its_temporary_folder(tmp_path, monkeypatch):
+    """Smoke results (and runs, without $ITNET_SMOKE_RUNS) go to a temporary folder that
+    goes with the study (was: one more folder in /tmp for every smoke notebook run)."""
+    monkeypatch.delenv("ITNET_SMOKE_RUNS", raising=False)
+    study = studies.Study("t", "smoke", repo=tmp_path)
+    scratch = study.results.parent
+    assert study.runs.parent == scratch and scratch.is_dir()
+    (study.results / "figure.png").write_bytes(b"png")
+    del study
+    gc.collect()
+    assert not scratch.exists()
 
 
 def test_save_records_mode_budget_and_command(tmp_path):

@@ -71,7 +71,6 @@ def compiled_model(preset, batch_size, unroll, input_size, remat):
     """The model `fit` trains, compiled as `fit` compiles it, and one batch of random data."""
     spec = DATASETS[PRESET_DATASET[preset]]
     model = build_itnet(preset, input_shape=(*input_size, 3), unroll=unroll)
-    iterative_block(model).remat = remat
     model, _ = compile_model(model, FitConfig(preset=preset, remat=remat), spec, steps_per_epoch=1000)
     rng = np.random.default_rng(0)
     images = rng.random((batch_size, *input_size, 3), dtype=np.float32)

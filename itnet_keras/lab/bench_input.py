@@ -24,7 +24,8 @@ def build_parser():
     parser.add_argument("--workers", type=positive(int), default=1,
                         help="threads making each batch, as fit --workers (default: 1)")
     parser.add_argument("--batch-size", type=positive(int), default=8)
-    parser.add_argument("--data-dir", help="the CamVid folder (default: data/camvid; without it the CamVid rows are skipped)")
+    parser.add_argument("--data-dir", help="the CamVid folder (default: ../shared/data/camvid where it exists, else data/camvid; "
+                        "without CamVid there the CamVid rows are skipped)")
     add_verbose_flag(parser)
     return parser
 
@@ -72,15 +73,16 @@ def run(repeats=5, max_batches=64, workers=1, batch_size=8, configs=CONFIGS, dat
               f"images/s (median of {repeats})"]
     rows = []
     for name, kwargs in configs:
+        options = ", ".join(f"{k}={v}" for k, v in kwargs.items()) or "default"
         try:
             cold, warm, dataset = bench(name, repeats, max_batches, workers, batch_size, data_dir, **kwargs)
         except DatasetError as error:
-            rows.append([name, kwargs, f"skipped: {error}", "", "", "", ""])
+            reason = " ".join(str(error).split()).replace("|", "/")  # one table cell
+            rows.append([name, options, f"skipped: {reason}", "", "", "", ""])
             continue
         scale = kwargs.get("scale", 1)
         h, w = training_crop(dataset.spec, kwargs.get("crop"), scale) or input_size(
             dataset.spec, scale)
-        options = ", ".join(f"{k}={v}" for k, v in kwargs.items()) or "default"
         rows.append([name, options, f"{h} x {w}", batch_size, workers, f"{cold:.0f}", f"{warm:.0f}"])
     table = markdown_table(header, rows, align="lllllll")
     print(table)

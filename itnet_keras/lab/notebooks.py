@@ -3,7 +3,8 @@
 Each notebook is kept twice: `NAME.py`, the source to edit (jupytext percent format), and
 `NAME.ipynb`, the executed notebook to read. This command executes the `.py` with nbclient
 (working folder `notebooks/`, `ITNET_NOTEBOOK_MODE` set to the mode, `ITNET_DATA_DIR` to
-`--data-dir`: the CamVid folder of full mode, default `data/camvid`) and writes the
+`--data-dir` where given: the CamVid folder of full mode, default the one exported as
+`ITNET_DATA_DIR`, else `datasets.default_data_dir`'s) and writes the
 executed notebook to `--output`, or by default: in full mode to the committed `NAME.ipynb`,
 in smoke mode to `runs/notebooks/NAME.ipynb` (smoke numbers mean nothing). `--check` only
 reports whether each `.ipynb` still holds the cells of its `.py`; `--markdown` copies edited
@@ -76,8 +77,9 @@ def execute(source, mode="smoke", output=None, timeout=3600, data_dir=None):
         raise FileNotFoundError(f"notebook source {source} does not exist")
     notebook = jupytext.read(source)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    data_dir = "" if data_dir is None else str(Path(data_dir).resolve())  # the kernel runs in notebooks/
-    with _environment(ITNET_NOTEBOOK_MODE=mode, ITNET_DATA_DIR=data_dir, MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="2"):
+    # the kernel runs in notebooks/; without --data-dir, an ITNET_DATA_DIR exported stays
+    given = {} if data_dir is None else {"ITNET_DATA_DIR": str(Path(data_dir).resolve())}
+    with _environment(ITNET_NOTEBOOK_MODE=mode, MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="2", **given):
         NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                        resources={"metadata": {"path": str(source.parent)}}).execute()
     _drop_noise(notebook)
@@ -128,7 +130,8 @@ def main(argv=None):
     parser.add_argument("--mode", default="smoke", help="smoke (minutes, built-in data) or full (CamVid)")
     parser.add_argument("--output", help="where to write the executed notebook (one source only; default: the paired "
                         ".ipynb in full mode, runs/notebooks/NAME.ipynb in smoke mode)")
-    parser.add_argument("--data-dir", help="the dataset folder (full mode: CamVid; default: data/camvid)")
+    parser.add_argument("--data-dir", help="the dataset folder (full mode: CamVid; default: $ITNET_DATA_DIR, else ../shared/data/camvid "
+                        "where it exists, else data/camvid)")
     parser.add_argument("--check", action="store_true", help="only check that each .ipynb matches its .py")
     parser.add_argument("--markdown", action="store_true",
                         help="only copy the markdown cells of each .py into its executed .ipynb")
@@ -138,6 +141,14 @@ def main(argv=None):
     status = 0
     for source in args.sources:
         if args.check:
+            if not Path(source).is_file():
+                print(f"error: notebook source {source} does not exist", file=sys.stderr)
+                return 2
+            if not Path(source).with_suffix(".ipynb").is_file():
+                print(f"{source}: {Path(source).with_suffix('.ipynb')} is missing (execute it with --mode full)",
+                      file=sys.stderr)
+                status = 1
+                continue
             for index, py, ipynb in drift(source):
                 print(f"{source}: cell {index} differs from the .ipynb:\n  {py!r}\n  {ipynb!r}", file=sys.stderr)
                 status = 1

@@ -3,9 +3,9 @@
 A notebook opens a `Study` in one of two modes:
 
 - `smoke`: the built-in data, a network shrunk to N=4, L=2, one epoch on 16 images;
-  a minute on a CPU. Runs and results go to a temporary folder (runs to $ITNET_SMOKE_RUNS
-  when set, so that notebooks run one after another reuse each other's runs). CI runs every
-  notebook so.
+  a minute on a CPU. Runs and results go to a temporary folder, removed with the study
+  (runs to $ITNET_SMOKE_RUNS when set, so that notebooks run one after another reuse each
+  other's runs). CI runs every notebook so.
 - `full`: CamVid at a quarter of its resolution (90x120 images, 88x120 crops), 15 epochs,
   the paper's networks (N=16, L=3, K=1, f=51 shared, f=29 independent); costs and latency
   at the paper's 480x360. Run folders go to `runs/studies/`, results (JSON and PNG) to
@@ -19,8 +19,10 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +82,7 @@ class Study:
         repo = Path(self.repo)
         if self.settings.runs is None:
             scratch = Path(tempfile.mkdtemp(prefix=f"itnet_{self.name}_"))
+            weakref.finalize(self, shutil.rmtree, scratch, ignore_errors=True)  # with the study, or at exit
             # Notebooks run one after another (as in the tests) may share their smoke runs.
             self.runs = Path(os.environ.get("ITNET_SMOKE_RUNS", scratch / "runs"))
             self.results = scratch / "results"
