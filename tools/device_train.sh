@@ -77,6 +77,16 @@ if 'epoch' in m else []), '| val mIoU per output', ' '.join(f\"{o['miou']:.3f}\"
 { echo "# $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null) EPOCHS=${EPOCHS:-unset} TOTAL_S=$TOTAL_S MAIN_S=$MAIN_S"
   nvidia-smi -L 2>/dev/null
   $py -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)"; } >> "$summary" 2>&1
+if [ -z "${DEVICE_TRAIN_TINY:-}" ]; then   # the pack carried and installed (../shared/tools/device-pack), or nothing to train with
+  if ! problem=$($py -c "import itnet_keras.fit" 2>&1); then
+    echo "error: cannot import itnet_keras.fit (was .device-pack carried?): $(echo "$problem" | tail -1)" | tee -a "$summary"
+    exit 2
+  fi
+  if [ ! -d "${data[3]}/train" ]; then
+    echo "error: no CamVid at ${data[3]} (DATA_DIR; .device-pack/camvid when the pack is carried)" | tee -a "$summary"
+    exit 2
+  fi
+fi
 if [ -z "${DEVICE_TRAIN_TINY:-}" ] && ! $py -c "import jax; assert jax.default_backend() == 'gpu'" 2>/dev/null; then
   echo "error: JAX sees no GPU ($($py -c 'import jax; print(jax.default_backend())' 2>&1 | tail -1)): not training on the CPU" \
     | tee -a "$summary"
@@ -85,8 +95,11 @@ fi
 . tools/run_facts.sh   # checkpoint_epoch, run_total, run_augment, evaluated_epoch
 pack_main() {  # the run folder as resuming needs it (and its evaluations), into $OUT/main.tar
   [ -f "$run/checkpoint.npz" ] || return 0   # no epoch done (the stage skipped or cut off before one)
-  # written beside and renamed: a kill while the second one is written keeps the first
-  tar -C "$run" -cf "$OUT/.main.tar.tmp" --exclude=tensorboard --exclude=last.keras --exclude=latest.keras \
+  # written beside and renamed: a kill while the second one is written keeps the first; last.keras comes
+  # back only where no best.keras does (fit then reports last.keras: no epoch beat the best it remembers)
+  local last=(--exclude=last.keras)
+  [ -f "$run/best.keras" ] || last=()
+  tar -C "$run" -cf "$OUT/.main.tar.tmp" --exclude=tensorboard "${last[@]}" --exclude=latest.keras \
     --exclude=run.lock --exclude='.*.tmp*' --exclude='.*.pending.keras' . && mv "$OUT/.main.tar.tmp" "$OUT/main.tar" &&
     echo "main.tar: $(du -m "$OUT/main.tar" | cut -f1) MiB" >> "$summary"
 }
@@ -102,8 +115,11 @@ elif [ -f "$RUN/checkpoint.npz" ]; then
   echo "resuming $RUN: $(checkpoint_epoch "$run") of $(run_total "$run") epochs done" >> "$summary"
   # the data's place here (and 8 input threads for a recipe chosen with AUGMENT); the rest is saved
   fit=(--output "$run" --resume ${EPOCHS:+--epochs "$EPOCHS"} "${moved[@]}" ${AUGMENT:+--workers 8})
+elif [ -n "$RUN" ] && [ "$RUN" != none ]; then   # a typo must not start a new run
+  echo "error: RUN=$RUN: no $RUN/checkpoint.npz to resume; RUN=none starts a new run" | tee -a "$summary"
+  exit 2
 else
-  echo "no checkpoint in ${RUN:-(no RUN given)}: a new run" >> "$summary"
+  echo "RUN=${RUN:-(none given)}: a new run" >> "$summary"
   fit=(--preset "$preset" "${data[@]}" --epochs "${EPOCHS:-$new_total}" --batch-size 8 --output-weights all
        --augment "${AUGMENT:-paper}" --output "$run" ${AUGMENT:+--workers 8})
 fi
@@ -113,10 +129,10 @@ main_rc=$?
 pack_main   # at once: what follows may be cut off
 [ $main_rc = 0 ] && miou "$run/evaluation.json"
 # its last completed epoch, batch norms recalibrated, on val: a run cut off has no evaluation yet, and a
-# finished one's is of best.keras, the epoch val chose (last.keras itself does not come back: main.tar),
-# unless val chose the last epoch
+# finished one's is of best.keras, the epoch val chose (last.keras comes back only without one: main.tar),
+# unless that is the last epoch
 if [ $main_rc = 0 ] && [ "$(evaluated_epoch "$run/evaluation.json")" = "$(checkpoint_epoch "$run")" ]; then
-  echo "latest: the last epoch is best.keras's, evaluated above (no latest/evaluation.json)" >> "$summary"
+  echo "latest: the last epoch is the one evaluated above (no latest/evaluation.json)" >> "$summary"
 elif [ -f "$run/last.keras" ]; then
   stage recalibrate_latest $(( $(left) > 75 ? 75 : $(left) )) $py -m itnet_keras.recalibrate "$run/last.keras" \
     "${moved[@]}" --output "$run/latest.keras" &&
