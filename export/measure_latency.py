@@ -58,8 +58,9 @@ def build_parser():
 if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
     quiet_startup(build_parser().parse_args().verbose)
 
-from itnet_keras.evaluate import load_itnet  # noqa: E402
-from itnet_keras.export.measure.latency import measure, preset_files, quant_files, quant_latency  # noqa: E402
+from itnet_keras.export.measure.latency import (  # noqa: E402
+    measure, preset_files, preset_model, quant_files, quant_latency,
+)
 from itnet_keras.export.tflite import calibration_sample  # noqa: E402
 from itnet_keras.files import markdown_table, write_result_files  # noqa: E402
 from itnet_keras.model import model_args  # noqa: E402
@@ -147,14 +148,9 @@ def main(argv=None):
         trained = None
         if args.model:
             try:
-                trained = load_itnet(args.model)
+                trained = preset_model(args.model, args.preset)
             except (FileNotFoundError, ValueError) as error:
                 print(f"error: --model: {error}", file=sys.stderr)
-                return 2
-            classes = DATASETS[PRESET_DATASET[args.preset]].num_classes
-            if trained.outputs[0].shape[-1] != classes:
-                print(f"error: --model {args.model} has {trained.outputs[0].shape[-1]} classes, --preset "
-                      f"{args.preset}'s dataset {classes}", file=sys.stderr)
                 return 2
         try:
             table, rows = run_quant(args, trained)

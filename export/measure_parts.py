@@ -36,9 +36,8 @@ def build_parser():
 if __name__ == "__main__":  # --help and flag errors answer, and TensorFlow loads quietly, before the imports below
     quiet_startup(build_parser().parse_args().verbose)
 
-from itnet_keras.evaluate import load_itnet  # noqa: E402
 from itnet_keras.export.camera_input import zero_point  # noqa: E402
-from itnet_keras.export.measure.latency import timed_in_turns  # noqa: E402
+from itnet_keras.export.measure.latency import preset_model, timed_in_turns  # noqa: E402
 from itnet_keras.export.measure.parts import part_calls  # noqa: E402
 from itnet_keras.export.tflite import calibration_sample  # noqa: E402
 from itnet_keras.files import markdown_table, write_result_files  # noqa: E402
@@ -73,13 +72,9 @@ def main(argv=None):
         return 2
     if args.model:  # its weights at the dataset's input size
         try:
-            trained = load_itnet(args.model)
+            trained = preset_model(args.model, args.preset)
         except (FileNotFoundError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
-            return 2
-        if model_args(trained)["num_classes"] != spec.num_classes:
-            print(f"error: {args.model} has {model_args(trained)['num_classes']} classes, --preset {args.preset}'s "
-                  f"dataset {spec.name} {spec.num_classes}", file=sys.stderr)
             return 2
         if model_args(trained)["num_iterations"] < 2:  # (was: its output 1 timed twice, the second as output 2)
             print(f"error: {args.model} has one output; the parts are those of outputs 1 and 2", file=sys.stderr)

@@ -635,7 +635,8 @@ def test_latency_files_of_a_trained_model_compute_its_outputs(tiny, tmp_path):
     args = ["--preset", "camvid_shared", "--quant", "float32", "--model", str(model_path), "--output", str(out)]
     error = subprocess.run([sys.executable, str(ROOT / "export" / "measure_latency.py"), *args],
                            capture_output=True, text=True)
-    assert error.returncode == 2 and f"--model {model_path} has 4 classes" in error.stderr
+    assert error.returncode == 2
+    assert f"--model: {model_path} has 4 classes, --preset camvid_shared's dataset camvid 11" in error.stderr
     assert not out.exists()
 
 

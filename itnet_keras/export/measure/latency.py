@@ -29,6 +29,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from itnet_keras.console import quietly
 from itnet_keras.datasets import get_spec
+from itnet_keras.evaluate import load_itnet
 from itnet_keras.export.camera_input import file_image
 from itnet_keras.export.flatbuffer import iterations_of
 from itnet_keras.export.signatures import SIGNATURES
@@ -36,8 +37,18 @@ from itnet_keras.export.static import unrolled_copy
 from itnet_keras.export.tflite import check_tflite, convert_static, convert_tflite, static_path, tflite_converter
 from itnet_keras.files import write_atomic
 from itnet_keras.layers import resize_like
-from itnet_keras.model import anytime, build_itnet, encode, iterative_block
+from itnet_keras.model import anytime, build_itnet, encode, iterative_block, model_args
 from itnet_keras.presets import PRESET_DATASET
+
+
+def preset_model(path, preset):
+    """The ItNet at `path` (`load_itnet`), measured at `preset`'s dataset: ValueError (naming
+    the file and both class counts) where it has another number of classes."""
+    model, spec = load_itnet(path), get_spec(PRESET_DATASET[preset])
+    classes = model_args(model)["num_classes"]
+    if classes != spec.num_classes:
+        raise ValueError(f"{path} has {classes} classes, --preset {preset}'s dataset {spec.name} {spec.num_classes}")
+    return model
 
 
 def timed_in_turns(calls, repeats):
