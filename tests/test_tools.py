@@ -123,3 +123,19 @@ def test_log_windows_gives_the_median_and_best_of_each_window(tmp_path, capsys):
     assert second == "| 4 to 4 | " + " | ".join(["0.900 / 0.900"] * 5) + " |"
     with pytest.raises(SystemExit, match="no epoch of 5-6"):
         module.main([str(tmp_path / "log.csv"), "5-6"])
+
+
+def test_log_windows_per_output_gives_each_outputs_medians(tmp_path, capsys):
+    module = load_tool("log_windows")
+    columns = [f"{split}output_{k}_{what}" for split in ("", "val_") for k in (1, 2) for what in ("miou", "loss")]
+    lines = ["epoch," + ",".join(columns)]
+    for epoch, value in enumerate([0.2, 0.6, 0.4]):  # train above val by 0.1 at output 1, 0.2 at output 2
+        cells = {f"{split}output_{k}_{what}": value + (0.1 * k if split == "" else 0) + (1 if what == "loss" else 0)
+                 for split in ("", "val_") for k in (1, 2) for what in ("miou", "loss")}
+        lines.append(f"{epoch}," + ",".join(f"{cells[c]:.2f}" for c in columns))
+    (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
+    module.main([str(tmp_path / "log.csv"), "1-3", "--per-output"])
+    title, _, header, _, first, second = capsys.readouterr().out.splitlines()
+    assert title == "epochs 1 to 3:" and header.startswith("| output | train mIoU |")
+    assert first == "| 1 | 0.500 | 0.400 | 0.100 | 1.500 | 1.400 |"
+    assert second == "| 2 | 0.600 | 0.400 | 0.200 | 1.600 | 1.400 |"
