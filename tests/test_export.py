@@ -433,6 +433,12 @@ def test_a_library_export_without_a_size_says_so(tiny, tmp_path):
         with pytest.raises(ExportError, match=r"input_size \(0, 64\): expected \(height, width\)"):
             call(input_size=(0, 64))
     assert list(tmp_path.iterdir()) == []
+    for bad in ((), [], (True, True), (64.0, 64), "64x64"):
+        with pytest.raises(ExportError, match="expected \\(height, width\\)"):
+            artifacts.export_size(None, bad)
+    size = artifacts.export_size(None, np.array([64, 48]))  # numpy's ints, as plain ones for the sidecar's JSON
+    assert size == (64, 48) and all(type(v) is int for v in size)
+    assert artifacts.export_size(SPEC, None) == tuple(SPEC.image_size)
 
 
 def test_cli_errors_name_the_culprit_and_leave_nothing(tiny, tmp_path):

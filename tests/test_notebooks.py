@@ -24,6 +24,7 @@ def test_drift_is_reported(tmp_path, capsys):
     source.write_text(NOTEBOOKS[0].read_text())
     assert notebooks.main([str(source), "--check"]) == 1  # no .ipynb yet
     assert f"{tmp_path / 'n.ipynb'} is missing" in capsys.readouterr().err
+    (tmp_path / "gone.ipynb").write_text(NOTEBOOKS[0].with_suffix(".ipynb").read_text())
     assert notebooks.main([str(tmp_path / "gone.py"), "--check"]) == 2  # was: a FileNotFoundError traceback
     assert f"error: notebook source {tmp_path / 'gone.py'} does not exist" in capsys.readouterr().err
     paired = nbformat.read(NOTEBOOKS[0].with_suffix(".ipynb"), as_version=4)
@@ -70,7 +71,7 @@ def test_bad_mode_and_missing_source_are_named(tmp_path, capsys):
     assert "none.py does not exist" in capsys.readouterr().err
 
 
-def test_data_dir_reaches_the_notebook_and_its_error_is_one_line(tmp_path, capsys):
+def test_data_dir_reaches_the_notebook_and_its_error_is_one_line(tmp_path, capsys, monkeypatch):
     """`--data-dir` reaches the notebook's studies (ITNET_DATA_DIR, absolute: the kernel runs
     in the notebook's folder); an error in a cell is one line (was: nbclient's traceback of
     a hundred lines, and full mode could not be pointed at a CamVid folder)."""
@@ -80,6 +81,10 @@ def test_data_dir_reaches_the_notebook_and_its_error_is_one_line(tmp_path, capsy
     assert notebooks.main([str(source), "--data-dir", "cam", "--output", str(tmp_path / "n.ipynb")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == f"error: {source} stopped in a cell: ValueError: no data in {Path('cam').resolve()}"
+    monkeypatch.setenv("ITNET_DATA_DIR", "exported")  # kept without --data-dir, made absolute as well
+    assert notebooks.main([str(source), "--output", str(tmp_path / "n.ipynb")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"error: {source} stopped in a cell: ValueError: no data in {Path('exported').resolve()}"
 
 
 def test_markdown_edits_reach_the_ipynb_and_code_edits_are_refused(tmp_path, capsys):

@@ -2,12 +2,12 @@
 # One device call for both GPU issues: issue 12's measurements (tools/device_check.sh's stages in
 # STAGES, default "flags": the step's images/s under CUDA graphs, loop against unroll, bfloat16, batch 32;
 # "bench flags" adds the step without graphs, which TRAIN_XLA=auto compares with), then
-# issue 14's full-resolution run (tools/device_train.sh, resuming device_runs/camvid_shared_full) for
+# issue 14's full-resolution run (tools/device_train.sh: RUN, default device_runs/camvid_shared_strong) for
 # the time left, with CUDA graphs over the whole step (TRAIN_XLA below). Its epoch lines
 # are also fit's end-to-end images/s at camvid_shared 480x352 batch 8, validation included (issue 12).
-# EPOCHS: a new total for the run, default the one it records (447 for the open run: the learning rate steps
-# x0.1 at 70% and 85% of it; a run cut off keeps its checkpoint and best.keras in main.tar, and a later session
-# resumes it); EPOCHS=sized: a total sized from the bench's images/s that ends inside the time left (the first
+# EPOCHS: a new total for the run, default the one it records (the learning rate steps x0.1 at 70% and 85%
+# of it; a run cut off keeps its checkpoint and best.keras in main.tar, and a later session resumes it);
+# EPOCHS=sized: a total sized from the bench's images/s that ends inside the time left (the first
 # session).
 # AUGMENT=strong: the run goes on with --augment strong, as a branch where it trains with another recipe
 # (device_train.sh: fit --branch-from; RUN is only read).
@@ -34,7 +34,7 @@ if [ "$TRAIN_XLA" != auto ] && [ "$TRAIN_XLA" != none ] && [ ! -f "$TRAIN_XLA" ]
 fi
 [ -f .device-pack/setup.sh ] && . .device-pack/setup.sh && export DEVICE_PACK_READY=1
 tiny=${DEVICE_SESSION_TINY:+1}
-py=${PYTHON:-python3} run=${RUN:-device_runs/camvid_shared_full}
+py=${PYTHON:-python3} run=${RUN:-device_runs/camvid_shared_strong}
 . tools/run_facts.sh   # checkpoint_epoch, run_total
 STAGES=${STAGES:-flags}
 if [ "$STAGES" != none ]; then   # the measurements end with at least 250 s left for the training
@@ -89,8 +89,11 @@ if [ -z "$tiny" ] && [ -z "${EPOCHS:-}" ]; then
   if [ -f "$run/checkpoint.npz" ]; then
     echo "EPOCHS unset: $run goes from $(checkpoint_epoch "$run") toward the $(run_total "$run") epochs it records" \
       | tee -a "$OUT/plan.txt"
+  elif [ "$run" = none ]; then
+    echo "EPOCHS unset: RUN=none, a new run of device_train.sh's default total" | tee -a "$OUT/plan.txt"
   else
-    echo "EPOCHS unset: no checkpoint in $run, a new run of device_train.sh's default total" | tee -a "$OUT/plan.txt"
+    echo "error: RUN=$run: no $run/checkpoint.npz to resume; RUN=none starts a new run" | tee -a "$OUT/plan.txt" >&2
+    exit 2
   fi
 fi
 DEVICE_TRAIN_TINY=$tiny COMPARE_EPOCHS=0 TOTAL_S=$left MAIN_S=${main_s:-$((left - 10))} OUT=$OUT/train \

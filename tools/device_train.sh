@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# The paper's CamVid recipe at full resolution on a GPU for a wall-time budget (issue 14), resuming
-# the open run carried in the repo (device_runs/camvid_shared_full, toward the total its config.json records: its log.csv has one row
-# per epoch done, on the CPU and on a GPU; docs/training.md), then the recipe comparisons if time remains. One device call,
-# JAX, no TensorFlow, no network. From the project's root, after `../shared/tools/device-pack`:
+# A full-resolution CamVid run on a GPU for a wall-time budget (issue 14), resuming the open run carried
+# in the repo (RUN, toward the total its config.json records: its log.csv has one row per epoch done, on
+# the CPU and on a GPU; docs/training.md) or starting one (RUN=none), then the recipe comparisons if time
+# remains. One device call, JAX, no TensorFlow, no network. From the project's root, after
+# `../shared/tools/device-pack`:
 #
 #   bash tools/device_train.sh                                       # results under $OUT (default: device_train/)
 #   DEVICE_TRAIN_TINY=1 JAX_PLATFORMS=cpu bash tools/device_train.sh  # the same at toy sizes (a CPU test)
 #
 # Settings (environment variables):
-#   RUN=device_runs/camvid_shared_full  the open run, resumed when it holds checkpoint.npz; config.json,
-#                     checkpoint.npz and log.csv are all that resuming needs (about 5 MB); with
-#                     DEVICE_TRAIN_TINY none (a new toy run) unless given
+#   RUN=device_runs/camvid_shared_strong  the open run, resumed from its checkpoint.npz (config.json,
+#                     checkpoint.npz and log.csv are all that resuming needs, about 5.7 MB); none: a new
+#                     run; a RUN without a checkpoint is refused; with DEVICE_TRAIN_TINY none unless given.
+#                     (The paper-recipe run device_runs/camvid_shared_full ended at 447 epochs and left
+#                     the tree: docs/camvid_shared_full_447/.)
 #   DATA_DIR=.device-pack/camvid  CamVid in the SegNet layout (e.g. data/camvid from `python -m itnet_keras.download camvid`)
 #   EPOCHS=N          a new total for the run; the learning rate steps x0.1 at 70% and 85% of it (default: the
-#                     total the resumed run records, 447 for the open run; 2000, the paper's, for a new run)
+#                     total the resumed run records; 2000, the paper's, for a new run)
 #   AUGMENT=strong    where RUN trains with another --augment, branch it instead of resuming it: a new run
 #                     from its checkpoint with this one (fit --branch-from; RUN is only read; a branch carried
 #                     back as RUN is then resumed), 8 input threads; a new run starts with it (default: paper)
@@ -46,7 +49,7 @@ if [ -n "${DEVICE_TRAIN_TINY:-}" ]; then
   preset=tiny; data=(--data builtin --limit 16); moved=(); cmp_data=("${data[@]}"); new_total=3
   TOTAL_S=${TOTAL_S:-900}; MAIN_S=${MAIN_S:-300}; COMPARE_EPOCHS=${COMPARE_EPOCHS:-1}; cmp_scale=()
 else
-  RUN=${RUN:-device_runs/camvid_shared_full}
+  RUN=${RUN:-device_runs/camvid_shared_strong}
   preset=camvid_shared; data=(--data camvid --data-dir "${DATA_DIR:-.device-pack/camvid}"); moved=("${data[@]:2}")
   new_total=2000; TOTAL_S=${TOTAL_S:-540}; MAIN_S=${MAIN_S:-380}; COMPARE_EPOCHS=${COMPARE_EPOCHS:-30}
   cmp_data=("${data[@]}"); cmp_scale=(--scale "${COMPARE_SCALE:-2}")
@@ -104,7 +107,7 @@ pack_main() {  # the run folder as resuming needs it (and its evaluations), into
     echo "main.tar: $(du -m "$OUT/main.tar" | cut -f1) MiB" >> "$summary"
 }
 
-# 1. The paper's recipe at full resolution, resumed where the repo carries the open run.
+# 1. The full-resolution run: resumed where the repo carries it, branched, or new.
 run=$work/run
 if [ -f "$RUN/checkpoint.npz" ] && [ -n "${AUGMENT:-}" ] && [ "$(run_augment "$RUN")" != "$AUGMENT" ]; then
   # a new run from RUN's checkpoint (RUN is only read); a RUN that trains with AUGMENT already is resumed below

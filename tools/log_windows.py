@@ -61,7 +61,7 @@ def main(argv=None):
         if args.per_output:
             print(f"epochs {first} to {last}:\n\n| output | train mIoU | val mIoU | train - val | train loss | val loss |\n"
                   + "|---:" * 6 + "|")
-            print("\n".join(output_rows(rows, first, last)))
+            print("\n".join(output_rows(rows, first, last)) + "\n")  # a blank line ends the table
         else:
             print(window_row(rows, first, last))
 

@@ -6,6 +6,8 @@ import numbers
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from itnet_keras.export.int8_loop import INT8_LOGITS_SIGNATURES
 from itnet_keras.export.static import signature_key
 from itnet_keras.export.signatures import signatures_of, state_shapes
@@ -52,10 +54,11 @@ def export_size(spec, input_size):
     size; ExportError when a library call gives neither."""
     if input_size is None and spec is None:
         raise ExportError("an export needs an input size: pass input_size=(height, width) or spec (--data)")
-    size = tuple(input_size or spec.image_size)
-    if len(size) != 2 or not all(isinstance(v, numbers.Integral) and v > 0 for v in size):
+    size = spec.image_size if input_size is None else input_size
+    if (not isinstance(size, (tuple, list, np.ndarray)) or len(size) != 2
+            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in size)):
         raise ExportError(f"input_size {input_size!r}: expected (height, width), two positive integers")
-    return size
+    return tuple(int(v) for v in size)  # plain ints: the sidecar's JSON holds them
 
 
 def write_export(path, data, meta=None):

@@ -77,7 +77,8 @@ def execute(source, mode="smoke", output=None, timeout=3600, data_dir=None):
         raise FileNotFoundError(f"notebook source {source} does not exist")
     notebook = jupytext.read(source)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    # the kernel runs in notebooks/; without --data-dir, an ITNET_DATA_DIR exported stays
+    # absolute (the kernel runs in notebooks/); without --data-dir, the ITNET_DATA_DIR exported, if any
+    data_dir = data_dir if data_dir is not None else os.environ.get("ITNET_DATA_DIR") or None
     given = {} if data_dir is None else {"ITNET_DATA_DIR": str(Path(data_dir).resolve())}
     with _environment(ITNET_NOTEBOOK_MODE=mode, MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="2", **given):
         NotebookClient(notebook, timeout=timeout, kernel_name="python3",
@@ -96,9 +97,7 @@ def cells(notebook):
 def drift(source):
     """Cells in which `source` (.py) and its paired .ipynb differ: [(index, py cell, ipynb cell)]."""
     source = Path(source)
-    paired = source.with_suffix(".ipynb")
-    if not paired.is_file():
-        return [(0, "(the .py)", f"{paired} is missing")]
+    paired = source.with_suffix(".ipynb")  # both must exist (`main --check` says which one does not)
     a, b = cells(jupytext.read(source)), cells(nbformat.read(paired, as_version=4))
     differ = [(i, x, y) for i, (x, y) in enumerate(zip(a, b)) if x != y]
     if len(a) != len(b):
