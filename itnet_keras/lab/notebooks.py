@@ -25,7 +25,7 @@ from nbclient.exceptions import CellExecutionError
 
 from itnet_keras.cli import description
 from itnet_keras.files import write_atomic
-from itnet_keras.lab.modes import MODES
+from itnet_keras.lab.modes import MODES, data_dir_from_env
 
 
 @contextlib.contextmanager
@@ -78,7 +78,7 @@ def execute(source, mode="smoke", output=None, timeout=3600, data_dir=None):
     notebook = jupytext.read(source)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     # absolute (the kernel runs in notebooks/); without --data-dir, the ITNET_DATA_DIR exported, if any
-    data_dir = data_dir if data_dir is not None else os.environ.get("ITNET_DATA_DIR") or None
+    data_dir = data_dir if data_dir is not None else data_dir_from_env()
     given = {} if data_dir is None else {"ITNET_DATA_DIR": str(Path(data_dir).resolve())}
     with _environment(ITNET_NOTEBOOK_MODE=mode, MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="2", **given):
         NotebookClient(notebook, timeout=timeout, kernel_name="python3",
