@@ -16,8 +16,8 @@ from itnet_keras.batch_norm import moving_statistics, recalibrate, training_imag
 from itnet_keras.evaluate import load_itnet
 from itnet_keras.model import data_block, iterative_block, model_args
 from itnet_keras.pipeline import make_dataset
+from test_model import SMALL
 
-SMALL = dict(num_classes=3, width=8, num_scales=2, num_iterations=3, expansion=2)
 # `between`: one norm per scale and iteration; `every_conv` with independent weights: a norm
 # after every conv, the mixing ones with N - 1 rows (iteration 1 skips mixing).
 VARIANTS = [dict(weight_sharing=True, bn_placement="between"),

@@ -26,6 +26,7 @@ from itnet_keras.losses import MaskedCrossEntropy
 from itnet_keras.metrics import confusion_matrix, mean_iou
 from itnet_keras.model import iterative_block
 from itnet_keras.pipeline import make_dataset
+from test_tools import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (64, 64)
@@ -500,17 +501,8 @@ def test_graph_memory_of_loop_and_unrolled_files(tiny, tmp_path):
     assert image < encode < loop["activation_bytes"]
 
 
-def export_script(name):
-    """A script of the repository's export/ folder, imported as a module."""
-    sys.path.insert(0, str(ROOT / "export"))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(str(ROOT / "export"))
-
-
 def test_graph_memory_command(tmp_path, capsys):
-    graph_memory = export_script("graph_memory")
+    graph_memory = load_script("export", "graph_memory")
     out = tmp_path / "memory.md"
     assert graph_memory.main(["--presets", "tiny", "--input-size", "32x32", "--output", str(out)]) == 0
     assert "| tiny unrolled float32 | 0 |" in out.read_text()
@@ -520,7 +512,7 @@ def test_graph_memory_command(tmp_path, capsys):
 
 
 def test_latency_benchmark_command(tmp_path):
-    measure_latency = export_script("measure_latency")
+    measure_latency = load_script("export", "measure_latency")
     out = tmp_path / "latency.md"
     assert measure_latency.main(["--preset", "tiny", "--input-size", "32x32", "--threads", "1", "--repeats", "2",
                                  "--output", str(out)]) == 0
@@ -537,7 +529,7 @@ def test_latency_benchmark_command(tmp_path):
 
 
 def test_measurement_scripts_name_bad_input(tiny, tmp_path, capsys):
-    measure_latency, measure_parts = export_script("measure_latency"), export_script("measure_parts")
+    measure_latency, measure_parts = load_script("export", "measure_latency"), load_script("export", "measure_parts")
     image = tmp_path / "x.png"
     image.write_bytes(b"not a model")
     assert measure_latency.main([str(image)]) == 2
@@ -566,7 +558,7 @@ def test_measurement_scripts_name_bad_input(tiny, tmp_path, capsys):
     # A table named .json would be overwritten by its own data (was: the table lost, silently).
     for script in ("measure_latency", "measure_parts", "measure_accuracy", "graph_memory"):
         with pytest.raises(SystemExit) as exit_:
-            export_script(script).main(["x.keras", "--output", "results.json"])
+            load_script("export", script).main(["x.keras", "--output", "results.json"])
         assert exit_.value.code == 2 and "argument --output: 'results.json': the table's data goes beside it as " \
             ".json, which would overwrite it; give a .md name" in capsys.readouterr().err, script
     # flags that would be ignored are refused (was: accepted, and the measurement ran without them)
@@ -579,7 +571,7 @@ def test_measurement_scripts_name_bad_input(tiny, tmp_path, capsys):
         ("graph_memory", ["x.tflite", "--input-size", "64x64"], "--input-size is for a .keras model or --presets"),
     ]:
         with pytest.raises(SystemExit):
-            export_script(script).main(args)
+            load_script("export", script).main(args)
         assert message in capsys.readouterr().err, (script, args)
     # a file without the loop's signatures (was: LiteRT's "Invalid signature_key", a traceback)
     import tensorflow as tf
@@ -593,10 +585,10 @@ def test_measurement_scripts_name_bad_input(tiny, tmp_path, capsys):
     for script, what in (("measure_latency", "give a .tflite file or --preset\n"),
                          ("graph_memory", "give a .keras/.tflite file or --presets\n")):
         with pytest.raises(SystemExit):
-            export_script(script).main([])
+            load_script("export", script).main([])
         assert capsys.readouterr().err.endswith(f"error: {what}"), script
         with pytest.raises(SystemExit):
-            export_script(script).main(["x.tflite", "--preset" + ("s" if script == "graph_memory" else ""), "tiny"])
+            load_script("export", script).main(["x.tflite", "--preset" + ("s" if script == "graph_memory" else ""), "tiny"])
         assert capsys.readouterr().err.endswith(f"error: {what[:-1]}, not both\n"), script
 
 
@@ -620,7 +612,7 @@ def test_latency_parts_are_prefixes_of_the_real_outputs(tiny):
 @pytest.mark.large
 def test_latency_parts_command(tmp_path):
     out = tmp_path / "parts.md"
-    assert export_script("measure_parts").main(["--preset", "tiny", "--repeats", "1", "--output", str(out)]) == 0
+    assert load_script("export", "measure_parts").main(["--preset", "tiny", "--repeats", "1", "--output", str(out)]) == 0
     times = json.loads(out.with_suffix(".json").read_text())
     assert len(times) == 9 * 4 and all(min(t) > 0 for t in times.values())
     assert "| 8x upsampling alone |" in out.read_text()
@@ -649,7 +641,7 @@ def test_latency_files_of_a_trained_model_compute_its_outputs(tiny, tmp_path):
 def test_export_evaluation_command(tiny, float32_file, tmp_path, capsys):
     from itnet_keras.export.onnx import convert_onnx
 
-    measure_accuracy = export_script("measure_accuracy")
+    measure_accuracy = load_script("export", "measure_accuracy")
     model, model_path = tiny
     path, _ = float32_file
     onnx_path = tmp_path / "tiny.onnx"
@@ -682,7 +674,7 @@ def test_export_evaluation_command(tiny, float32_file, tmp_path, capsys):
 
 
 def test_export_evaluation_refuses_a_scale_the_file_was_not_made_for(tiny, float32_file, capsys):
-    measure_accuracy = export_script("measure_accuracy")
+    measure_accuracy = load_script("export", "measure_accuracy")
     _, model_path = tiny
     path, _ = float32_file
     assert measure_accuracy.main([str(model_path), str(path), "--scale", "2", "--limit", "4"]) == 2

@@ -11,6 +11,7 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from mediapipe.tasks.python import BaseOptions, vision
 from tensorflow.lite.python import schema_py_generated as schema
 from test_export import SIZE, SPEC, assert_agrees, convert_cli, keras_outputs, trained_tiny
+from test_tools import load_script
 
 from itnet_keras.export.artifacts import ExportError
 from itnet_keras.export.flatbuffer import load, op_name, op_output_dtypes
@@ -300,9 +301,7 @@ def test_cli_static_flavour_writes_one_file_per_n_and_names_bad_flags(tiny, tmp_
 
 def test_export_evaluation_checks_a_static_files_input_size(tiny, static_float32, capsys):
     """export/measure_accuracy.py reads a static file's input size from its one signature."""
-    from test_export import export_script
-
-    measure_accuracy = export_script("measure_accuracy")
+    measure_accuracy = load_script("export", "measure_accuracy")
     _, model_path = tiny
     path = next(p for p in static_float32 if p.stem.endswith("_n2"))
     assert measure_accuracy.main([str(model_path), str(path), "--scale", "2", "--limit", "4"]) == 2

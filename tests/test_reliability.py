@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pytest
 from PIL import Image
-from test_export import export_script
+from test_tools import load_script
 from test_fit import Interrupt
 
 from itnet_keras import build_itnet, datasets, evaluate, files, fit, fit_report, run_folder
@@ -285,7 +285,7 @@ def test_a_truncated_model_file_is_named(run_copy, tmp_path, capsys):
     _truncate(model)
     assert evaluate.main([str(model), "--output", str(tmp_path / "eval")]) == 2
     assert f"error: {model} is damaged or not a .keras file" in capsys.readouterr().err
-    convert = export_script("convert")
+    convert = load_script("export", "convert")
     assert convert.main([str(model), "--output", str(tmp_path / "x.tflite")]) == 2
     assert f"error: {model} is damaged or not a .keras file" in capsys.readouterr().err
 

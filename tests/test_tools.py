@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_tool(name):
-    """tools/NAME.py as a module (the tools are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+def load_script(folder, name):
+    """FOLDER/NAME.py of the repository (tools/, export/: scripts, not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -20,7 +20,7 @@ def load_tool(name):
 
 @pytest.fixture(scope="module")
 def trace_summary():
-    return load_tool("trace_summary")
+    return load_script("tools", "trace_summary")
 
 
 def write_trace(folder, events):
@@ -111,7 +111,7 @@ def test_the_bench_trains_under_a_mixed_precision_policy():
 
 
 def test_log_windows_gives_the_median_and_best_of_each_window(tmp_path, capsys):
-    module = load_tool("log_windows")
+    module = load_script("tools", "log_windows")
     columns = module.COLUMNS
     lines = ["epoch," + ",".join(columns)]
     for epoch, value in enumerate([0.1, 0.5, 0.3, 0.9]):  # epochs 1 to 4 (the column counts from 0)
@@ -126,7 +126,7 @@ def test_log_windows_gives_the_median_and_best_of_each_window(tmp_path, capsys):
 
 
 def test_log_windows_per_output_gives_each_outputs_medians(tmp_path, capsys):
-    module = load_tool("log_windows")
+    module = load_script("tools", "log_windows")
     columns = [f"{split}output_{k}_{what}" for split in ("", "val_") for k in (1, 2) for what in ("miou", "loss")]
     lines = ["epoch," + ",".join(columns)]
     for epoch, value in enumerate([0.2, 0.6, 0.4]):  # train above val by 0.1 at output 1, 0.2 at output 2
