@@ -2,10 +2,11 @@
 
     python -m itnet_keras.evaluate MODEL.keras --data camvid --split val --output DIR
 
-writes `evaluation.json` (`outputs`: per output `output`, `miou`, `iou_per_class`, `macs`,
-`params`, graph bytes, `depth`; top-level `auc`, `normalized_auc` and the `chance_miou` they
-start from: the paper's 0.00828 for CamVid, else the split's majority-class mIoU), `miou_over_macs.png`
-and `predictions.png` (image, label and the prediction of every output for one image).
+writes `evaluation.json` (`outputs`: per output `output`, `miou`, `iou_per_class`, the split's
+`confusion_matrix` (rows: labels, columns: predictions, pixel counts), `macs`, `params`, graph
+bytes, `depth`; top-level `auc`, `normalized_auc` and the `chance_miou` they start from: the
+paper's 0.00828 for CamVid, else the split's majority-class mIoU), `miou_over_macs.png` and
+`predictions.png` (image, label and the prediction of every output for one image).
 `--data` and `--scale` default to what the model's run folder recorded (`config.json`
 beside the model; see `evaluation_inputs`).
 """
@@ -121,6 +122,7 @@ def evaluate_model(model, dataset, loss_weights=None):
         outputs.append({
             **cost, "miou": mean_iou(matrix),
             "iou_per_class": {name: (None if np.isnan(v) else float(v)) for name, v in zip(spec.class_names, iou)},
+            "confusion_matrix": matrix.tolist(),
         })
         if loss_weights is not None:
             outputs[-1]["loss_weight"] = float(loss_weights[len(outputs) - 1])

@@ -170,6 +170,19 @@ def iou_from_confusion(cm):
         return np.where(union > 0, tp / union, np.nan)
 
 
+def class_rates(cm):
+    """Per class, from a confusion matrix whose rows are the labels: the class's share of the
+    labelled pixels, the share of those pixels predicted as it, its recall TP / (TP + FN) and
+    its precision TP / (TP + FP) (NaN where the class is never labelled, or never predicted)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp, labelled, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
+    total = cm.sum() or 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {"label_share": labelled / total, "predicted_share": predicted / total,
+                "recall": np.where(labelled > 0, tp / labelled, np.nan),
+                "precision": np.where(predicted > 0, tp / predicted, np.nan)}
+
+
 def mean_iou(cm):
     """Mean IoU over classes with a non-empty union (0.0 for an empty matrix)."""
     iou = iou_from_confusion(cm)

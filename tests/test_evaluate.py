@@ -37,6 +37,9 @@ def test_evaluate_model_counts_every_pixel_of_the_split():
             assert got is None if union == 0 else abs(got - hits / union) < 1e-6, (n, name)
             iou += [hits / union] if union else []
         assert abs(output["miou"] - np.mean(iou)) < 1e-6, n
+        # the split's confusion matrix, rows the labels: what tools/class_rates.py reads
+        counted = np.bincount(labels[valid] * classes + predicted[valid], minlength=classes**2)
+        assert output["confusion_matrix"] == counted.reshape(classes, classes).tolist(), n
         assert output["loss_weight"] == (1.0 if n == 3 else 0.0)
     assert [o["macs"] for o in result["outputs"]] == [c["macs"] for c in output_costs(model, (64, 64))]
     # (0, chance level) starts the curve (SPEC s.5); for the built-in data, which has no published

@@ -11,6 +11,7 @@ from itnet_keras.losses import MaskedCrossEntropy
 from itnet_keras.metrics import (
     SegmentationMeanIoU,
     anytime_auc,
+    class_rates,
     confusion_matrix,
     iou_from_confusion,
     majority_class_miou,
@@ -180,6 +181,17 @@ def test_numpy_helpers():
         confusion_matrix([0], [3], 3, ignore_label=9)
     with pytest.raises(ValueError, match="same number"):
         confusion_matrix([0, 1], [0], 3, ignore_label=9)
+
+
+def test_class_rates_hand_computed():
+    # labels (rows): class 0 on 6 pixels, class 1 on 3, class 2 on 1, class 3 on none
+    cm = np.array([[4, 1, 1, 0], [0, 3, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+    rates = class_rates(cm)
+    np.testing.assert_allclose(rates["label_share"], [0.6, 0.3, 0.1, 0.0])
+    np.testing.assert_allclose(rates["predicted_share"], [0.5, 0.4, 0.1, 0.0])
+    np.testing.assert_allclose(rates["recall"], [4 / 6, 1.0, 0.0, np.nan])  # never labelled: NaN
+    np.testing.assert_allclose(rates["precision"], [4 / 5, 3 / 4, 0.0, np.nan])  # never predicted: NaN
+    assert all(np.all(np.isnan(v)) or np.all(v == 0) for v in class_rates(np.zeros((2, 2))).values())
 
 
 def test_anytime_auc_hand_computed():

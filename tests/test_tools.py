@@ -140,3 +140,26 @@ def test_log_windows_per_output_gives_each_outputs_medians(tmp_path, capsys):
     assert title == "epochs 1 to 3:" and header.startswith("| output | train mIoU |")
     assert first == "| 1 | 0.500 | 0.400 | 0.100 | 1.500 | 1.400 |"
     assert second == "| 2 | 0.600 | 0.400 | 0.200 | 1.600 | 1.400 |"
+
+
+def test_class_rates_tabulates_each_outputs_confusion_matrix(tmp_path, capsys):
+    module = load_script("tools", "class_rates")
+    # 10 labelled pixels: output 1 draws class "b" too large (precision 0.5), output 2 gets it right
+    outputs = [{"output": n, "iou_per_class": {"a": 0.0, "b": 0.0, "c": None}, "confusion_matrix": cm}
+               for n, cm in ((1, [[4, 4, 0], [0, 2, 0], [0, 0, 0]]), (2, [[8, 0, 0], [0, 2, 0], [0, 0, 0]]))]
+    path = tmp_path / "evaluation.json"
+    path.write_text(json.dumps({"outputs": outputs}))
+    module.main([str(path), "--outputs", "1", "2"])
+    header, _, a, b, c = capsys.readouterr().out.splitlines()
+    assert header == ("| class | labelled | predicted 1 | predicted 2 | recall 1 | recall 2 | "
+                      "precision 1 | precision 2 |")
+    assert a == "| a | 0.800 | 0.400 | 0.800 | 0.500 | 1.000 | 1.000 | 1.000 |"
+    assert b == "| b | 0.200 | 0.600 | 0.200 | 1.000 | 1.000 | 0.333 | 1.000 |"
+    assert c == "| c | 0.000 | 0.000 | 0.000 | - | - | - | - |"
+    with pytest.raises(SystemExit, match="no output 3 in the evaluation"):
+        module.main([str(path), "--outputs", "3"])
+    for output in outputs:
+        del output["confusion_matrix"]
+    path.write_text(json.dumps({"outputs": outputs}))
+    with pytest.raises(SystemExit, match="no confusion matrices"):
+        module.main([str(path), "--outputs", "1"])
