@@ -163,3 +163,28 @@ def test_class_rates_tabulates_each_outputs_confusion_matrix(tmp_path, capsys):
     path.write_text(json.dumps({"outputs": outputs}))
     with pytest.raises(SystemExit, match="no confusion matrices"):
         module.main([str(path), "--outputs", "1"])
+
+
+def test_output_table_puts_evaluations_side_by_side(tmp_path, capsys):
+    module = load_script("tools", "output_table")
+
+    def evaluation(name, mious, auc):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"outputs": [{"output": n + 1, "miou": m} for n, m in enumerate(mious)],
+                                    "normalized_auc": auc}))
+        return str(path)
+
+    a, b, c = evaluation("a", [0.1, 0.4], 0.2), evaluation("b", [0.3, 0.2], 0.1), evaluation("c", [0.5, 0.6], 0.3)
+    module.main([f"one={a}", f"seeds={b},{c}"])
+    assert capsys.readouterr().out.splitlines() == [
+        "| output | one | seeds |", "|---:|---:|---:|",
+        "| 1 | 0.100 | 0.400 (0.300-0.500) |",
+        "| 2 | 0.400 | 0.400 (0.200-0.600) |",
+        "| AUC' | 0.200 | 0.200 (0.100-0.300) |"]
+    with pytest.raises(SystemExit, match="expected LABEL=PATH"):
+        module.main([a])
+    with pytest.raises(SystemExit, match="nope.json"):
+        module.main([f"x={tmp_path / 'nope.json'}"])
+    three = evaluation("three", [0.1, 0.2, 0.3], 0.2)
+    with pytest.raises(SystemExit, match="seeds: its evaluations differ in their number of outputs"):
+        module.main([f"seeds={a},{three}"])
