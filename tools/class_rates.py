@@ -1,6 +1,10 @@
 """What each output predicts, per class, from an evaluation.json's confusion matrices.
 
-    python tools/class_rates.py docs/camvid_shared_full_447/evaluation.json --outputs 1 9 16
+    python -m itnet_keras.evaluate docs/camvid_shared_full_313/camvid_shared_full_313.keras --output /tmp/ev313
+    python tools/class_rates.py /tmp/ev313/evaluation.json --outputs 1 9 16
+
+(evaluation.json files written before the confusion matrices were recorded, such as those
+committed in docs/, need the evaluation run again.)
 
 One markdown row per class: its share of the split's labelled pixels, then for each chosen
 output the share of pixels predicted as it, its recall and its precision (metrics.class_rates).

@@ -1,4 +1,4 @@
-"""Val mIoU per output of several evaluations side by side, a markdown table (docs/training.md's).
+"""The mIoU per output of several evaluations side by side, a markdown table (docs/training.md's).
 
     python tools/output_table.py all=runs/a/eval/evaluation.json linear=runs/b/eval/evaluation.json
 
